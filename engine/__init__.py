@@ -1,0 +1,1 @@
+"""Model side of chameleon-serve: vLLM plugin, logits processors, VQGAN, stream splitting."""

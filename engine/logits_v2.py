@@ -1,0 +1,74 @@
+"""The image-span grammar behind Model Runner V2's logits-processor interface (GPU builds' default).
+
+Import-light, as vLLM's frontend imports the class to validate request params: the V2 interface
+module and our torch-only grammar, nothing from the runner. Committed tokens live on the device
+(``req_states.all_token_ids`` up to ``total_len``); one small device->host copy per step brings the
+newest token of each request that may write images (none when a batch is all text-only).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from vllm.v1.worker.gpu.sample.logits_processor.interface import (
+    LogitsContext,
+    LogitsProcessor,
+    LogitsProcRequestState,
+)
+
+from engine.span_grammar import TEXT_ONLY, SpanGrammar, SpanParams, validate_params
+from engine.vocab import TokenLayout
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.sampling_params import SamplingParams
+
+
+class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
+    """Span grammar and image sampling for Model Runner V2; rows map to slots by ``ctx.idx_mapping_np``."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        validate_params(sampling_params)
+
+    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState) -> None:
+        if vllm_config.speculative_config is not None:
+            # Draft rows would need the draft tokens folded into the span state; not done.
+            raise ValueError("the image-span logits processor does not support speculative decoding")
+        layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
+        self.req_states = req_states
+        self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
+        self._unplaced = np.zeros(req_states.max_num_reqs, dtype=bool)  # history not read yet
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        params = SpanParams.from_sampling_params(sampling_params)
+        self.grammar.add(req_idx, params, (), 0)  # placed from the device history at its first apply
+        self._unplaced[req_idx] = params.mode != TEXT_ONLY
+        return True
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        slots = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
+        if logits.shape[0] != len(slots):
+            raise RuntimeError("image-span logits processor: one logits row per request expected")
+        tracked = self.grammar.tracked(slots)
+        if len(tracked):
+            self._catch_up(tracked)
+        return self.grammar.apply(logits, slots)
+
+    def _catch_up(self, slots: np.ndarray) -> None:
+        """Advance by the one token committed since last step, or re-place from history otherwise."""
+        rs, grammar = self.req_states, self.grammar
+        idx = torch.from_numpy(slots).to(rs.device)
+        lens = rs.total_len.gpu[idx].long()
+        last = rs.all_token_ids.gpu[idx, (lens - 1).clamp(min=0)].long()
+        lens_np, last_np = torch.stack([lens, last]).cpu().numpy()  # the one device->host copy
+        num_output = lens_np - rs.prompt_len.np[slots]
+        step = (num_output == grammar.num_output[slots] + 1) & ~self._unplaced[slots]
+        grammar.advance(slots[step], last_np[step])
+        for slot, length, n_out in zip(slots[~step], lens_np[~step], num_output[~step]):
+            if self._unplaced[slot] or n_out != grammar.num_output[slot]:  # entry, resumption
+                start = max(0, int(length) - grammar.tail_length)
+                grammar.resync(slot, rs.all_token_ids.gpu[slot, start:length].tolist(), int(n_out))
+                self._unplaced[slot] = False

@@ -1,0 +1,1 @@
+"""Pydantic wire models (OpenAI format plus vLLM/chameleon-serve extensions); validation only."""

@@ -1,0 +1,105 @@
+"""`POST /v1/chat/completions` wire format: messages with text and image parts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from schemas.common import omitted_if_none, FinishReason, SamplingFields, UsageInfo, WireModel
+
+
+class TextPart(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(WireModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(WireModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "ChatMessage":
+        if self.content is None or (isinstance(self.content, list) and not self.content):
+            raise ValueError("message content must not be empty")
+        return self
+
+    @property
+    def parts(self) -> list[TextPart | ImagePart]:
+        if isinstance(self.content, str):
+            return [TextPart(type="text", text=self.content)]
+        return list(self.content or [])
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ResponseMessage(WireModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+
+
+class ChatChoice(WireModel):
+    index: int
+    message: ResponseMessage
+    logprobs: None = None
+    finish_reason: FinishReason | None
+    # --- extensions ---
+    token_ids: list[int] | None = omitted_if_none()
+
+
+class ChatCompletionResponse(WireModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    # --- extensions ---
+    prompt_token_ids: list[int] | None = omitted_if_none()
+
+
+class DeltaMessage(WireModel):
+    role: Literal["assistant"] | None = omitted_if_none()
+    content: str | None = None
+
+
+class ChatChunkChoice(WireModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+    # --- extensions ---
+    token_ids: list[int] | None = omitted_if_none()
+
+
+class ChatCompletionChunk(WireModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = omitted_if_none()
+    # --- extensions ---
+    prompt_token_ids: list[int] | None = omitted_if_none()

@@ -1,0 +1,76 @@
+"""Shared wire pieces: the base model, errors, usage, sampling fields common to chat and completions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def omitted_if_none(default: None = None):
+    """A field left out of the JSON when None: OpenAI's schema does not allow null there."""
+    return Field(default, exclude_if=lambda v: v is None)
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: unknown request fields are ignored, as OpenAI's API does."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class ErrorBody(WireModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(WireModel):
+    error: ErrorBody
+
+
+class StreamOptions(WireModel):
+    include_usage: bool = False
+
+
+class UsageInfo(WireModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SamplingFields(WireModel):
+    """Sampling fields shared by chat and completions, in OpenAI's order, then vLLM's extensions."""
+
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=16)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    user: str | None = None
+    # --- extensions (vLLM) ---
+    top_k: int = Field(0, ge=-1)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    return_token_ids: bool = False
+
+    @model_validator(mode="after")
+    def _stop_list(self) -> "SamplingFields":
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop: at most 4 sequences")
+        return self
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+FinishReason = Literal["stop", "length"]

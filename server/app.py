@@ -1,0 +1,35 @@
+"""``create_app(settings)``: wires routers, error handlers and the engine's lifetime; no logic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.errors import install_error_handlers
+from server.routes import chat, completions, health, models
+from server.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from engine.runner import ChameleonEngine
+
+        engine = ChameleonEngine.start(settings.engine_args)
+        app.state.engine = engine
+        app.state.model_class = engine.model_class
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="chameleon-serve", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.started_at = int(time.time())
+    install_error_handlers(app)
+    for router in (health.router, models.router, chat.router, completions.router):
+        app.include_router(router)
+    return app

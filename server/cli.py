@@ -1,0 +1,102 @@
+"""Command line: ``chameleon-serve [--model PATH] [vllm serve flags...]`` and ``chameleon-serve make-tiny DIR``.
+
+Engine flags are vLLM's own (``--dtype``, ``--max-model-len``,
+``--tensor-parallel-size``, ``--gpu-memory-utilization``, ``--enforce-eager``, ...),
+parsed by vLLM's parser so every ``vllm serve`` engine flag passes through. This
+is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from server.settings import Settings
+
+DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
+
+
+def _tiny_default() -> str:
+    """The embedded default model: generated on first use, reused after."""
+    from engine.tiny import make_tiny
+
+    path = DEFAULT_CACHE / "tiny-chameleon"
+    if not (path / "vqgan.ckpt").exists():
+        logging.getLogger(__name__).info("writing the embedded tiny checkpoint to %s", path)
+        make_tiny(path)
+    return str(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="chameleon-serve", description=__doc__.splitlines()[0])
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="0.0.0.0")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--api-key", default=os.environ.get("CHAMELEON_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' (env CHAMELEON_API_KEY)")
+    server.add_argument("--max-images-per-request", type=int, default=8)
+    server.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                        help="refuse input images with more pixels, checked before decoding")
+    server.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the checkpoint's")
+    parser = AsyncEngineArgs.add_cli_args(parser)
+    parser.set_defaults(model=None)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    if args.model is None:
+        args.model = _tiny_default()
+        args.enforce_eager = True  # the tiny model starts in ~25 s eager vs ~85 s compiled
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU builds only, ample for the tiny model
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    names = engine_args.served_model_name
+    served = (names[0] if isinstance(names, list) else names) or args.model
+    template = Path(args.chat_template).read_text() if args.chat_template else None
+    return Settings(
+        model=args.model, served_model_name=served, engine_args=engine_args, host=args.host, port=args.port,
+        api_key=args.api_key, max_images_per_request=args.max_images_per_request,
+        max_image_pixels=args.max_image_pixels, chat_template=template,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    if argv[:1] == ["make-tiny"]:
+        _make_tiny_cli(argv[1:])
+        return
+    settings = settings_from_args(build_parser().parse_args(argv))
+
+    import uvicorn
+
+    from server.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=30)
+
+
+def _make_tiny_cli(argv: list[str]) -> None:
+    from engine.tiny import TinySpec, make_tiny
+
+    parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
+    parser.add_argument("dst")
+    parser.add_argument("--grid", type=int, default=TinySpec.grid, help="image codes per side")
+    parser.add_argument("--codebook-size", type=int, default=TinySpec.codebook_size)
+    parser.add_argument("--swin-norm", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--seed", type=int, default=0)
+    a = parser.parse_args(argv)
+    spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed)
+    print(make_tiny(a.dst, spec))
+
+
+if __name__ == "__main__":
+    main()

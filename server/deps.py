@@ -1,0 +1,37 @@
+"""Shared FastAPI dependencies: settings, engine, auth, model-name check."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Request
+
+from engine.runner import ChameleonEngine
+from server.errors import NotFound, Unauthorized, Unavailable
+from server.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> ChameleonEngine:
+    engine: ChameleonEngine | None = getattr(request.app.state, "engine", None)
+    if engine is None or not engine.is_alive:
+        raise Unavailable("the model is not loaded", code="model_not_ready")
+    return engine
+
+
+def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
+    """Bearer token check in constant time; open when no key is configured."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        raise Unauthorized("invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+
+
+def check_model(name: str, settings: Settings) -> None:
+    if name not in (settings.served_model_name, settings.model):
+        raise NotFound(f"model '{name}' does not exist; this server serves '{settings.served_model_name}'",
+                       param="model", code="model_not_found")

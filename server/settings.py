@@ -1,0 +1,29 @@
+"""Server settings: built once by ``cli.py``, never mutated, handed to ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    model: str
+    served_model_name: str
+    engine_args: Any = field(repr=False)  # vllm AsyncEngineArgs, passed through untouched
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: str | None = None
+    max_images_per_request: int = 8
+    max_image_pixels: int = 4096 * 4096
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.max_images_per_request < 0:
+            raise ValueError("max_images_per_request must be >= 0")
+        if self.max_image_pixels <= 0:
+            raise ValueError("max_image_pixels must be > 0")
+        if self.api_key == "":
+            raise ValueError("api_key must not be empty")

@@ -1,0 +1,209 @@
+"""The Model Runner V2 adapter, driven through its real state objects on CPU tensors, against the V1 adapter.
+
+Both adapters see the same requests, histories and logits every step (V1 through ``BatchUpdate`` and
+live output lists, V2 through ``all_token_ids``/``total_len`` and slot mappings) and must return
+identical logits, including after removals, row moves and a preempted request's re-entry.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
+from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
+from engine.span_grammar import logits_processor_for_runner
+from engine.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
+
+V, N, SLOTS, MAX_LEN = 40, 4, 8, 256
+CODES = list(range(4, 12))
+EOI, BOI = 12, 13
+TEXT = [t for t in range(V) if t not in CODES and t not in (BOI, EOI)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fake_ckpt")
+    vocab = {code_name(i): tid for i, tid in enumerate(CODES)}
+    vocab |= {EOI_NAME: EOI, BOI_NAME: BOI, IMAGE_PLACEHOLDER_NAME: 14, SEP_NAME: 15}
+    (d / "config.json").write_text(json.dumps({"vocabulary_map": vocab, "vocab_size": V}))
+    (d / "processor_config.json").write_text(json.dumps({"image_seq_length": N}))
+    return str(d)
+
+
+class Pair:
+    """One V1 and one V2 processor fed the same requests; V2 slots deliberately differ from V1 rows."""
+
+    def __init__(self, model_dir: str):
+        model_config = SimpleNamespace(model=model_dir)
+        self.v1 = ChameleonSpanLogitsProcessorV1(
+            SimpleNamespace(model_config=model_config, scheduler_config=SimpleNamespace(max_num_seqs=SLOTS)),
+            torch.device("cpu"), False)
+        self.rs = LogitsProcRequestState(
+            device=torch.device("cpu"), max_num_reqs=SLOTS, vocab_size=V,
+            all_token_ids=SimpleNamespace(gpu=torch.zeros(SLOTS, MAX_LEN, dtype=torch.int32)),
+            prompt_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)),
+            prefill_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)),
+            total_len=SimpleNamespace(gpu=torch.zeros(SLOTS, dtype=torch.int32)),
+        )
+        self.v2 = ChameleonSpanLogitsProcessorV2(
+            SimpleNamespace(model_config=model_config, speculative_config=None), self.rs)
+        self.batch: list[str] = []  # V1 row order
+        self.prompt: dict[str, list[int]] = {}
+        self.output: dict[str, list[int]] = {}
+        self.slot2: dict[str, int] = {}
+        self.free2 = list(range(SLOTS))
+        random.Random(1).shuffle(self.free2)
+        self.pending: dict[str, list] = {"removed": [], "added": [], "moved": []}
+
+    def add(self, rid: str, prompt: list[int], params: SamplingParams, output: list[int] | None = None):
+        """A new request, or a preempted one re-entering with its output so far."""
+        self.prompt[rid], self.output[rid] = prompt, list(output or [])
+        row = len(self.batch)
+        self.batch.append(rid)
+        self.pending["added"].append((row, params, prompt, self.output[rid]))
+        slot = self.slot2[rid] = self.free2.pop()
+        prefill = prompt + self.output[rid]
+        self.rs.prompt_len.np[slot], self.rs.prefill_len.np[slot] = len(prompt), len(prefill)
+        self.rs.all_token_ids.gpu[slot, : len(prefill)] = torch.tensor(prefill)
+        self.rs.total_len.gpu[slot] = len(prefill)
+        self.v2.add_request(slot, params)
+
+    def remove(self, rid: str):
+        """Drop ``rid``; the last row moves into its place, as vLLM's condense does."""
+        row = self.batch.index(rid)
+        self.free2.append(self.slot2.pop(rid))
+        last = len(self.batch) - 1
+        self.pending["removed"].append(row)
+        if row != last:
+            self.batch[row] = self.batch.pop()
+            self.pending["moved"].append((last, row, MoveDirectionality.UNIDIRECTIONAL))
+        else:
+            self.batch.pop()
+
+    def swap(self, a: int, b: int):
+        self.batch[a], self.batch[b] = self.batch[b], self.batch[a]
+        self.pending["moved"].append((a, b, MoveDirectionality.SWAP))
+
+    def step(self, rng: random.Random) -> list[int]:
+        """Apply both processors to the same logits, assert they agree, commit one allowed token per row."""
+        if any(self.pending.values()):
+            self.v1.update_state(BatchUpdate(batch_size=len(self.batch), **self.pending))
+            self.pending = {"removed": [], "added": [], "moved": []}
+        else:
+            self.v1.update_state(None)
+        logits = torch.randn(len(self.batch), V)
+        slots = np.array([self.slot2[r] for r in self.batch], dtype=np.int64)
+        idx = torch.from_numpy(slots)
+        ctx = LogitsContext(expanded_idx_mapping=idx, idx_mapping=idx, idx_mapping_np=slots,
+                            expanded_local_pos=torch.zeros_like(idx), input_ids=torch.zeros_like(idx),
+                            pos=torch.zeros_like(idx), seq_lens_upper_bound_np=np.zeros(len(slots)))
+        seed = rng.randrange(1 << 30)  # unseeded image rows draw from torch's global RNG
+        torch.manual_seed(seed)
+        out1 = self.v1.apply(logits.clone())
+        torch.manual_seed(seed)
+        out2 = self.v2.apply(logits.clone(), ctx)
+        if not torch.equal(out1, out2):
+            bad = (out1 != out2).any(1).nonzero().flatten().tolist()
+            raise AssertionError([(self.batch[r], self.output[self.batch[r]], torch.isfinite(out1[r]).nonzero().flatten().tolist(), torch.isfinite(out2[r]).nonzero().flatten().tolist()) for r in bad])
+        picks = [rng.choice(torch.isfinite(row).nonzero().flatten().tolist()) for row in out1]
+        for rid, tok in zip(self.batch, picks):
+            self.output[rid].append(tok)
+            slot = self.slot2[rid]
+            n = int(self.rs.total_len.gpu[slot])
+            self.rs.all_token_ids.gpu[slot, n] = tok
+            self.rs.total_len.gpu[slot] = n + 1
+        return picks
+
+
+def sp(modalities, seed=None, **image):
+    return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image})
+
+
+def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
+    rng = random.Random(0)
+    pair = Pair(model_dir)
+    pair.add("text", [1, 2], sp(["text"]))
+    pair.add("mixed", [3, 16, 17], sp(["text", "image"]))
+    pair.add("image", [1], sp(["image"], seed=5, image_temperature=1.0, image_top_k=3))
+    # resumed mid-image: BOI and two codes already written; greedy image rows
+    pair.add("resumed", [2, 3], sp(["text", "image"], image_temperature=0.0), output=[20, BOI, 4, 5])
+    for i in range(40):
+        if i == 5:
+            pair.swap(0, 2)
+        if i == 9:
+            pair.remove("text")
+            pair.add("text2", [5], sp(["text"]))
+        if i == 14:  # preempt "image" mid-stream and let it re-enter with its output
+            params, prompt, output = sp(["image"], seed=5, image_temperature=1.0, image_top_k=3), \
+                pair.prompt["image"], pair.output["image"]
+            pair.remove("image")
+            pair.add("image", prompt, params, output=output)
+        pair.step(rng)
+    assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
+    assert pair.output["resumed"][4:7] == [CODES[pair.output["resumed"][4] - 4], pair.output["resumed"][5], EOI]
+
+
+def test_v2_random_workloads_match_v1(model_dir):
+    rng = random.Random(3)
+    for trial in range(6):
+        pair = Pair(model_dir)
+        live = 0
+        for i in range(60):
+            if live < SLOTS and rng.random() < 0.3:
+                modes = rng.choice([["text"], ["text", "image"], ["image"]])
+                pair.add(f"r{trial}-{i}", [rng.choice(TEXT) for _ in range(3)],
+                         sp(modes, seed=rng.choice([None, i]), image_temperature=rng.choice([0.0, 1.0])))
+                live += 1
+            if live > 1 and rng.random() < 0.1:
+                pair.remove(rng.choice(pair.batch))
+                live -= 1
+            if live > 1 and rng.random() < 0.1:
+                pair.swap(*rng.sample(range(live), 2))
+            if live:
+                pair.step(rng)
+
+
+def test_v1_does_not_consume_async_placeholders(model_dir):
+    pair = Pair(model_dir)
+    pair.add("a", [1], sp(["image"], image_temperature=0.0), output=[BOI, -1])
+    pair.output["a"][-1] = CODES[0]  # the placeholder is filled just before the processors run
+    pair.rs.all_token_ids.gpu[pair.slot2["a"], 2] = CODES[0]
+    pair.rs.total_len.gpu[pair.slot2["a"]] = 3
+    pair.step(random.Random(0))
+    assert pair.v1.grammar.pos[0] == 2 and pair.v1.grammar.num_output[0] == 2
+
+
+def test_v2_rejects_speculative_decoding(model_dir):
+    with pytest.raises(ValueError, match="speculative"):
+        ChameleonSpanLogitsProcessorV2(
+            SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=object()), None)
+
+
+def test_validate_params_on_both_classes():
+    bad = SamplingParams(extra_args={"modalities": ["video"]})
+    for cls in (ChameleonSpanLogitsProcessorV1, ChameleonSpanLogitsProcessorV2):
+        with pytest.raises(ValueError, match="unknown modality"):
+            cls.validate_params(bad)
+        cls.validate_params(SamplingParams())
+
+
+def test_runner_choice(monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    assert logits_processor_for_runner() is ChameleonSpanLogitsProcessorV2
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    assert logits_processor_for_runner() is ChameleonSpanLogitsProcessorV1
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    from vllm.triton_utils import HAS_TRITON
+
+    expected = ChameleonSpanLogitsProcessorV2 if HAS_TRITON else ChameleonSpanLogitsProcessorV1
+    assert logits_processor_for_runner() is expected
+    assert logits_processor_for_runner(SimpleNamespace(use_v2_model_runner=True)) is ChameleonSpanLogitsProcessorV2
