@@ -42,7 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> PIL.Image.Image:
     if width < 1 or height < 1:
         raise ImageInputError(f"image has an empty size {width}x{height}")
     if width * height > max_pixels:
-        raise ImageInputError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        raise ImageInputError(f"image is {width}x{height} = {width * height} pixels; limit {max_pixels}")
     try:
         img.load()  # first frame only for animated GIF/WebP
         return convert_to_rgb(img)
@@ -85,7 +85,7 @@ class ImagePreprocessor:
         if self.do_resize and (self.shortest_edge is None) == (self.resize_to is None):
             raise ValueError("give exactly one of shortest_edge and resize_to")
         if not self.do_center_crop:
-            raise ValueError("do_center_crop=False gives images of varying size; the VQGAN needs a fixed square")
+            raise ValueError("do_center_crop=False gives images of varying size; the VQGAN needs one size")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std need 3 values (RGB)")
 
@@ -129,11 +129,13 @@ class ImagePreprocessor:
 
         try:
             return cls(
-                crop_size=(int(crop["height"]), int(crop["width"])), shortest_edge=shortest, resize_to=resize_to,
+                crop_size=(int(crop["height"]), int(crop["width"])),
+                shortest_edge=shortest, resize_to=resize_to,
                 resample=int(s["resample"]) if s.get("resample") is not None else _LANCZOS,
                 rescale_factor=float(s["rescale_factor"]) if s.get("rescale_factor") is not None else 0.0078,
                 image_mean=triple("image_mean"), image_std=triple("image_std"),
-                do_resize=flag("do_resize"), do_center_crop=flag("do_center_crop"), do_rescale=flag("do_rescale"),
+                do_resize=flag("do_resize"), do_center_crop=flag("do_center_crop"),
+                do_rescale=flag("do_rescale"),
                 do_normalize=flag("do_normalize"), do_convert_rgb=flag("do_convert_rgb"),
             )
         except ValueError as e:
@@ -170,7 +172,7 @@ class ImagePreprocessor:
 
 
 def _center_crop(arr: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
-    """transformers' center_crop: offsets (size - crop) // 2; zero-pads (ceil-centred) when the image is smaller."""
+    """transformers' center_crop: offsets (size - crop) // 2; zero-pads (ceil-centred) a smaller image."""
     _, h, w = arr.shape
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
     if top >= 0 and left >= 0:
@@ -185,7 +187,8 @@ def _center_crop(arr: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
 
 def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]: round((x + 1) * 127.5), clamped."""
-    return ((pixels.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+    scaled = ((pixels.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    return scaled.to(torch.uint8).movedim(-3, -1)
 
 
 def to_png(pixels: torch.Tensor) -> bytes:

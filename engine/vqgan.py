@@ -43,14 +43,15 @@ class VQGANConfig:
     double_z: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.embed_dim, self.n_embed, self.z_channels, self.ch, self.num_res_blocks) < 1 or not self.ch_mult:
+        sizes = (self.embed_dim, self.n_embed, self.z_channels, self.ch, self.num_res_blocks)
+        if min(sizes) < 1 or not self.ch_mult:
             raise ValueError(f"VQGAN sizes must be positive and ch_mult non-empty: {self}")
         if any((self.ch * m) % 32 for m in self.ch_mult):
             raise ValueError(f"ch * ch_mult must be multiples of 32 (GroupNorm of 32 groups): ch={self.ch}")
         if self.resolution % 2 ** (len(self.ch_mult) - 1):
             raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor")
         if self.double_z:
-            raise ValueError("double_z=True is a KL-autoencoder setting; a VQ model's quant_conv cannot take it")
+            raise ValueError("double_z=True is a KL-autoencoder setting; a VQ model cannot use it")
 
     @property
     def grid(self) -> int:
@@ -61,13 +62,14 @@ class VQGANConfig:
     def from_hf_vq_config(cls, vq: dict) -> VQGANConfig:
         """From ``config.json``'s ``vq_config`` (transformers' ChameleonVQVAEConfig keys)."""
         if vq.get("attn_type", "vanilla") not in ("vanilla", None):
-            raise ValueError(f"unsupported VQGAN attn_type {vq['attn_type']!r}; only 'vanilla' is implemented")
+            raise ValueError(f"unsupported VQGAN attn_type {vq['attn_type']!r}; only 'vanilla' exists here")
         return cls(
             embed_dim=vq["embed_dim"], n_embed=vq["num_embeddings"], z_channels=vq["latent_channels"],
             resolution=vq["resolution"], in_channels=vq.get("in_channels", 3),
             out_ch=vq.get("out_channels", vq.get("in_channels", 3)), ch=vq["base_channels"],
             ch_mult=tuple(vq["channel_multiplier"]), num_res_blocks=vq["num_res_blocks"],
-            attn_resolutions=tuple(vq.get("attn_resolutions") or ()), double_z=bool(vq.get("double_latent", False)),
+            attn_resolutions=tuple(vq.get("attn_resolutions") or ()),
+            double_z=bool(vq.get("double_latent", False)),
         )
 
     @classmethod
@@ -79,7 +81,8 @@ class VQGANConfig:
             embed_dim=params["embed_dim"], n_embed=params["n_embed"], z_channels=dd["z_channels"],
             resolution=dd["resolution"], in_channels=dd.get("in_channels", 3), out_ch=dd.get("out_ch", 3),
             ch=dd["ch"], ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
-            attn_resolutions=tuple(dd.get("attn_resolutions") or ()), double_z=bool(dd.get("double_z", False)),
+            attn_resolutions=tuple(dd.get("attn_resolutions") or ()),
+            double_z=bool(dd.get("double_z", False)),
         )
 
     def to_meta_yaml_dict(self) -> dict:
@@ -153,19 +156,23 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """One resolution: ``block[j]`` each optionally followed by ``attn[j]``, then a resample."""
+    """One resolution: ``block[j]`` each followed by ``attn[j]`` (if any), then a resample."""
 
-    def __init__(self, cin: int, cout: int, n_blocks: int, attn: bool) -> None:
+    def __init__(self, cin: int, cout: int, n_blocks: int, attn: bool, resample: str | None) -> None:
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout) for j in range(n_blocks))
         self.attn = nn.ModuleList(AttnBlock(cout) for _ in range(n_blocks if attn else 0))
+        self.downsample = Downsample(cout) if resample == "down" else None
+        self.upsample = Upsample(cout) if resample == "up" else None
 
     def forward(self, h: Tensor) -> Tensor:
         for j, block in enumerate(self.block):
             h = block(h)
             if len(self.attn):
                 h = self.attn[j](h)
-        return h
+        if self.downsample is not None:
+            h = self.downsample(h)
+        return h if self.upsample is None else self.upsample(h)
 
 
 class _Mid(nn.Module):
@@ -185,12 +192,10 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         cin, res = ch, cfg.resolution
         for i, mult in enumerate(cfg.ch_mult):
-            level = _Level(cin, ch * mult, cfg.num_res_blocks, res in cfg.attn_resolutions)
-            if i != n - 1:
-                level.downsample = Downsample(ch * mult)
-                res //= 2
-            self.down.append(level)
-            cin = ch * mult
+            last = i == n - 1
+            self.down.append(_Level(cin, ch * mult, cfg.num_res_blocks, res in cfg.attn_resolutions,
+                                    None if last else "down"))
+            cin, res = ch * mult, res if last else res // 2
         self.mid = _Mid(cin)
         self.norm_out = _norm(cin)
         self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
@@ -199,14 +204,12 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
         h = self.mid(h)
         return self.conv_out(_swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder; ``up[i]`` is the level at resolution ``grid * 2**i``, run from the top index down."""
+    """Mirror of the encoder; ``up[i]`` works at ``grid * 2**i`` pixels and runs from the top index down."""
 
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
@@ -214,16 +217,13 @@ class Decoder(nn.Module):
         cin, res = ch * cfg.ch_mult[-1], cfg.grid
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
         self.mid = _Mid(cin)
-        levels: list[nn.Module] = [nn.Module()] * n
+        levels: dict[int, _Level] = {}
         for i in reversed(range(n)):
             cout = ch * cfg.ch_mult[i]
-            level = _Level(cin, cout, cfg.num_res_blocks + 1, res in cfg.attn_resolutions)
-            if i != 0:
-                level.upsample = Upsample(cout)
-                res *= 2
-            levels[i] = level
-            cin = cout
-        self.up = nn.ModuleList(levels)
+            attn = res in cfg.attn_resolutions
+            levels[i] = _Level(cin, cout, cfg.num_res_blocks + 1, attn, "up" if i else None)
+            cin, res = cout, res * 2 if i else res
+        self.up = nn.ModuleList(levels[i] for i in range(n))
         self.norm_out = _norm(cin)
         self.conv_out = nn.Conv2d(cin, cfg.out_ch, 3, padding=1)
 
@@ -231,8 +231,6 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
         return self.conv_out(_swish(self.norm_out(h)))
 
 
@@ -242,7 +240,7 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_embed, embed_dim)
 
     def forward(self, z: Tensor) -> Tensor:
-        """[B, D, h, w] latents -> [B, h, w] nearest-codebook indices (squared L2, as transformers computes it)."""
+        """[B, D, h, w] latents -> [B, h, w] nearest codebook indices (squared L2, as in transformers)."""
         b, d, hh, ww = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         e = self.embedding.weight
@@ -272,7 +270,8 @@ class VQModel(nn.Module):
     def encode(self, pixels: Tensor) -> Tensor:
         """[B, 3, R, R] float in [-1, 1] -> LongTensor [B, R/f, R/f] codes (f = 2**(levels-1))."""
         if pixels.dim() != 4 or pixels.shape[1] != self.config.in_channels:
-            raise ValueError(f"encode expects [B, {self.config.in_channels}, H, W] pixels, got {tuple(pixels.shape)}")
+            want = f"[B, {self.config.in_channels}, H, W]"
+            raise ValueError(f"encode expects {want} pixels, got {tuple(pixels.shape)}")
         p = self.quant_conv.weight
         return self.quantize(self.quant_conv(self.encoder(pixels.to(p.device, p.dtype))))
 
@@ -285,13 +284,15 @@ class VQModel(nn.Module):
         if codes.dim() != 3:
             raise ValueError(f"decode expects [B, h, w] codes, got {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.n_embed):
-            raise ValueError(f"codes must be in [0, {self.config.n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
+            got = f"[{int(codes.min())}, {int(codes.max())}]"
+            raise ValueError(f"codes must be in [0, {self.config.n_embed}), got {got}")
         e = self.quantize.embedding.weight
         z = self.quantize.embedding(codes.to(e.device, torch.long)).permute(0, 3, 1, 2)  # b, D, h, w
         return self.decoder(self.post_quant_conv(z)).clamp(-1.0, 1.0).float()
 
 
-def _load_strict(model: VQModel, state: dict[str, Tensor], source: Path, dtype: torch.dtype, device) -> VQModel:
+def _load_strict(model: VQModel, state: dict[str, Tensor], source: Path, dtype: torch.dtype,
+                 device: str | torch.device) -> VQModel:
     expected, got = set(model.state_dict()), set(state)
     missing, unexpected = sorted(expected - got), sorted(got - expected)
     if missing or unexpected:
@@ -328,7 +329,8 @@ def load_hf_vqmodel(model_dir: str | Path, device: str | torch.device = "cpu",
     state: dict[str, Tensor] = {}
     for f in files:
         with safe_open(str(f), framework="pt", device="cpu") as st:
-            state.update({k.removeprefix(_HF_PREFIX): st.get_tensor(k) for k in st.keys() if k.startswith(_HF_PREFIX)})
+            names = [k for k in st.keys() if k.startswith(_HF_PREFIX)]  # noqa: SIM118 (not a dict)
+            state.update({k.removeprefix(_HF_PREFIX): st.get_tensor(k) for k in names})
     cfg = VQGANConfig.from_hf_vq_config(vq)
     with_decoder = any(k.startswith("decoder.") for k in state)
     return _load_strict(VQModel(cfg, with_decoder), state, source, dtype, device)
@@ -336,7 +338,7 @@ def load_hf_vqmodel(model_dir: str | Path, device: str | torch.device = "cpu",
 
 def load_meta_vqgan(ckpt_path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> VQModel:
-    """Meta's ``vqgan.ckpt`` (``{"state_dict": ...}``) with ``vqgan.yaml`` beside it; ``loss.*`` keys dropped."""
+    """Meta's ``vqgan.ckpt`` (``{"state_dict": ...}``), ``vqgan.yaml`` beside it; drops ``loss.*`` keys."""
     ckpt_path = Path(ckpt_path)
     yaml_path = ckpt_path.with_name("vqgan.yaml")
     if not yaml_path.exists():

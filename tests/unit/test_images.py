@@ -12,7 +12,14 @@ import PIL.Image
 import pytest
 import torch
 
-from engine.images import ImageInputError, ImagePreprocessor, convert_to_rgb, decode_image, pixels_to_uint8, to_png
+from engine.images import (
+    ImageInputError,
+    ImagePreprocessor,
+    convert_to_rgb,
+    decode_image,
+    pixels_to_uint8,
+    to_png,
+)
 
 MAX = 4096 * 4096
 
@@ -116,7 +123,7 @@ def test_decompression_bomb_guard_maps_to_input_error(monkeypatch):
 
 @pytest.mark.parametrize("size", [(64, 64), (97, 64), (64, 150), (123, 77), (300, 201), (33, 50)])
 def test_preprocessor_matches_transformers(size):
-    kw = dict(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    kw = {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}
     src = convert_to_rgb(_noise(*size, seed=size[0]))
     ours = ImagePreprocessor.from_settings(kw)([src])
     ref = torch.as_tensor(np.asarray(_oracle(**kw)(src, return_tensors="np")["pixel_values"]))
@@ -124,10 +131,19 @@ def test_preprocessor_matches_transformers(size):
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 
+def test_preprocessor_crop_larger_than_resize_pads_like_transformers():
+    kw = {"size": {"shortest_edge": 16}, "crop_size": {"height": 21, "width": 19}}
+    src = convert_to_rgb(_noise(31, 47, seed=4))
+    ref = np.asarray(_oracle(**kw)(src, return_tensors="np")["pixel_values"])
+    ours = ImagePreprocessor.from_settings(kw)([src])
+    torch.testing.assert_close(ours, torch.as_tensor(ref), atol=1e-6, rtol=0)
+
+
 def test_preprocessor_batches_and_reads_both_config_files(tmp_path):
     settings = {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}, "resample": 3,
                 "rescale_factor": 0.0078, "image_mean": [1.0, 1.0, 1.0], "image_std": [1.0, 1.0, 1.0]}
-    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": settings, "image_seq_length": 64}))
+    nested_config = {"image_processor": settings, "image_seq_length": 64}
+    (tmp_path / "processor_config.json").write_text(json.dumps(nested_config))
     nested = ImagePreprocessor.from_checkpoint(tmp_path)
     (tmp_path / "processor_config.json").write_text(json.dumps({"image_seq_length": 64}))
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
@@ -144,19 +160,21 @@ def test_preprocessor_batches_and_reads_both_config_files(tmp_path):
 def test_preprocessor_reads_tiny_checkpoint_settings(tmp_path):
     from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-    ChameleonImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
-        tmp_path)
+    saved = ChameleonImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    saved.save_pretrained(tmp_path)
     pre = ImagePreprocessor.from_checkpoint(tmp_path)
     assert pre.shortest_edge == 16 and pre.resample == int(PIL.Image.Resampling.LANCZOS)
 
 
 def test_to_png_round_trip():
-    pixels = torch.rand(3, 12, 20, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # some out of range
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(3, 12, 20, generator=gen) * 2.4 - 1.2  # some out of range
     png = to_png(pixels)
     back = np.array(PIL.Image.open(io.BytesIO(png)))
     assert back.shape == (12, 20, 3)
     expected = ((pixels.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(np.uint8)
     assert np.array_equal(back, expected)
     assert np.array_equal(back, pixels_to_uint8(pixels).numpy())
-    assert pixels_to_uint8(torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)).flatten().tolist() == [0, 128, 255]
+    edges = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    assert pixels_to_uint8(edges).flatten().tolist() == [0, 128, 255]
     assert to_png(pixels) == png

@@ -63,12 +63,18 @@ class Pair:
         self.free2 = list(range(SLOTS))
         random.Random(1).shuffle(self.free2)
         self.pending: dict[str, list] = {"removed": [], "added": [], "moved": []}
+        self.holes: list[int] = []
 
     def add(self, rid: str, prompt: list[int], params: SamplingParams, output: list[int] | None = None):
-        """A new request, or a preempted one re-entering with its output so far."""
+        """A new request, or a preempted one re-entering with its output so far; fills a hole first."""
         self.prompt[rid], self.output[rid] = prompt, list(output or [])
-        row = len(self.batch)
-        self.batch.append(rid)
+        if self.holes:  # vLLM fills removed rows first; such a row is then "added", not "removed"
+            row = self.holes.pop()
+            self.pending["removed"].remove(row)
+            self.batch[row] = rid
+        else:
+            row = len(self.batch)
+            self.batch.append(rid)
         self.pending["added"].append((row, params, prompt, self.output[rid]))
         slot = self.slot2[rid] = self.free2.pop()
         prefill = prompt + self.output[rid]
@@ -78,23 +84,32 @@ class Pair:
         self.v2.add_request(slot, params)
 
     def remove(self, rid: str):
-        """Drop ``rid``; the last row moves into its place, as vLLM's condense does."""
         row = self.batch.index(rid)
         self.free2.append(self.slot2.pop(rid))
-        last = len(self.batch) - 1
+        self.batch[row] = None
+        self.holes.append(row)
         self.pending["removed"].append(row)
-        if row != last:
-            self.batch[row] = self.batch.pop()
-            self.pending["moved"].append((last, row, MoveDirectionality.UNIDIRECTIONAL))
-        else:
+
+    def condense(self):
+        """Move the last rows into holes, as vLLM's persistent batch does."""
+        for hole in sorted(self.holes):
+            while self.batch and self.batch[-1] is None:
+                self.batch.pop()
+            if hole < len(self.batch):
+                self.batch[hole] = self.batch.pop()
+                self.pending["moved"].append((len(self.batch), hole, MoveDirectionality.UNIDIRECTIONAL))
+        while self.batch and self.batch[-1] is None:
             self.batch.pop()
+        self.holes.clear()
 
-    def swap(self, a: int, b: int):
-        self.batch[a], self.batch[b] = self.batch[b], self.batch[a]
-        self.pending["moved"].append((a, b, MoveDirectionality.SWAP))
-
-    def step(self, rng: random.Random) -> list[int]:
-        """Apply both processors to the same logits, assert they agree, commit one allowed token per row."""
+    def step(self, rng: random.Random, swap: bool = False) -> list[int]:
+        """One engine step: removes and adds happened before; condense, maybe swap two rows, then apply both
+        processors to the same logits, assert they agree, and commit one allowed token per row."""
+        self.condense()
+        if swap and len(self.batch) > 1:
+            a, b = rng.sample(range(len(self.batch)), 2)
+            self.batch[a], self.batch[b] = self.batch[b], self.batch[a]
+            self.pending["moved"].append((a, b, MoveDirectionality.SWAP))
         if any(self.pending.values()):
             self.v1.update_state(BatchUpdate(batch_size=len(self.batch), **self.pending))
             self.pending = {"removed": [], "added": [], "moved": []}
@@ -137,8 +152,6 @@ def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
     # resumed mid-image: BOI and two codes already written; greedy image rows
     pair.add("resumed", [2, 3], sp(["text", "image"], image_temperature=0.0), output=[20, BOI, 4, 5])
     for i in range(40):
-        if i == 5:
-            pair.swap(0, 2)
         if i == 9:
             pair.remove("text")
             pair.add("text2", [5], sp(["text"]))
@@ -147,7 +160,7 @@ def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
                 pair.prompt["image"], pair.output["image"]
             pair.remove("image")
             pair.add("image", prompt, params, output=output)
-        pair.step(rng)
+        pair.step(rng, swap=i in (5, 20))
     assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
     assert pair.output["resumed"][4:7] == [CODES[pair.output["resumed"][4] - 4], pair.output["resumed"][5], EOI]
 
@@ -156,30 +169,29 @@ def test_v2_random_workloads_match_v1(model_dir):
     rng = random.Random(3)
     for trial in range(6):
         pair = Pair(model_dir)
-        live = 0
         for i in range(60):
-            if live < SLOTS and rng.random() < 0.3:
+            live = [r for r in pair.batch if r is not None]
+            for rid in live:
+                if len(live) > 1 and rng.random() < 0.05:
+                    pair.remove(rid)
+            while len(pair.slot2) < SLOTS and rng.random() < 0.3:
                 modes = rng.choice([["text"], ["text", "image"], ["image"]])
-                pair.add(f"r{trial}-{i}", [rng.choice(TEXT) for _ in range(3)],
+                pair.add(f"r{trial}-{i}-{len(pair.slot2)}", [rng.choice(TEXT) for _ in range(3)],
                          sp(modes, seed=rng.choice([None, i]), image_temperature=rng.choice([0.0, 1.0])))
-                live += 1
-            if live > 1 and rng.random() < 0.1:
-                pair.remove(rng.choice(pair.batch))
-                live -= 1
-            if live > 1 and rng.random() < 0.1:
-                pair.swap(*rng.sample(range(live), 2))
-            if live:
-                pair.step(rng)
+            if pair.slot2:
+                pair.step(rng, swap=rng.random() < 0.2)
 
 
 def test_v1_does_not_consume_async_placeholders(model_dir):
+    """Under async scheduling the newest output is -1 at update_state and real by apply."""
     pair = Pair(model_dir)
-    pair.add("a", [1], sp(["image"], image_temperature=0.0), output=[BOI, -1])
-    pair.output["a"][-1] = CODES[0]  # the placeholder is filled just before the processors run
-    pair.rs.all_token_ids.gpu[pair.slot2["a"], 2] = CODES[0]
-    pair.rs.total_len.gpu[pair.slot2["a"]] = 3
-    pair.step(random.Random(0))
-    assert pair.v1.grammar.pos[0] == 2 and pair.v1.grammar.num_output[0] == 2
+    output = [BOI, CODES[0], -1]
+    pair.v1.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, sp(["image"]), [1], output)], moved=[]))
+    assert pair.v1.grammar.pos[0] == 1 and pair.v1.grammar.num_output[0] == 2
+    output[-1] = CODES[1]
+    row = pair.v1.apply(torch.randn(1, V))[0]
+    assert pair.v1.grammar.pos[0] == 2 and pair.v1.grammar.num_output[0] == 3
+    assert len(torch.isfinite(row).nonzero()) == 1
 
 
 def test_v2_rejects_speculative_decoding(model_dir):

@@ -1,4 +1,4 @@
-"""VQGAN numerics: encoder equals transformers' ChameleonVQVAE, decoder equals a plain functional reference."""
+"""VQGAN numerics: the encoder equals transformers' ChameleonVQVAE, the decoder a functional reference."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from engine.vqgan import (
     write_meta_vqgan,
 )
 
-HF_VQ = dict(
-    resolution=32, base_channels=32, channel_multiplier=[1, 2], attn_resolutions=[16], num_embeddings=64,
-    embed_dim=16, latent_channels=16, num_res_blocks=2, in_channels=3, double_latent=False, dropout=0.0,
-    attn_type="vanilla",
-)
+HF_VQ = {
+    "resolution": 32, "base_channels": 32, "channel_multiplier": [1, 2], "attn_resolutions": [16],
+    "num_embeddings": 64, "embed_dim": 16, "latent_channels": 16, "num_res_blocks": 2, "in_channels": 3,
+    "double_latent": False, "dropout": 0.0, "attn_type": "vanilla",
+}
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
@@ -51,7 +51,8 @@ def hf_vqvae():
 @pytest.fixture(scope="module", params=[[16], [32]], ids=["attn@16", "attn@32"])
 def full_model(request) -> VQModel:
     """Attention at the coarse level, then at the fine one: checks the decoder's resolution bookkeeping."""
-    model = VQModel(VQGANConfig.from_hf_vq_config({**HF_VQ, "attn_resolutions": request.param}), with_decoder=True)
+    cfg = VQGANConfig.from_hf_vq_config({**HF_VQ, "attn_resolutions": request.param})
+    model = VQModel(cfg, with_decoder=True)
     _randomise(model, seed=1)
     return model
 
@@ -108,14 +109,16 @@ def _attn(sd, p, x):
 def _reference_decode(sd: dict, cfg: VQGANConfig, codes: torch.Tensor) -> torch.Tensor:
     z = F.embedding(codes, sd["quantize.embedding.weight"]).permute(0, 3, 1, 2)
     h = _conv(sd, "decoder.conv_in", _conv(sd, "post_quant_conv", z, 0), 1)
-    h = _resblock(sd, "decoder.mid.block_2", _attn(sd, "decoder.mid.attn_1", _resblock(sd, "decoder.mid.block_1", h)))
+    h = _resblock(sd, "decoder.mid.block_1", h)
+    h = _resblock(sd, "decoder.mid.block_2", _attn(sd, "decoder.mid.attn_1", h))
     for i in reversed(range(len(cfg.ch_mult))):
         for j in range(cfg.num_res_blocks + 1):
             h = _resblock(sd, f"decoder.up.{i}.block.{j}", h)
             if f"decoder.up.{i}.attn.{j}.q.weight" in sd:
                 h = _attn(sd, f"decoder.up.{i}.attn.{j}", h)
         if i != 0:
-            h = _conv(sd, f"decoder.up.{i}.upsample.conv", F.interpolate(h, scale_factor=2, mode="nearest"), 1)
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = _conv(sd, f"decoder.up.{i}.upsample.conv", h, 1)
     h = _conv(sd, "decoder.conv_out", F.silu(_gn(sd, "decoder.norm_out", h)), 1)
     return h.clamp(-1, 1)
 

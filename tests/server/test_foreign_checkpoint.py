@@ -1,0 +1,82 @@
+"""Any HF-layout Chameleon checkpoint written by transformers' ``save_pretrained`` serves correctly.
+
+This one is not made by our generator: transformers' own initialisation, the
+swin-norm variant, no GQA, a 8x8 grid, two resolutions of attention in the VQ
+encoder, and a vocabulary whose image codes sit at the END, in reverse codebook
+order, so nothing can lean on Chameleon-7b's id positions. It has no VQGAN
+decoder (``vqgan.ckpt``): text output and image input must still work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MODEL, start_server, stop_server
+from oracle import HFOracle
+from testimages import data_url, noise_image
+from tokenizers import Tokenizer
+from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor, PreTrainedTokenizerFast
+from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+
+from engine.tiny import TinySpec, _build_tokenizer
+from engine.vocab import SEP_NAME
+
+GRID, CODES = 8, 256
+
+
+def _codes_last(tok: Tokenizer, vocab: dict[str, int]) -> tuple[Tokenizer, dict[str, int]]:
+    """Renumber: every non-code token first (in its old order), then the codes in reverse codebook order."""
+    codes = [n for n in vocab if n.startswith("IMGIMG")]
+    others = [n for n in sorted(vocab, key=vocab.get) if not n.startswith("IMGIMG")]
+    new = {name: i for i, name in enumerate(others + codes[::-1])}
+    spec = json.loads(tok.to_str())
+    spec["model"]["vocab"] = new
+    for added in spec["added_tokens"]:
+        added["id"] = new[added["content"]]
+    spec["post_processor"]["special_tokens"]["<s>"]["ids"] = [new["<s>"]]
+    return Tokenizer.from_str(json.dumps(spec)), new
+
+
+def write_foreign_checkpoint(dst: Path) -> Path:
+    tok, vocab = _codes_last(*_build_tokenizer(TinySpec(grid=GRID, codebook_size=CODES)))
+    config = ChameleonConfig(
+        vocab_size=len(vocab), hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=8,
+        num_key_value_heads=8, swin_norm=True, initializer_range=0.2, vocabulary_map=vocab,
+        bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"],
+        vq_config=dict(embed_dim=16, num_embeddings=CODES, latent_channels=16, resolution=2 * GRID, base_channels=32,
+                       channel_multiplier=[1, 2], num_res_blocks=2, attn_resolutions=[GRID]),
+    )
+    torch.manual_seed(1)
+    ChameleonForConditionalGeneration(config).save_pretrained(dst)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", sep_token=SEP_NAME)
+    image_processor = ChameleonImageProcessorPil(size={"shortest_edge": 2 * GRID},
+                                                 crop_size={"height": 2 * GRID, "width": 2 * GRID})
+    ChameleonProcessor(image_processor, tokenizer, image_seq_length=GRID * GRID).save_pretrained(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    model_dir = write_foreign_checkpoint(tmp_path_factory.mktemp("foreign"))
+    live = start_server(model_dir, tmp_path_factory.mktemp("foreign-logs") / "server.log")
+    yield live, HFOracle(model_dir)
+    stop_server(live)
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+def test_foreign_checkpoint_greedy_parity(foreign, n_images):
+    live, oracle = foreign
+    images = [noise_image(10 + i, size=(40 + 9 * i, 30)) for i in range(n_images)]
+    text = "Compare these pictures."
+    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}}
+                                                for im in images]
+    resp = live.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=16,
+        extra_body={"return_token_ids": True})
+    assert resp.prompt_token_ids == oracle.prompt_ids(text, images)
+    assert resp.choices[0].token_ids == oracle.greedy(text, images, 16)
+    assert "swin_norm=True" in live.log()
