@@ -12,18 +12,25 @@ is bit-for-bit transformers' ``ChameleonVQVAE`` encoder (same op order).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from engine.vocab import CheckpointError
 
 _HF_PREFIX = "model.vqmodel."
 _ENCODER_PREFIXES = ("encoder.", "quantize.", "quant_conv.")
+# transformers' ChameleonVQVAEConfig defaults, for a config.json that leaves them out
+_HF_VQ_DEFAULTS = {
+    "embed_dim": 256, "num_embeddings": 8192, "latent_channels": 256, "resolution": 512, "in_channels": 3,
+    "base_channels": 128, "channel_multiplier": (1, 1, 2, 2, 4), "num_res_blocks": 2,
+    "attn_resolutions": None, "double_latent": False, "attn_type": "vanilla",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +68,15 @@ class VQGANConfig:
     @classmethod
     def from_hf_vq_config(cls, vq: dict) -> VQGANConfig:
         """From ``config.json``'s ``vq_config`` (transformers' ChameleonVQVAEConfig keys)."""
-        if vq.get("attn_type", "vanilla") not in ("vanilla", None):
+        vq = {**_HF_VQ_DEFAULTS, **vq}
+        if vq["attn_type"] not in ("vanilla", None):
             raise ValueError(f"unsupported VQGAN attn_type {vq['attn_type']!r}; only 'vanilla' exists here")
         return cls(
             embed_dim=vq["embed_dim"], n_embed=vq["num_embeddings"], z_channels=vq["latent_channels"],
-            resolution=vq["resolution"], in_channels=vq.get("in_channels", 3),
-            out_ch=vq.get("out_channels", vq.get("in_channels", 3)), ch=vq["base_channels"],
+            resolution=vq["resolution"], in_channels=vq["in_channels"],
+            out_ch=vq.get("out_channels", vq["in_channels"]), ch=vq["base_channels"],
             ch_mult=tuple(vq["channel_multiplier"]), num_res_blocks=vq["num_res_blocks"],
-            attn_resolutions=tuple(vq.get("attn_resolutions") or ()),
-            double_z=bool(vq.get("double_latent", False)),
+            attn_resolutions=tuple(vq["attn_resolutions"] or ()), double_z=bool(vq["double_latent"]),
         )
 
     @classmethod
@@ -87,15 +94,15 @@ class VQGANConfig:
 
     def to_meta_yaml_dict(self) -> dict:
         """Meta's ``vqgan.yaml`` layout; the keys its loader and transformers' converter read."""
-        dd = asdict(self)
-        embed_dim, n_embed = dd.pop("embed_dim"), dd.pop("n_embed")
-        dd["ch_mult"], dd["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
-        ddconfig = {k: dd[k] for k in ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch",
-                                       "ch_mult", "num_res_blocks", "attn_resolutions")}
-        ddconfig["dropout"] = 0.0
-        return {"model": {"target": "taming.models.vqgan.VQModel", "params": {
-            "embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": ddconfig,
-            "lossconfig": {"target": "taming.modules.losses.DummyLoss"}, "ckpt_path": None}}}
+        ddconfig = {
+            "double_z": self.double_z, "z_channels": self.z_channels, "resolution": self.resolution,
+            "in_channels": self.in_channels, "out_ch": self.out_ch, "ch": self.ch,
+            "ch_mult": list(self.ch_mult), "num_res_blocks": self.num_res_blocks,
+            "attn_resolutions": list(self.attn_resolutions), "dropout": 0.0,
+        }
+        params = {"embed_dim": self.embed_dim, "n_embed": self.n_embed, "ddconfig": ddconfig,
+                  "lossconfig": {"target": "taming.modules.losses.DummyLoss"}, "ckpt_path": None}
+        return {"model": {"target": "taming.models.vqgan.VQModel", "params": params}}
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -309,8 +316,6 @@ def _load_strict(model: VQModel, state: dict[str, Tensor], source: Path, dtype: 
 def load_hf_vqmodel(model_dir: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> VQModel:
     """The ``model.vqmodel.*`` tensors of a Hugging Face checkpoint; decoder only if the files carry one."""
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     vq = json.loads(config_path.read_text()).get("vq_config")
@@ -385,7 +390,6 @@ def write_meta_vqgan(dst_dir: Path, hf_vq_state: dict[str, Tensor], vq_config: d
         decoder_state["decoder." + name] = value
     state = {k: v.detach().float().cpu().clone().contiguous() for k, v in hf_vq_state.items()}
     _load_strict(model, {**state, **decoder_state}, dst_dir / "vqgan.ckpt", torch.float32, "cpu")
-    ordered = {k: model.state_dict()[k].clone() for k in model.state_dict()}
     dst_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": ordered}, dst_dir / "vqgan.ckpt")
+    torch.save({"state_dict": {k: v.clone() for k, v in model.state_dict().items()}}, dst_dir / "vqgan.ckpt")
     (dst_dir / "vqgan.yaml").write_text(yaml.safe_dump(cfg.to_meta_yaml_dict(), sort_keys=False))

@@ -60,7 +60,9 @@ def full_model(request) -> VQModel:
 def test_config_grid_and_validation():
     cfg = VQGANConfig.from_hf_vq_config(HF_VQ)
     assert (cfg.grid, cfg.ch_mult, cfg.attn_resolutions, cfg.n_embed) == (16, (1, 2), (16,), 64)
-    assert VQGANConfig(embed_dim=256, n_embed=8192, z_channels=256, resolution=512).grid == 32
+    chameleon_7b = VQGANConfig(embed_dim=256, n_embed=8192, z_channels=256, resolution=512)
+    assert chameleon_7b.grid == 32
+    assert VQGANConfig.from_hf_vq_config({}) == chameleon_7b  # transformers' defaults fill missing keys
     with pytest.raises(ValueError):
         VQGANConfig(embed_dim=8, n_embed=8, z_channels=8, resolution=30, ch=32, ch_mult=(1, 2, 4))
     with pytest.raises(ValueError):

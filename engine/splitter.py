@@ -1,0 +1,70 @@
+"""One choice's token deltas -> text pieces and finished image spans, in order.
+
+Text comes from vLLM's own incremental detokenizer (it already handles stop
+strings and partial UTF-8); token ids decide where image spans are. A delta
+made only of span tokens (BOI, codes, EOI) contributes no text — vLLM's rendering
+of image codes is not text. Work per token is O(1): a span is a list append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from engine.vocab import TokenLayout
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCodes:
+    """A complete image span: codebook indices in raster order (``image_seq_length`` of them)."""
+
+    codes: list[int]
+
+
+Piece = str | ImageCodes
+
+
+class SpanSplitter:
+    def __init__(self, layout: TokenLayout, decode_text: Callable[[list[int]], str]) -> None:
+        self._layout = layout
+        self._decode_text = decode_text
+        self._code_of = {tid: i for i, tid in enumerate(layout.code_to_id)}
+        self._span: list[int] | None = None  # codes of the open span, None outside one
+
+    @property
+    def in_span(self) -> bool:
+        return self._span is not None
+
+    def _is_span_token(self, tid: int) -> bool:
+        return tid in self._code_of or tid == self._layout.boi or tid == self._layout.eoi
+
+    def feed(self, token_ids: Sequence[int], text: str) -> list[Piece]:
+        """Pieces completed by this delta; ``text`` is vLLM's text for the same tokens."""
+        if self._span is None and not any(self._is_span_token(t) for t in token_ids):
+            return [text] if text else []
+        pieces: list[Piece] = []
+        run: list[int] = []  # text tokens sharing a delta with span tokens (multi-token steps)
+        for tid in token_ids:
+            if self._span is None:
+                if tid == self._layout.boi:
+                    if run:
+                        pieces.append(self._decode_text(run))
+                        run = []
+                    self._span = []
+                elif not self._is_span_token(tid):
+                    run.append(tid)
+            elif tid in self._code_of:
+                self._span.append(self._code_of[tid])
+            elif tid == self._layout.eoi:
+                pieces += self._close()
+        if run:
+            pieces.append(self._decode_text(run))
+        return [p for p in pieces if p != ""]
+
+    def finish(self) -> list[Piece]:
+        """At the end of the request: a span that got all its codes but whose EOI was the stop token."""
+        return self._close() if self._span is not None else []
+
+    def _close(self) -> list[Piece]:
+        span, self._span = self._span, None
+        return [ImageCodes(span)] if span is not None and len(span) == self._layout.image_seq_length else []
