@@ -6,68 +6,26 @@ early-fusion model an image *is* tokens of the shared vocabulary, so there is
 nothing to embed or merge; plain ids keep the plugin model a text decoder,
 let prefix caching and ``return_token_ids`` see the real codes, and make the
 prompt exactly what the model reads. Encoding runs off the event loop and is
-batched across requests whose images arrive together.
+batched across requests whose images arrive together; so is decoding of the
+images the model writes (VQGAN decoder + PNG).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from engine.images import ImagePreprocessor
-from engine.vocab import TokenLayout
-from engine.vqgan import VQModel, load_hf_vqmodel
+from engine.batching import MicroBatcher
+from engine.images import ImagePreprocessor, to_png
+from engine.vocab import CheckpointError, TokenLayout
+from engine.vqgan import VQModel, encoder_mismatch, load_hf_vqmodel, load_meta_vqgan
 
 logger = logging.getLogger(__name__)
-
-
-class EncodeBatcher:
-    """Gathers images from concurrent requests and encodes each gathered group in one batch.
-
-    While a batch is being encoded in a worker thread, new images queue up and
-    form the next batch: no waiting window, so a lone request pays no delay.
-    """
-
-    def __init__(self, encode: Callable[[list[Image.Image]], list[list[int]]], max_batch: int = 16) -> None:
-        self._encode = encode
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[Image.Image, asyncio.Future[list[int]]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    async def encode(self, images: list[Image.Image]) -> list[list[int]]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in images]
-        for image, future in zip(images, futures):
-            self._queue.put_nowait((image, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-        return list(await asyncio.gather(*futures))
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self._max_batch:
-                batch.append(self._queue.get_nowait())
-            live = [(image, fut) for image, fut in batch if not fut.done()]
-            if not live:
-                continue
-            try:
-                spans = await asyncio.to_thread(self._encode, [image for image, _ in live])
-            except Exception as exc:  # one bad batch fails its requests, not the batcher
-                logger.exception("image encode failed")
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), span in zip(live, spans):
-                if not fut.done():
-                    fut.set_result(span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +53,58 @@ class ImageTokenizer:
         return [self.layout.image_span(c) for c in codes]
 
 
+@dataclass(frozen=True, slots=True)
+class ImagePainter:
+    """Codebook indices of generated images -> PNG bytes, one batched decoder forward."""
+
+    vqmodel: VQModel
+    grid: tuple[int, int]
+    device: torch.device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, vqgan: str | Path | None, encoder: VQModel,
+             device: torch.device) -> ImagePainter | None:
+        """The decoder from ``vqgan`` (Meta's vqgan.ckpt), else ``vqgan.ckpt`` beside the model, else none."""
+        path = Path(vqgan) if vqgan else Path(model_dir) / "vqgan.ckpt"
+        if not path.exists():
+            if vqgan:
+                raise CheckpointError(f"{path} does not exist: pass --vqgan PATH/vqgan.ckpt (vqgan.yaml beside it)")
+            logger.warning("no VQGAN decoder (%s): image output is disabled; pass --vqgan", path)
+            return None
+        vqmodel = load_meta_vqgan(path, device=device)
+        if vqmodel.config.n_embed != encoder.config.n_embed:
+            raise CheckpointError(f"{path} has {vqmodel.config.n_embed} codes, the model's encoder "
+                                  f"{encoder.config.n_embed}: use the VQGAN released with this model")
+        if vqmodel.config.grid != encoder.config.grid:
+            raise CheckpointError(f"{path} decodes a {vqmodel.config.grid}-code grid, the model's encoder writes "
+                                  f"{encoder.config.grid}: use the VQGAN released with this model")
+        if mismatch := encoder_mismatch(vqmodel, encoder):
+            logger.warning("%s: encoder weights differ from the model's model.vqmodel.* (%s, ...)",
+                           path, ", ".join(mismatch[:3]))
+        return cls(vqmodel=vqmodel, grid=(vqmodel.config.grid, vqmodel.config.grid), device=device)
+
+    def paint(self, images: list[list[int]]) -> list[bytes]:
+        codes = torch.tensor(images, dtype=torch.long, device=self.device).view(len(images), *self.grid)
+        return [to_png(pixels) for pixels in self.vqmodel.decode(codes).cpu()]
+
+
 class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
-    def __init__(self, llm, image_tokenizer: ImageTokenizer, max_model_len: int, model_class: str) -> None:
+    def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
+                 model_class: str) -> None:
         self.llm = llm
         self.model_class = model_class
-        self.image_tokenizer = image_tokenizer
         self.layout = image_tokenizer.layout
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
-        self._batcher = EncodeBatcher(image_tokenizer.encode_spans)
+        self._encoder = MicroBatcher(image_tokenizer.encode_spans)
+        self._painter = MicroBatcher(painter.paint) if painter else None
+        self.image_resolution = painter.vqmodel.config.resolution if painter else None  # PNG side, pixels
 
     @classmethod
-    def start(cls, engine_args) -> ChameleonEngine:
-        """Build AsyncLLM (our plugin model and span logits processor) and the image tokenizer."""
+    def start(cls, engine_args, vqgan: str | None = None) -> ChameleonEngine:
+        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and painter."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -124,13 +119,25 @@ class ChameleonEngine:
         llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
                                         disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        image_tokenizer = ImageTokenizer.from_checkpoint(vllm_config.model_config.model, device)
-        model_cls, _ = ModelRegistry.resolve_model_cls(vllm_config.model_config.architectures, vllm_config.model_config)
+        image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
+        painter = ImagePainter.load(model_config.model, vqgan, image_tokenizer.vqmodel, device)
+        model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
-        return cls(llm, image_tokenizer, vllm_config.model_config.max_model_len, model_class)
+        return cls(llm, image_tokenizer, painter, model_config.max_model_len, model_class)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
-        return await self._batcher.encode(images) if images else []
+        return await self._encoder.submit(images)
+
+    @property
+    def can_paint(self) -> bool:
+        """Whether image output is possible: a VQGAN decoder was found."""
+        return self.image_resolution is not None
+
+    async def paint_images(self, images: list[list[int]]) -> list[bytes]:
+        """PNG bytes for each generated image (codebook indices in raster order)."""
+        if self._painter is None:
+            raise CheckpointError("no VQGAN decoder loaded")
+        return await self._painter.submit(images)
 
     def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
         from vllm.inputs import TokensPrompt

@@ -28,19 +28,15 @@ class SpanSplitter:
     def __init__(self, layout: TokenLayout, decode_text: Callable[[list[int]], str]) -> None:
         self._layout = layout
         self._decode_text = decode_text
-        self._code_of = {tid: i for i, tid in enumerate(layout.code_to_id)}
         self._span: list[int] | None = None  # codes of the open span, None outside one
 
     @property
     def in_span(self) -> bool:
         return self._span is not None
 
-    def _is_span_token(self, tid: int) -> bool:
-        return tid in self._code_of or tid == self._layout.boi or tid == self._layout.eoi
-
     def feed(self, token_ids: Sequence[int], text: str) -> list[Piece]:
         """Pieces completed by this delta; ``text`` is vLLM's text for the same tokens."""
-        if self._span is None and not any(self._is_span_token(t) for t in token_ids):
+        if self._span is None and not any(self._layout.is_span_token(t) for t in token_ids):
             return [text] if text else []
         pieces: list[Piece] = []
         run: list[int] = []  # text tokens sharing a delta with span tokens (multi-token steps)
@@ -51,10 +47,10 @@ class SpanSplitter:
                         pieces.append(self._decode_text(run))
                         run = []
                     self._span = []
-                elif not self._is_span_token(tid):
+                elif not self._layout.is_span_token(tid):
                     run.append(tid)
-            elif tid in self._code_of:
-                self._span.append(self._code_of[tid])
+            elif tid in self._layout.code_of:
+                self._span.append(self._layout.code_of[tid])
             elif tid == self._layout.eoi:
                 pieces += self._close()
         if run:

@@ -7,7 +7,8 @@ decimal digits of i written as letters (0->A ... 9->J) + ``Z``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +47,10 @@ class TokenLayout:
     vocab_size: int
     image_seq_length: int
     code_to_id: tuple[int, ...]  # vocabulary id of codebook index i
+    code_of: Mapping[int, int] = field(init=False, repr=False, compare=False)  # vocabulary id -> codebook index
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code_of", {tid: i for i, tid in enumerate(self.code_to_id)})
 
     @classmethod
     def from_vocabulary_map(
@@ -109,6 +114,10 @@ class TokenLayout:
     def image_span(self, codes: torch.Tensor) -> list[int]:
         """BOI + vocabulary ids of one image's codes + EOI, as placed in a prompt."""
         return [self.boi, *self.codes_to_ids(codes.flatten()).tolist(), self.eoi]
+
+    def is_span_token(self, tid: int) -> bool:
+        """BOI, EOI or an image code: a token that belongs to an image, not to text."""
+        return tid in self.code_of or tid == self.boi or tid == self.eoi
 
     def forbidden_outside_span(self) -> torch.Tensor:
         """Ids no text-only request may ever sample: every image code, BOI and EOI."""

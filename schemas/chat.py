@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from schemas.common import omitted_if_none, FinishReason, SamplingFields, UsageInfo, WireModel
+from schemas.common import FinishReason, SamplingFields, UsageInfo, WireModel, omitted_if_none
 
 
 class TextPart(WireModel):
@@ -16,7 +16,7 @@ class TextPart(WireModel):
 
 class ImageURL(WireModel):
     url: str
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high"] | None = omitted_if_none()
 
 
 class ImagePart(WireModel):
@@ -49,15 +49,29 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(None, ge=1)
+    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    # --- extensions: sampling of image codes (defaults: Anole's 0.7 / off / 0.9) ---
+    image_temperature: float | None = Field(None, ge=0.0, le=2.0)
+    image_top_k: int | None = Field(None, ge=0)
+    image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _distinct_modalities(self) -> "ChatCompletionRequest":
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError("modalities must not repeat an entry")
+        return self
 
     @property
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
+OutputPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
 class ResponseMessage(WireModel):
     role: Literal["assistant"] = "assistant"
-    content: str | None
+    content: str | list[OutputPart] | None  # a part list, in order, when the reply holds images
 
 
 class ChatChoice(WireModel):
@@ -82,7 +96,7 @@ class ChatCompletionResponse(WireModel):
 
 class DeltaMessage(WireModel):
     role: Literal["assistant"] | None = omitted_if_none()
-    content: str | None = None
+    content: str | list[OutputPart] | None = None  # one finished image arrives as a one-part list
 
 
 class ChatChunkChoice(WireModel):

@@ -33,10 +33,15 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
+class CompletionTokensDetails(WireModel):
+    image_tokens: int  # extension: BOI, image codes and EOI the model wrote
+
+
 class UsageInfo(WireModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = omitted_if_none()
 
 
 class SamplingFields(WireModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from schemas.common import omitted_if_none, FinishReason, SamplingFields, UsageInfo, WireModel
+from schemas.common import FinishReason, SamplingFields, UsageInfo, WireModel, omitted_if_none
 
 
 class CompletionRequest(SamplingFields):

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.errors import install_error_handlers
-from server.routes import chat, completions, health, models
+from server.routes import chat, completions, health, images, models
 from server.settings import Settings
 
 
@@ -18,7 +18,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from engine.runner import ChameleonEngine
 
-        engine = ChameleonEngine.start(settings.engine_args)
+        engine = ChameleonEngine.start(settings.engine_args, vqgan=settings.vqgan)
         app.state.engine = engine
         app.state.model_class = engine.model_class
         try:
@@ -30,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.started_at = int(time.time())
     install_error_handlers(app)
-    for router in (health.router, models.router, chat.router, completions.router):
+    for router in (health.router, models.router, chat.router, completions.router, images.router):
         app.include_router(router)
+
     return app

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                         help="refuse input images with more pixels, checked before decoding")
     server.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the checkpoint's")
+    server.add_argument("--vqgan", default=None,
+                        help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
+                             "(default: vqgan.ckpt in the model folder)")
     parser = AsyncEngineArgs.add_cli_args(parser)
     parser.set_defaults(model=None)
     return parser
@@ -63,7 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         model=args.model, served_model_name=served, engine_args=engine_args, host=args.host, port=args.port,
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
-        max_image_pixels=args.max_image_pixels, chat_template=template,
+        max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
     )
 
 

@@ -1,4 +1,4 @@
-"""Run one request on the engine: per-choice deltas for streams, whole choices otherwise.
+"""Run one request on the engine: per-choice deltas (text and finished PNGs) for streams, whole choices otherwise.
 
 A request whose client disconnects is cancelled, which aborts it in vLLM and
 frees its KV blocks (AsyncLLM.generate aborts on cancellation).
@@ -7,6 +7,7 @@ frees its KV blocks (AsyncLLM.generate aborts on cancellation).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -14,14 +15,24 @@ from typing import TypeVar
 from fastapi import Request
 
 from engine.runner import ChameleonEngine
+from engine.splitter import ImageCodes, SpanSplitter
+from server import metrics
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PNG:
+    data: bytes
+
+
+Piece = str | PNG
 
 
 @dataclass(slots=True)
 class ChoiceDelta:
     index: int
-    text: str
+    pieces: list[Piece]
     token_ids: list[int]
     finish_reason: str | None
 
@@ -29,30 +40,62 @@ class ChoiceDelta:
 @dataclass(slots=True)
 class Choice:
     index: int
-    text: str = ""
+    pieces: list[Piece] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        for piece in delta.pieces:
+            if isinstance(piece, str) and self.pieces and isinstance(self.pieces[-1], str):
+                self.pieces[-1] += piece
+            else:
+                self.pieces.append(piece)
+        self.token_ids += delta.token_ids
+        self.finish_reason = delta.finish_reason or self.finish_reason
 
 
 def _finish(reason: str | None) -> str | None:
     return None if reason is None else ("length" if reason == "length" else "stop")
 
 
+async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> list[Piece]:
+    """Replace finished image spans by their PNGs (one batched decode for all of them)."""
+    spans = [p.codes for p in pieces if isinstance(p, ImageCodes)]
+    if not spans:
+        return list(pieces)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    pngs = iter(await engine.paint_images(spans))
+    metrics.record_images_generated(len(spans), time.perf_counter() - start)
+    return [PNG(next(pngs)) if isinstance(p, ImageCodes) else p for p in pieces]
+
+
 async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str
                         ) -> AsyncIterator[list[ChoiceDelta]]:
+    splitters: dict[int, SpanSplitter] = {}
     async for out in engine.generate(prompt_ids, params, request_id):
-        yield [ChoiceDelta(o.index, o.text, list(o.token_ids), _finish(o.finish_reason)) for o in out.outputs]
+        deltas = []
+        for o in out.outputs:
+            splitter = splitters.setdefault(o.index, SpanSplitter(engine.layout, engine.tokenizer.decode))
+            pieces = splitter.feed(o.token_ids, o.text)
+            if o.finish_reason is not None:
+                pieces += splitter.finish()
+            metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
+            deltas.append(ChoiceDelta(o.index, await _paint(engine, pieces), list(o.token_ids),
+                                      _finish(o.finish_reason)))
+        yield deltas
 
 
 async def collect_choices(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str) -> list[Choice]:
     choices = [Choice(index=i) for i in range(params.n)]
     async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
         for d in deltas:
-            c = choices[d.index]
-            c.text += d.text
-            c.token_ids += d.token_ids
-            c.finish_reason = d.finish_reason or c.finish_reason
+            choices[d.index].add(d)
     return choices
+
+
+def count_image_tokens(engine: ChameleonEngine, token_ids: list[int]) -> int:
+    """BOI, image codes and EOI among ``token_ids``."""
+    return sum(engine.layout.is_span_token(t) for t in token_ids)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

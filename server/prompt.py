@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from engine.images import decode_image
 from engine.runner import ChameleonEngine
 from schemas.chat import ChatMessage, ImagePart, TextPart
+from server import metrics
 from server.errors import BadRequest
 
 
@@ -50,6 +51,7 @@ async def build_chat_prompt(
         raise BadRequest(f"at most {max_images} images per request, got {len(images)}", param="messages")
     pil_images = await asyncio.to_thread(lambda: [decode_image(_image_bytes(u), max_pixels) for u in images])
     spans = await engine.encode_images(pil_images)
+    metrics.record_images_encoded(len(spans))
     template = chat_template or getattr(engine.tokenizer, "chat_template", None)
     if template:
         ids = _templated_ids(engine, messages, spans, template)

@@ -17,6 +17,7 @@ class Settings:
     max_images_per_request: int = 8
     max_image_pixels: int = 4096 * 4096
     chat_template: str | None = None
+    vqgan: str | None = None  # Meta's vqgan.ckpt (yaml beside it); default: vqgan.ckpt in the model dir
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

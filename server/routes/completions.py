@@ -46,7 +46,7 @@ async def completions(
     completion_tokens = sum(len(c.token_ids) for c in choices)
     return CompletionResponse(
         id=request_id, created=created, model=settings.served_model_name,
-        choices=[CompletionChoice(index=c.index, text=echo + c.text, finish_reason=c.finish_reason,
+        choices=[CompletionChoice(index=c.index, text=echo + "".join(c.pieces), finish_reason=c.finish_reason,
                                   token_ids=c.token_ids if req.return_token_ids else None) for c in choices],
         usage=UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
                         total_tokens=len(prompt_ids) + completion_tokens),
@@ -63,7 +63,7 @@ async def _stream(req: CompletionRequest, engine: ChameleonEngine, prompt_ids: l
     prompt_once = prompt_ids if req.return_token_ids else None
     async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
         completion_tokens += sum(len(d.token_ids) for d in deltas)
-        yield chunk([CompletionChoice(index=d.index, text=first.pop(d.index, "") + d.text,
+        yield chunk([CompletionChoice(index=d.index, text=first.pop(d.index, "") + "".join(d.pieces),
                                       finish_reason=d.finish_reason,
                                       token_ids=d.token_ids if req.return_token_ids else None) for d in deltas],
                     prompt_token_ids=prompt_once)

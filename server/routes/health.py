@@ -1,4 +1,4 @@
-"""`GET /health` (engine liveness) and `GET /version` (what is serving)."""
+"""Operations: `GET /health` (engine liveness), `GET /version` (what is serving), `GET /metrics` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import vllm
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from server import metrics
+
 router = APIRouter()
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/health")

@@ -1,0 +1,31 @@
+"""Prometheus metrics: vLLM's own engine metrics (same registry, same names) plus ``chameleon:`` image metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+IMAGES_ENCODED = Counter("chameleon:images_encoded_total", "Input images VQ-encoded into prompt tokens")
+IMAGES_GENERATED = Counter("chameleon:images_generated_total", "Images the model wrote, decoded to PNG")
+IMAGE_TOKENS = Counter("chameleon:image_tokens_generated_total", "Generated BOI, image-code and EOI tokens")
+DECODE_SECONDS = Histogram(
+    "chameleon:image_decode_seconds", "From a finished image span to its PNG (batched VQGAN decode + PNG)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def record_images_encoded(count: int) -> None:
+    IMAGES_ENCODED.inc(count)
+
+
+def record_images_generated(count: int, seconds: float) -> None:
+    IMAGES_GENERATED.inc(count)
+    DECODE_SECONDS.observe(seconds)
+
+
+def record_image_tokens(count: int) -> None:
+    IMAGE_TOKENS.inc(count)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The default registry, where vLLM's stat logger writes its ``vllm:`` metrics, as Prometheus text."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,57 @@
+"""`POST /v1/images/generations`: text to image, ``b64_json`` PNGs."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+
+from engine.runner import ChameleonEngine
+from schemas.chat import ChatCompletionRequest, ChatMessage
+from schemas.images import ImageData, ImageGenerationRequest, ImagesResponse, ImagesUsage, InputTokensDetails
+from server.deps import check_model, get_engine, get_settings, require_api_key
+from server.errors import APIError, BadRequest
+from server.generation import PNG, collect_choices, until_disconnect
+from server.prompt import build_chat_prompt
+from server.sampling import sampling_params, span_args
+from server.settings import Settings
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@router.post("/images/generations")
+async def generate_images(
+    req: ImageGenerationRequest, request: Request,
+    settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
+) -> ImagesResponse:
+    if req.model is not None:
+        check_model(req.model, settings)
+    if req.response_format != "b64_json":
+        raise BadRequest("only response_format 'b64_json' is supported", param="response_format")
+    native = f"{engine.image_resolution}x{engine.image_resolution}" if engine.can_paint else None
+    if req.size not in (None, "auto", native):
+        raise BadRequest(f"size must be 'auto' or this model's native {native}", param="size")
+    # The prompt is one user turn, exactly as a chat request with modalities ["image"] would send it.
+    chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, seed=req.seed, modalities=["image"],
+                                 messages=[ChatMessage(role="user", content=req.prompt)],
+                                 image_temperature=req.image_temperature, image_top_k=req.image_top_k,
+                                 image_top_p=req.image_top_p)
+    prompt = await build_chat_prompt(engine, chat.messages, max_images=0, max_pixels=settings.max_image_pixels,
+                                     chat_template=settings.chat_template)
+    params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True,
+                             extra_args=span_args(chat.modalities, chat))
+    request_id = f"img-{uuid.uuid4().hex}"
+    choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
+    pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]
+    if len(pngs) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
+        raise APIError(f"generated {len(pngs)} of {req.n} images")
+    output_tokens = sum(len(c.token_ids) for c in choices)
+    return ImagesResponse(
+        created=int(time.time()),
+        data=[ImageData(b64_json=base64.b64encode(p.data).decode()) for p in pngs],
+        usage=ImagesUsage(input_tokens=len(prompt.token_ids), output_tokens=output_tokens,
+                          total_tokens=len(prompt.token_ids) + output_tokens,
+                          input_tokens_details=InputTokensDetails(text_tokens=len(prompt.token_ids), image_tokens=0)),
+    )

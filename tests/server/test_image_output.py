@@ -1,0 +1,136 @@
+"""The model writes images: grammar-exact spans, PNGs of the VQGAN's size, streamed or whole, beside text traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import time
+
+import httpx
+import pytest
+from conftest import API_KEY, MODEL
+from PIL import Image
+
+from engine.vocab import TokenLayout
+from engine.vqgan import VQGANConfig
+
+DRAW = [{"role": "user", "content": "Draw a red circle on a white background."}]
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_dir) -> TokenLayout:
+    return TokenLayout.from_checkpoint(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def resolution(tiny_dir) -> int:
+    return VQGANConfig.from_meta_yaml(tiny_dir / "vqgan.yaml").resolution
+
+
+def _png_of(url: str) -> bytes:
+    assert url.startswith("data:image/png;base64,")
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(png)).size
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_image_only_returns_one_exact_span(client, layout, resolution, server):
+    before = _metric(server, "chameleon:images_generated_total")
+    resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], seed=7,
+                                          extra_body={"return_token_ids": True})
+    choice = resp.choices[0]
+    ids = choice.token_ids
+    assert ids[0] == layout.boi and ids[-1] == layout.eoi and len(ids) == layout.image_seq_length + 2
+    assert all(t in layout.code_of for t in ids[1:-1])
+    assert choice.finish_reason == "stop"
+    [part] = choice.message.content
+    assert part["type"] == "image_url" and _size(_png_of(part["image_url"]["url"])) == (resolution, resolution)
+    assert resp.usage.completion_tokens_details.image_tokens == layout.image_seq_length + 2
+    assert _metric(server, "chameleon:images_generated_total") == before + 1
+
+
+def test_stream_and_whole_give_the_same_image(client):
+    kw = dict(model=MODEL, messages=DRAW, modalities=["image"], seed=123, extra_body={"image_temperature": 1.0})
+    whole = _png_of(client.chat.completions.create(**kw).choices[0].message.content[0]["image_url"]["url"])
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    parts = [p for c in chunks if c.choices and isinstance(c.choices[0].delta.content, list)
+             for p in c.choices[0].delta.content]
+    assert len(parts) == 1 and _png_of(parts[0]["image_url"]["url"]) == whole
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    other = client.chat.completions.create(**{**kw, "seed": 124})
+    assert _png_of(other.choices[0].message.content[0]["image_url"]["url"]) != whole
+
+
+def test_images_generate(client, resolution):
+    result = client.images.generate(model=MODEL, prompt="a lighthouse at night", n=2, response_format="b64_json")
+    assert len(result.data) == 2
+    for image in result.data:
+        assert _size(base64.b64decode(image.b64_json)) == (resolution, resolution)
+    same_size = client.images.generate(prompt="x", size=f"{resolution}x{resolution}")
+    assert len(same_size.data) == 1
+
+
+def test_mixed_batch_text_requests_never_see_image_tokens(server, layout):
+    async def run():
+        aclient = server.async_client()
+        texts = [aclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Say {i}"}],
+                                                 temperature=1.5, max_tokens=48, extra_body={"return_token_ids": True})
+                 for i in range(6)]
+        images = [aclient.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], seed=i,
+                                                  extra_body={"return_token_ids": True}) for i in range(3)]
+        return await asyncio.gather(*texts), await asyncio.gather(*images)
+
+    texts, images = asyncio.run(run())
+    for r in texts:
+        assert not any(layout.is_span_token(t) for t in r.choices[0].token_ids)
+        assert isinstance(r.choices[0].message.content, str)
+    for r in images:
+        ids = r.choices[0].token_ids
+        assert ids[0] == layout.boi and ids[-1] == layout.eoi and len(ids) == layout.image_seq_length + 2
+
+
+def test_abort_mid_image_frees_the_request(server, layout):
+    generated_before = _metric(server, "vllm:generation_tokens_total")
+    body = {"model": MODEL, "messages": DRAW, "modalities": ["image"], "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        assert resp.status_code == 200
+        next(resp.iter_lines())  # the role chunk: the request is running
+    deadline = time.monotonic() + 30
+    while _metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _metric(server, "vllm:num_requests_running") == 0
+    assert _metric(server, "vllm:generation_tokens_total") - generated_before < layout.image_seq_length
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"modalities": ["audio"]}, "modalities"),
+    ({"modalities": []}, "modalities"),
+    ({"modalities": ["image"], "image_temperature": -1}, "image_temperature"),
+    ({"modalities": ["image"], "image_top_p": 0}, "image_top_p"),
+    ({"modalities": ["image"], "image_top_k": -5}, "image_top_k"),
+    ({"modalities": ["image", "image"]}, None),
+])
+def test_bad_image_params(server, body, param):
+    resp = httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"model": MODEL, "messages": DRAW, **body}, timeout=30)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["message"] and (param is None or param in (error["param"] or ""))
+
+
+@pytest.mark.parametrize("body", [{"size": "13x13"}, {"response_format": "url"}, {"n": 0}, {"prompt": ""}])
+def test_bad_images_requests(server, body):
+    resp = httpx.post(f"{server.url}/v1/images/generations", headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"prompt": "a cat", **body}, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["message"]
