@@ -65,7 +65,7 @@ class ChameleonQKNorm(nn.Module):
         self.local_heads, self.head_dim = local_heads, head_dim
         tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         replicas = max(1, tp_size // total_heads)
-        self.first_head = 0 * (tp_rank // replicas) * local_heads
+        self.first_head = (tp_rank // replicas) * local_heads
         self.weight = nn.Parameter(torch.ones(local_heads, head_dim))
         self.bias = nn.Parameter(torch.zeros(local_heads, head_dim))
         for p in (self.weight, self.bias):

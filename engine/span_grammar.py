@@ -75,13 +75,12 @@ def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
 
     ``tail`` needs only the last ``image_seq_length + 1`` tokens of the history.
     """
-    codes, count = frozenset(layout.code_to_id), 0
-    for tok in reversed(tail[-(layout.image_seq_length + 1):]):
+    codes = frozenset(layout.code_to_id)
+    for count, tok in enumerate(reversed(tail[-(layout.image_seq_length + 1):])):
         if tok == layout.boi:
             return count
         if tok not in codes:
             return -1
-        count += 1
     return -1
 
 
@@ -219,7 +218,7 @@ class SpanGrammar:
 
 
 def logits_processor_for_runner(vllm_config: Any = None) -> type:
-    """The adapter class for the model runner vLLM will use (V2 needs Triton; VLLM_USE_V2_MODEL_RUNNER overrides).
+    """The adapter class for the runner vLLM will use: V2 needs Triton; VLLM_USE_V2_MODEL_RUNNER overrides.
 
     With ``vllm_config`` the answer is vLLM's own (``use_v2_model_runner``, which also falls back to V1
     for features V2 lacks); without it, the env override, else Triton's presence, as vLLM decides by default.
@@ -227,7 +226,7 @@ def logits_processor_for_runner(vllm_config: Any = None) -> type:
     if vllm_config is not None:
         use_v2 = vllm_config.use_v2_model_runner
     else:
-        import vllm.envs as envs
+        from vllm import envs
         from vllm.triton_utils import HAS_TRITON
 
         use_v2 = envs.VLLM_USE_V2_MODEL_RUNNER if envs.VLLM_USE_V2_MODEL_RUNNER is not None else HAS_TRITON

@@ -48,6 +48,7 @@ class SamplingFields(WireModel):
     """Sampling fields shared by chat and completions, in OpenAI's order, then vLLM's extensions."""
 
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -66,9 +67,12 @@ class SamplingFields(WireModel):
     return_token_ids: bool = False
 
     @model_validator(mode="after")
-    def _stop_list(self) -> "SamplingFields":
+    def _stop_and_bias(self) -> "SamplingFields":
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValueError("stop: at most 4 sequences")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("logit_bias maps token ids (as strings) to values in [-100, 100]")
         return self
 
     @property

@@ -48,6 +48,9 @@ def sampling_params(
         max_new_tokens = image_len if modalities == {"image"} else room
     if req.min_tokens > max_new_tokens:
         raise BadRequest("min_tokens must not exceed max_tokens", param="min_tokens")
+    bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+    if any(tid >= engine.layout.vocab_size for tid in bias):
+        raise BadRequest("logit_bias names a token id outside the vocabulary", param="logit_bias")
     stop_ids = [engine.layout.sep] if end_of_turn else []
     if modalities == {"image"}:
         stop_ids.append(engine.layout.eoi)  # one image, then done
@@ -58,6 +61,7 @@ def sampling_params(
         top_k=req.top_k,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        logit_bias=bias or None,
         repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop=req.stop_list,

@@ -81,7 +81,8 @@ def test_image_only_writes_boi_exactly_n_codes_eoi(engine):
 def test_interleaved_spans_are_always_complete(engine):
     llm, layout = engine
     outs = generate(llm, layout, 16, temperature=1.0, max_tokens=160, ignore_eos=True, seed=3,
-                    logit_bias={layout.boi: 6.0, layout.eoi: 6.0}, extra_args={"modalities": ["text", "image"]})
+                    logit_bias={layout.boi: 6.0, layout.eoi: 6.0},
+                    extra_args={"modalities": ["text", "image"]})
     images = sum(spans_ok(o, layout) for o in outs)
     assert images >= 4  # the bias makes images common; every one of them well formed
 

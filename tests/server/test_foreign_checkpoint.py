@@ -3,12 +3,14 @@
 This one is not made by our generator: transformers' own initialisation, the
 swin-norm variant, no GQA, a 8x8 grid, two resolutions of attention in the VQ
 encoder, and a vocabulary whose image codes sit at the END, in reverse codebook
-order, so nothing can lean on Chameleon-7b's id positions. It has no VQGAN
-decoder (``vqgan.ckpt``): text output and image input must still work.
+order, so nothing can lean on Chameleon-7b's id positions. Its VQGAN decoder
+is a Meta-format ``vqgan.ckpt`` in another folder, passed with ``--vqgan``.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -21,8 +23,11 @@ from tokenizers import Tokenizer
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor, PreTrainedTokenizerFast
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
+from PIL import Image
+
 from engine.tiny import TinySpec, _build_tokenizer
-from engine.vocab import SEP_NAME
+from engine.vocab import SEP_NAME, TokenLayout
+from engine.vqgan import write_meta_vqgan
 
 GRID, CODES = 8, 256
 
@@ -50,7 +55,10 @@ def write_foreign_checkpoint(dst: Path) -> Path:
                        channel_multiplier=[1, 2], num_res_blocks=2, attn_resolutions=[GRID]),
     )
     torch.manual_seed(1)
-    ChameleonForConditionalGeneration(config).save_pretrained(dst)
+    model = ChameleonForConditionalGeneration(config)
+    model.save_pretrained(dst)
+    vq_state = {k.removeprefix("model.vqmodel."): v for k, v in model.state_dict().items() if ".vqmodel." in k}
+    write_meta_vqgan(dst.parent / f"{dst.name}-vqgan", vq_state, config.vq_config.to_dict(), seed=3)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                         unk_token="<unk>", sep_token=SEP_NAME)
     image_processor = ChameleonImageProcessorPil(size={"shortest_edge": 2 * GRID},
@@ -62,7 +70,8 @@ def write_foreign_checkpoint(dst: Path) -> Path:
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory):
     model_dir = write_foreign_checkpoint(tmp_path_factory.mktemp("foreign"))
-    live = start_server(model_dir, tmp_path_factory.mktemp("foreign-logs") / "server.log")
+    vqgan = model_dir.parent / f"{model_dir.name}-vqgan" / "vqgan.ckpt"
+    live = start_server(model_dir, tmp_path_factory.mktemp("foreign-logs") / "server.log", "--vqgan", str(vqgan))
     yield live, HFOracle(model_dir)
     stop_server(live)
 
@@ -80,3 +89,17 @@ def test_foreign_checkpoint_greedy_parity(foreign, n_images):
     assert resp.prompt_token_ids == oracle.prompt_ids(text, images)
     assert resp.choices[0].token_ids == oracle.greedy(text, images, 16)
     assert "swin_norm=True" in live.log()
+
+
+def test_foreign_checkpoint_writes_images_with_meta_vqgan(foreign):
+    live, oracle = foreign
+    resp = live.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "draw"}], modalities=["image"], n=2, seed=3,
+        extra_body={"return_token_ids": True})
+    layout = TokenLayout.from_checkpoint(live.model_dir)
+    for choice in resp.choices:
+        ids = choice.token_ids
+        assert ids[0] == layout.boi and ids[-1] == layout.eoi and len(ids) == GRID * GRID + 2
+        [part] = choice.message.content
+        png = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+        assert Image.open(io.BytesIO(png)).size == (2 * GRID, 2 * GRID)

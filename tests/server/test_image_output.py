@@ -134,3 +134,44 @@ def test_bad_images_requests(server, body):
                       json={"prompt": "a cat", **body}, timeout=30)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["message"]
+
+
+def _pieces_of_stream(chunks) -> list[str | bytes]:
+    pieces: list[str | bytes] = []
+    for c in chunks:
+        if not c.choices or not c.choices[0].delta.content:
+            continue
+        content = c.choices[0].delta.content
+        if isinstance(content, list):
+            pieces += [_png_of(p["image_url"]["url"]) for p in content]
+        elif pieces and isinstance(pieces[-1], str):
+            pieces[-1] += content
+        else:
+            pieces.append(content)
+    return pieces
+
+
+def test_interleaved_text_and_images_stream_in_order(client, layout):
+    """BOI is nudged with logit_bias (an OpenAI field) so this random model writes images between text."""
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell and show."}], modalities=["text", "image"],
+              seed=5, temperature=1.0, max_tokens=2 * layout.image_seq_length + 60,
+              logit_bias={str(layout.boi): 9.0})
+    whole = client.chat.completions.create(**kw, extra_body={"return_token_ids": True})
+    content = whole.choices[0].message.content
+    expected = [_png_of(p["image_url"]["url"]) if p["type"] == "image_url" else p["text"] for p in content]
+    assert any(isinstance(p, bytes) for p in expected) and any(isinstance(p, str) for p in expected)
+    assert _pieces_of_stream(client.chat.completions.create(**kw, stream=True)) == expected
+    ids = whole.choices[0].token_ids
+    for start in [i for i, t in enumerate(ids) if t == layout.boi]:  # every span is exact, or cut by max_tokens
+        span = ids[start + 1:start + 2 + layout.image_seq_length]
+        complete = len(span) == layout.image_seq_length + 1
+        assert all(t in layout.code_of for t in span[:layout.image_seq_length])
+        assert not complete or span[-1] == layout.eoi
+    images_in_ids = sum(1 for i, t in enumerate(ids) if t == layout.eoi)
+    assert sum(isinstance(p, bytes) for p in expected) == images_in_ids
+
+
+def test_max_tokens_inside_a_span_gives_no_broken_image(client):
+    resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], max_tokens=10)
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.choices[0].message.content == ""  # no partial PNG

@@ -126,9 +126,8 @@ class Pair:
         out1 = self.v1.apply(logits.clone())
         torch.manual_seed(seed)
         out2 = self.v2.apply(logits.clone(), ctx)
-        if not torch.equal(out1, out2):
-            bad = (out1 != out2).any(1).nonzero().flatten().tolist()
-            raise AssertionError([(self.batch[r], self.output[self.batch[r]], torch.isfinite(out1[r]).nonzero().flatten().tolist(), torch.isfinite(out2[r]).nonzero().flatten().tolist()) for r in bad])
+        for rid, row1, row2 in zip(self.batch, out1, out2):
+            assert torch.equal(row1, row2), (rid, self.output[rid])
         picks = [rng.choice(torch.isfinite(row).nonzero().flatten().tolist()) for row in out1]
         for rid, tok in zip(self.batch, picks):
             self.output[rid].append(tok)
@@ -162,7 +161,8 @@ def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
             pair.add("image", prompt, params, output=output)
         pair.step(rng, swap=i in (5, 20))
     assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
-    assert pair.output["resumed"][4:7] == [CODES[pair.output["resumed"][4] - 4], pair.output["resumed"][5], EOI]
+    resumed = pair.output["resumed"]
+    assert resumed[4] in CODES and resumed[5] in CODES and resumed[6] == EOI
 
 
 def test_v2_random_workloads_match_v1(model_dir):
@@ -186,7 +186,8 @@ def test_v1_does_not_consume_async_placeholders(model_dir):
     """Under async scheduling the newest output is -1 at update_state and real by apply."""
     pair = Pair(model_dir)
     output = [BOI, CODES[0], -1]
-    pair.v1.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, sp(["image"]), [1], output)], moved=[]))
+    added = [(0, sp(["image"]), [1], output)]
+    pair.v1.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
     assert pair.v1.grammar.pos[0] == 1 and pair.v1.grammar.num_output[0] == 2
     output[-1] = CODES[1]
     row = pair.v1.apply(torch.randn(1, V))[0]
@@ -218,4 +219,5 @@ def test_runner_choice(monkeypatch):
 
     expected = ChameleonSpanLogitsProcessorV2 if HAS_TRITON else ChameleonSpanLogitsProcessorV1
     assert logits_processor_for_runner() is expected
-    assert logits_processor_for_runner(SimpleNamespace(use_v2_model_runner=True)) is ChameleonSpanLogitsProcessorV2
+    v2_config = SimpleNamespace(use_v2_model_runner=True)
+    assert logits_processor_for_runner(v2_config) is ChameleonSpanLogitsProcessorV2

@@ -161,7 +161,7 @@ def test_greedy_image_rows_take_the_argmax_among_codes():
     assert allowed(step(g, [0], logits)[0]) == {9}
 
 
-@pytest.mark.parametrize("params", [dict(image_top_k=1), dict(image_top_p=1e-6)])
+@pytest.mark.parametrize("params", [{"image_top_k": 1}, {"image_top_p": 1e-6}])
 def test_top_k_1_or_tiny_top_p_is_the_argmax(params):
     g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=1.0, **params), tails=[[BOI]])
     for _ in range(20):
@@ -224,7 +224,8 @@ def test_defaults_and_modalities():
     assert (sp.mode, sp.image_temperature, sp.image_top_k, sp.image_top_p) == (
         TEXT_ONLY, DEFAULT_IMAGE_TEMPERATURE, 0, DEFAULT_IMAGE_TOP_P)
     assert SpanParams.from_extra_args({"modalities": ["image", "text"]}).mode == INTERLEAVED
-    assert SpanParams.from_extra_args({"modalities": ["image"]}, seed=3) == SpanParams(mode=IMAGE_ONLY, seed=3)
+    image_only = SpanParams.from_extra_args({"modalities": ["image"]}, seed=3)
+    assert image_only == SpanParams(mode=IMAGE_ONLY, seed=3)
     validate_params(SimpleNamespace(extra_args={"modalities": ["text"], "other_processor_key": 1}, seed=None))
 
 
