@@ -1,10 +1,11 @@
-"""Engine start time and text throughput of the server on the tiny checkpoint.
+"""Engine start time, text throughput and image throughput of the server on the tiny checkpoint.
 
 Starts ``chameleon-serve`` as a user would (eager, CPU), times it to a healthy
-``/health``, then sends greedy chat requests with ``ignore_eos`` at several
-concurrencies through the ``openai`` client and reports output tokens/s.
+``/health``, then through the ``openai`` client: greedy chat requests with
+``ignore_eos`` (output tokens/s) and ``modalities: ["image"]`` requests (images/s,
+each image BOI + 1024 codes + EOI then a VQGAN decode to PNG), at several concurrencies.
 
-    python bench/tiny_engine.py [--model DIR] [--tokens 128] [--concurrency 1 8 16]
+    python bench/tiny_engine.py [--model DIR] [--tokens 128] [--concurrency 1 8 16] [--image-concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -46,11 +47,26 @@ async def _throughput(url: str, concurrency: int, tokens: int, rounds: int = 2) 
     return produced / (time.perf_counter() - start)
 
 
+async def _images_per_s(url: str, concurrency: int, rounds: int = 2) -> float:
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=1200)
+
+    async def one(i: int) -> None:
+        r = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"Draw picture {i}"}], modalities=["image"], seed=i)
+        assert isinstance(r.choices[0].message.content, list)
+
+    await one(-1)  # warm-up
+    start = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(concurrency * rounds)])
+    return concurrency * rounds / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint dir (default: a fresh tiny checkpoint)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--image-concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -76,9 +92,11 @@ def main() -> None:
             time.sleep(0.25)
         started_s = time.perf_counter() - start
         results = {"engine_start_s": round(started_s, 1), "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-                   "tokens_per_request": args.tokens, "output_tok_per_s": {}}
+                   "tokens_per_request": args.tokens, "output_tok_per_s": {}, "images_per_s": {}}
         for c in args.concurrency:
             results["output_tok_per_s"][str(c)] = round(asyncio.run(_throughput(url, c, args.tokens)), 1)
+        for c in args.image_concurrency:
+            results["images_per_s"][str(c)] = round(asyncio.run(_images_per_s(url, c)), 3)
         print(json.dumps(results, indent=2))
     finally:
         proc.terminate()

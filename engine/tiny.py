@@ -142,15 +142,20 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
 
 
 def _spread_weights(model: torch.nn.Module, seed: int) -> None:
-    """Give the random model decisive logits and the VQ encoder varied codes.
+    """Give the random model decisive logits, varied norms and a VQ encoder with varied codes.
 
-    transformers' initialisation (std 0.02, zero biases) gives near-uniform logits,
-    where greedy ties would make token-for-token comparisons meaningless.
+    transformers' initialisation (std 0.02, zero biases, unit norms) gives near-uniform
+    logits, where greedy ties make token-for-token comparisons meaningless, and
+    unit qk-norm scales and zero shifts, where a per-head norm applied to the wrong
+    heads (or in the wrong place, as with swin-norm) would go unnoticed.
     """
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
+                is_scale = name.endswith("weight")
+                noise = torch.rand(p.shape, generator=gen) if is_scale else torch.randn(p.shape, generator=gen)
+                p.copy_(0.5 + noise if is_scale else 0.3 * noise)
                 continue
             fan_in = p[0].numel() if p.dim() > 1 else p.numel()
             p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
