@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import islice
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ChameleonConfig
-
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import (
@@ -235,7 +235,7 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         (".gate_up_proj", ".gate_proj", 0),
         (".gate_up_proj", ".up_proj", 1),
     )
-    packed_modules_mapping = {
+    packed_modules_mapping: ClassVar[dict[str, list[str]]] = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
     }

@@ -61,8 +61,7 @@ class TinySpec:
 
 def _build_tokenizer(spec: TinySpec):
     """Byte-level BPE whose first ids mirror Chameleon's: text specials, image codes, BOI/EOI."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

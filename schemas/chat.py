@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,7 +24,7 @@ class ImagePart(WireModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class ChatMessage(WireModel):
@@ -33,7 +33,7 @@ class ChatMessage(WireModel):
     name: str | None = None
 
     @model_validator(mode="after")
-    def _has_content(self) -> "ChatMessage":
+    def _has_content(self) -> ChatMessage:
         if self.content is None or (isinstance(self.content, list) and not self.content):
             raise ValueError("message content must not be empty")
         return self
@@ -56,7 +56,7 @@ class ChatCompletionRequest(SamplingFields):
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _distinct_modalities(self) -> "ChatCompletionRequest":
+    def _distinct_modalities(self) -> ChatCompletionRequest:
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError("modalities must not repeat an entry")
         return self
@@ -66,7 +66,7 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
-OutputPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+OutputPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class ResponseMessage(WireModel):

@@ -67,7 +67,7 @@ class SamplingFields(WireModel):
     return_token_ids: bool = False
 
     @model_validator(mode="after")
-    def _stop_and_bias(self) -> "SamplingFields":
+    def _stop_and_bias(self) -> SamplingFields:
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValueError("stop: at most 4 sequences")
         for key, bias in (self.logit_bias or {}).items():

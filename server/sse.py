@@ -22,6 +22,6 @@ async def with_error_event(events: AsyncIterator[str]) -> AsyncIterator[str]:
     try:
         async for event in events:
             yield event
-    except Exception as exc:  # the status line is sent already: report in-band
+    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
         yield sse(error_body(as_api_error(exc)))
     yield DONE

@@ -18,12 +18,16 @@ import pytest
 import torch
 from conftest import MODEL, start_server, stop_server
 from oracle import HFOracle
+from PIL import Image
 from testimages import data_url, noise_image
 from tokenizers import Tokenizer
-from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor, PreTrainedTokenizerFast
+from transformers import (
+    ChameleonConfig,
+    ChameleonForConditionalGeneration,
+    ChameleonProcessor,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
-
-from PIL import Image
 
 from engine.tiny import TinySpec, _build_tokenizer
 from engine.vocab import SEP_NAME, TokenLayout
@@ -92,7 +96,7 @@ def test_foreign_checkpoint_greedy_parity(foreign, n_images):
 
 
 def test_foreign_checkpoint_writes_images_with_meta_vqgan(foreign):
-    live, oracle = foreign
+    live, _ = foreign
     resp = live.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "draw"}], modalities=["image"], n=2, seed=3,
         extra_body={"return_token_ids": True})

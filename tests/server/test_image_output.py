@@ -40,7 +40,7 @@ def _size(png: bytes) -> tuple[int, int]:
 
 def _metric(server, name: str) -> float:
     text = httpx.get(f"{server.url}/metrics").text
-    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 def test_image_only_returns_one_exact_span(client, layout, resolution, server):
