@@ -1,8 +1,9 @@
 """The correctness oracle: transformers' own Chameleon on the same checkpoint, greedy.
 
 Transformers masks image-code logits itself; BOI and EOI are suppressed here too,
-as our span logits processor forbids them in text-only requests. Its processor
-appends the separator (chat mode), as our default chat format does.
+as our span logits processor forbids them in text-only requests. Without a chat
+template its processor appends the separator (chat mode), as our default chat
+format does; with one, the rendered template goes through the processor as is.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ class HFOracle:
         self.processor = ChameleonProcessor(image_processor, tokenizer, image_seq_length=self.layout.image_seq_length)
 
     def chat_inputs(self, text: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """One user turn: ``text`` followed by the images (placeholders), then the separator."""
+        """One user turn: ``text`` followed by the images, in the checkpoint's chat format."""
+        tokenizer = self.processor.tokenizer
+        if tokenizer.chat_template:
+            parts = [{"type": "text", "text": text}] + [{"type": "image"}] * len(images)
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": parts}], tokenize=False,
+                                                     add_generation_prompt=True)
+            inputs = self.processor(text=rendered, images=images or None, return_tensors="pt")
+            # transformers 5.19 appends the separator even with return_for_text_completion=True: drop it,
+            # the rendered template is the whole prompt.
+            inputs["input_ids"], inputs["attention_mask"] = inputs["input_ids"][:, :-1], inputs["attention_mask"][:, :-1]
+            return inputs
         prompt = text + "<image>" * len(images)
         return self.processor(text=prompt, images=images or None, return_tensors="pt")
 

@@ -3,8 +3,10 @@
 This one is not made by our generator: transformers' own initialisation, the
 swin-norm variant, no GQA, a 8x8 grid, two resolutions of attention in the VQ
 encoder, and a vocabulary whose image codes sit at the END, in reverse codebook
-order, so nothing can lean on Chameleon-7b's id positions. Its VQGAN decoder
-is a Meta-format ``vqgan.ckpt`` in another folder, passed with ``--vqgan``.
+order, so nothing can lean on Chameleon-7b's id positions. It carries its own
+chat template (roles written, ``<image>`` per image), which replaces our default
+format. Its VQGAN decoder is a Meta-format ``vqgan.ckpt`` in another folder,
+passed with ``--vqgan``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from engine.vocab import SEP_NAME, TokenLayout
 from engine.vqgan import write_meta_vqgan
 
 GRID, CODES = 8, 256
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}<image>{% endif %}{% endfor %}<reserved08706>"
+    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 def _codes_last(tok: Tokenizer, vocab: dict[str, int]) -> tuple[Tokenizer, dict[str, int]]:
@@ -65,6 +72,7 @@ def write_foreign_checkpoint(dst: Path) -> Path:
     write_meta_vqgan(dst.parent / f"{dst.name}-vqgan", vq_state, config.vq_config.to_dict(), seed=3)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                         unk_token="<unk>", sep_token=SEP_NAME)
+    tokenizer.chat_template = CHAT_TEMPLATE
     image_processor = ChameleonImageProcessorPil(size={"shortest_edge": 2 * GRID},
                                                  crop_size={"height": 2 * GRID, "width": 2 * GRID})
     ChameleonProcessor(image_processor, tokenizer, image_seq_length=GRID * GRID).save_pretrained(dst)
@@ -90,7 +98,9 @@ def test_foreign_checkpoint_greedy_parity(foreign, n_images):
     resp = live.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=16,
         extra_body={"return_token_ids": True})
-    assert resp.prompt_token_ids == oracle.prompt_ids(text, images)
+    prompt = oracle.prompt_ids(text, images)
+    assert resp.prompt_token_ids == prompt
+    assert oracle.processor.tokenizer.decode(prompt[:12]).startswith("<s>user: Comp")  # the template's format
     assert resp.choices[0].token_ids == oracle.greedy(text, images, 16)
     assert "swin_norm=True" in live.log()
 
