@@ -92,8 +92,9 @@ class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
-                 model_class: str) -> None:
+                 max_num_seqs: int, model_class: str) -> None:
         self.llm = llm
+        self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
         self.tokenizer = llm.get_tokenizer()
@@ -123,7 +124,8 @@ class ChameleonEngine:
         painter = ImagePainter.load(model_config.model, vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
-        return cls(llm, image_tokenizer, painter, model_config.max_model_len, model_class)
+        return cls(llm, image_tokenizer, painter, model_config.max_model_len,
+                   vllm_config.scheduler_config.max_num_seqs, model_class)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

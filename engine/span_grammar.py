@@ -26,7 +26,7 @@ _MODES = {frozenset({"text"}): TEXT_ONLY, frozenset({"text", "image"}): INTERLEA
 DEFAULT_IMAGE_TEMPERATURE = 0.7  # Anole: image tokens at temperature 0.7, top-p 0.9, no top-k
 DEFAULT_IMAGE_TOP_K = 0  # 0 = off
 DEFAULT_IMAGE_TOP_P = 0.9
-_MASK63 = (1 << 63) - 1
+_MASK63, _MASK64 = (1 << 63) - 1, (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,31 +84,42 @@ def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
     return -1
 
 
-def _draw_seed(seed: int, step: int) -> int:
-    """A seed per (request seed, output index): draws survive preemption and batch changes."""
-    return ((seed & _MASK63) * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 1) & _MASK63
+def _uniform(seed: int, step: int, attempt: int) -> float:
+    """A uniform in [0, 1) from (request seed, output index, attempt) by splitmix64.
+
+    Counter-based rather than a stateful generator, so a seeded request draws the same codes
+    whatever its batch and across preemption.
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xD1B54A32D192ED03 + attempt * 0x8CB92BA72F3D8DD7) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return ((z ^ (z >> 31)) >> 11) * 2.0**-53
 
 
 class SpanGrammar:
     """Per-slot span state (host numpy) and the batched masking/sampling of one logits tensor."""
+
+    MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback
 
     def __init__(self, layout: TokenLayout, max_slots: int, device: torch.device | str = "cpu") -> None:
         self.layout, self.n = layout, layout.image_seq_length
         self.device = torch.device(device)
         codes = layout.code_ids()
         self._code_ids = codes.to(self.device)
-        self._no_text = torch.cat([codes, torch.tensor([layout.eoi])]).to(self.device)
-        self._no_text_boi = torch.cat([self._no_text, torch.tensor([layout.boi], device=self.device)])
+        lo = layout.code_to_id[0]
+        contiguous = layout.code_to_id == tuple(range(lo, lo + layout.codebook_size))
+        # Chameleon's codes are one id block: slicing it is far cheaper than gathering
+        self._code_cols: slice | torch.Tensor = slice(lo, lo + layout.codebook_size) if contiguous \
+            else self._code_ids
         self._is_code = np.zeros(max(layout.vocab_size, int(codes.max()) + 1), dtype=bool)
         self._is_code[codes.numpy()] = True
-        self._gen: torch.Generator | None = None
         self.mode = np.zeros(max_slots, dtype=np.int8)
         self.pos = np.full(max_slots, -1, dtype=np.int64)  # codes since BOI; -1 outside a span
         self.num_output = np.zeros(max_slots, dtype=np.int64)  # output tokens accounted for
         self.temperature = np.zeros(max_slots, dtype=np.float32)
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
-        self.seed = np.full(max_slots, -1, dtype=np.int64)  # -1: unseeded (global RNG)
+        self.seed = np.full(max_slots, -1, dtype=np.int64)  # -1: unseeded (torch's global RNG)
 
     @property
     def tail_length(self) -> int:
@@ -158,63 +169,102 @@ class SpanGrammar:
         in_span = pos >= 0
         force_boi = ~in_span & (mode == IMAGE_ONLY) & (self.num_output[slots] == 0)
         text = ~(in_span | force_boi)
-        if text.all() and not (mode == INTERLEAVED).any():  # the common text-only batch
-            logits.index_fill_(1, self._no_text_boi, float("-inf"))
-            return logits
-        forced = np.flatnonzero(~text)
-        tokens = torch.from_numpy(np.where(pos[forced] >= self.n, self.layout.eoi, self.layout.boi)).to(
-            self.device)
-        sample = in_span[forced] & (pos[forced] < self.n)
-        if sample.any():
-            tokens[torch.from_numpy(np.flatnonzero(sample)).to(self.device)] = self._sample_codes(
-                logits, forced[sample], slots[forced[sample]])
-        rows_text = torch.from_numpy(np.flatnonzero(text)).to(self.device)
-        logits[rows_text.unsqueeze(1), self._no_text.unsqueeze(0)] = float("-inf")
-        rows_no_boi = torch.from_numpy(np.flatnonzero(text & (mode != INTERLEAVED))).to(self.device)
-        logits[rows_no_boi, self.layout.boi] = float("-inf")
-        rows_forced = torch.from_numpy(forced).to(self.device)
-        logits[rows_forced] = float("-inf")
-        logits[rows_forced, tokens] = 0.0
+        forced = np.flatnonzero(~text)  # rows left with one finite token: BOI, a code, or EOI
+        if len(forced):
+            tokens = torch.from_numpy(np.where(pos[forced] >= self.n, self.layout.eoi, self.layout.boi))
+            tokens = tokens.to(self.device)
+            sample = np.flatnonzero(in_span[forced] & (pos[forced] < self.n))
+            if len(sample):
+                tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
+        rows_text = slice(None) if not len(forced) else self._rows(np.flatnonzero(text))
+        logits[rows_text, self._code_cols] = float("-inf")
+        logits[rows_text, self.layout.eoi] = float("-inf")
+        no_boi = text & (mode != INTERLEAVED)
+        if no_boi.any():
+            logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
+                float("-inf")
+        if len(forced):
+            rows_forced = self._rows(forced)
+            logits[rows_forced] = float("-inf")
+            logits[rows_forced, tokens] = 0.0
         return logits
+
+    def _rows(self, index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(index).to(self.device)
 
     def _sample_codes(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray) -> torch.Tensor:
         """Vocabulary ids of one image code per row, under each slot's image sampling settings."""
-        x = logits[torch.from_numpy(rows).to(self.device).unsqueeze(1), self._code_ids]  # [r, codes]
-        x = torch.nan_to_num(x, nan=-1e30, neginf=-1e30)  # a fully masked row samples uniformly, not NaN
-        temp = self.temperature[slots]
-        choice = x.argmax(dim=1)
-        hot = np.flatnonzero(temp > 0)
+        rows_t = self._rows(rows)
+        if isinstance(self._code_cols, slice):
+            x = logits[rows_t, self._code_cols]  # [r, codes]
+        else:
+            x = logits[rows_t.unsqueeze(1), self._code_cols]
+        choice = x.argmax(dim=1)  # image_temperature 0: greedy
+        hot = np.flatnonzero(self.temperature[slots] > 0)
         if len(hot):
-            hot_t = torch.from_numpy(hot).to(self.device)
-            choice[hot_t] = self._sample_hot(x[hot_t], slots[hot])
+            hot_t = self._rows(hot)
+            # -inf/NaN to a finite floor: a fully masked row then samples uniformly instead of failing
+            x_hot = torch.nan_to_num(x[hot_t], nan=-1e30, neginf=-1e30)
+            choice[hot_t] = self._sample_hot(x_hot, slots[hot])
         return self._code_ids[choice]
 
     def _sample_hot(self, x: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """Temperature, then top-k and top-p in sorted order, then one draw per row."""
+        """Temperature, top-k, then top-p by rejection: draw from the top-k distribution by inverse CDF
+        and keep a draw when the mass of strictly likelier codes is below top-p, which samples the
+        nucleus exactly without sorting (acceptance >= top-p per round; a sort only after
+        ``MAX_ATTEMPTS`` misses)."""
         dev, width = self.device, x.shape[1]
         x = x / torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1)
-        top_k, top_p = self.top_k[slots], self.top_p[slots]
-        order = None
-        if (top_k > 0).any() or (top_p < 1).any():
-            x, order = x.sort(dim=1, descending=True)
-            k = torch.from_numpy(np.where((top_k > 0) & (top_k < width), top_k, width)).to(dev)
-            x = x.masked_fill(torch.arange(width, device=dev).unsqueeze(0) >= k.unsqueeze(1), float("-inf"))
+        top_k = self.top_k[slots]
+        k_on = (top_k > 0) & (top_k < width)
+        if k_on.any():
+            k_max = int(top_k[k_on].max())
+            kth_index = self._rows(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
+            kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
+            x = x.masked_fill((x < kth) & self._rows(k_on).unsqueeze(1), float("-inf"))
         probs = x.softmax(dim=1)
-        if order is not None:
-            p = torch.from_numpy(np.where(top_p < 1, top_p, np.inf).astype(np.float32)).to(dev).unsqueeze(1)
-            probs = probs.masked_fill(probs.cumsum(dim=1) - probs >= p, 0.0)  # keeps at least the top one
-        picked = torch.empty(len(slots), dtype=torch.long, device=dev)
-        seeds = self.seed[slots]
-        free = np.flatnonzero(seeds < 0)
-        if len(free):
-            idx = torch.from_numpy(free).to(dev)
-            picked[idx] = torch.multinomial(probs[idx], 1).squeeze(1)
-        for i in np.flatnonzero(seeds >= 0):  # Python work only for seeded rows inside a span
-            if self._gen is None:
-                self._gen = torch.Generator(device=dev)
-            self._gen.manual_seed(_draw_seed(int(seeds[i]), int(self.num_output[slots[i]])))
-            picked[i] = torch.multinomial(probs[i], 1, generator=self._gen)[0]
-        return picked if order is None else order.gather(1, picked.unsqueeze(1)).squeeze(1)
+        cdf = probs.cumsum(dim=1)
+        top_p = self.top_p[slots]
+        picked = torch.zeros(len(slots), dtype=torch.long, device=dev)
+        todo = np.arange(len(slots))
+        for attempt in range(self.MAX_ATTEMPTS):
+            idx = self._rows(todo)
+            c, p = cdf[idx], probs[idx]
+            u = self._uniforms(slots[todo], attempt) * c[:, -1]
+            draw = torch.searchsorted(c, u.unsqueeze(1), right=True).clamp_(max=width - 1)
+            p_draw = p.gather(1, draw)
+            ok = p_draw.squeeze(1) > 0
+            nucleus = top_p[todo] < 1
+            if nucleus.any():
+                above = torch.where(p > p_draw, p, 0.0).sum(dim=1)
+                ok &= above < torch.from_numpy(np.where(nucleus, top_p[todo], np.inf)).to(dev)
+            picked[idx] = draw.squeeze(1)
+            todo = todo[~ok.cpu().numpy()]
+            if not len(todo):
+                return picked
+        return self._sample_sorted(probs, picked, todo, slots)
+
+    def _sample_sorted(self, probs: torch.Tensor, picked: torch.Tensor, todo: np.ndarray,
+                       slots: np.ndarray) -> torch.Tensor:
+        """Nucleus by sorting, for rows whose rejection rounds all missed (tiny top-p)."""
+        idx = self._rows(todo)
+        p, order = probs[idx].sort(dim=1, descending=True)
+        top_p = torch.from_numpy(self.top_p[slots[todo]]).to(self.device).unsqueeze(1)
+        p = p.masked_fill(p.cumsum(dim=1) - p >= top_p, 0.0)  # keeps at least the top code
+        c = p.cumsum(dim=1)
+        u = self._uniforms(slots[todo], self.MAX_ATTEMPTS) * c[:, -1]
+        draw = torch.searchsorted(c, u.unsqueeze(1), right=True).clamp_(max=p.shape[1] - 1)
+        picked[idx] = order.gather(1, draw).squeeze(1)
+        return picked
+
+    def _uniforms(self, slots: np.ndarray, attempt: int) -> torch.Tensor:
+        """One uniform per row: counter-based for seeded requests, torch's RNG otherwise."""
+        u = torch.rand(len(slots), device=self.device)
+        seeded = np.flatnonzero(self.seed[slots] >= 0)
+        if len(seeded):  # Python work only for seeded rows inside a span
+            values = [_uniform(int(self.seed[s]), int(self.num_output[s]), attempt) for s in slots[seeded]]
+            u[self._rows(seeded)] = torch.tensor(values, dtype=u.dtype).to(self.device)
+        return u
 
 
 def logits_processor_for_runner(vllm_config: Any = None) -> type:

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.errors import install_error_handlers
+from server.limits import AdmissionLimits
+from server.requestlog import RequestLog
 from server.routes import chat, completions, health, images, models
 from server.settings import Settings
 
@@ -32,5 +34,14 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, models.router, chat.router, completions.router, images.router):
         app.include_router(router)
+
+    def max_in_flight() -> int | None:
+        engine = getattr(app.state, "engine", None)
+        if settings.max_queued_requests is None or engine is None:
+            return None
+        return engine.max_num_seqs + settings.max_queued_requests
+
+    app.add_middleware(AdmissionLimits, max_body_bytes=settings.max_body_bytes, max_in_flight=max_in_flight)
+    app.add_middleware(RequestLog)  # outermost: logs rejections by the limits too
 
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                         help="refuse input images with more pixels, checked before decoding")
     server.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the checkpoint's")
+    server.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+                        help="refuse larger request bodies with 413")
+    server.add_argument("--max-queued-requests", type=int, default=None,
+                        help="requests allowed to wait beyond the engine's --max-num-seqs running ones; "
+                             "past it, 429 with Retry-After (default: unbounded)")
+    server.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long in-flight requests may run before they are aborted")
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
@@ -67,6 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model=args.model, served_model_name=served, engine_args=engine_args, host=args.host, port=args.port,
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
+        max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
+        shutdown_grace_s=args.shutdown_grace_seconds,
     )
 
 
@@ -82,8 +92,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from server.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish for up to the grace
+    # period (then cancels them, which aborts them in the engine), and re-raises the signal once done.
+    # By then the drain is over: exit 0, as orchestrators expect of a clean stop.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 def _make_tiny_cli(argv: list[str]) -> None:

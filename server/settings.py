@@ -18,6 +18,9 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     chat_template: str | None = None
     vqgan: str | None = None  # Meta's vqgan.ckpt (yaml beside it); default: vqgan.ckpt in the model dir
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
+    shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -26,5 +29,11 @@ class Settings:
             raise ValueError("max_images_per_request must be >= 0")
         if self.max_image_pixels <= 0:
             raise ValueError("max_image_pixels must be > 0")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must be >= 0")
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be > 0")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError("max_queued_requests must be >= 0")
         if self.api_key == "":
             raise ValueError("api_key must not be empty")

@@ -64,10 +64,14 @@ async def chat_completions(
     params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
                              extra_args=span_args(req.modalities, req))
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    log = request.state.log
+    log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
     if req.stream:
-        events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name)
+        events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name, log)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")
     choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
+    log.update(completion_tokens=sum(len(c.token_ids) for c in choices),
+               images_out=sum(isinstance(p, PNG) for c in choices for p in c.pieces))
     return ChatCompletionResponse(
         id=request_id, created=created, model=settings.served_model_name,
         choices=[ChatChoice(index=c.index, message=ResponseMessage(content=message_content(c.pieces)),
@@ -79,7 +83,7 @@ async def chat_completions(
 
 
 async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int], params,
-                  request_id: str, created: int, model: str) -> AsyncIterator[str]:
+                  request_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         return sse(ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, **extra))
 
@@ -89,6 +93,8 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_id
     async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
         for d in deltas:
             generated += d.token_ids
+            log["completion_tokens"] = len(generated)
+            log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
             token_ids = d.token_ids if req.return_token_ids else None
             if not d.pieces and (d.finish_reason or token_ids):
                 yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=""),

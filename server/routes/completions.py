@@ -38,12 +38,14 @@ async def completions(
     prompt_ids = build_text_prompt(engine, prompt_text)
     params = sampling_params(req, engine, len(prompt_ids), req.max_tokens, end_of_turn=False)
     request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    request.state.log["prompt_tokens"] = len(prompt_ids)
     echo = prompt_text if req.echo and isinstance(prompt_text, str) else ""
     if req.stream:
         events = _stream(req, engine, prompt_ids, params, request_id, created, settings.served_model_name, echo)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")
     choices = await until_disconnect(request, collect_choices(engine, prompt_ids, params, request_id))
     completion_tokens = sum(len(c.token_ids) for c in choices)
+    request.state.log["completion_tokens"] = completion_tokens
     return CompletionResponse(
         id=request_id, created=created, model=settings.served_model_name,
         choices=[CompletionChoice(index=c.index, text=echo + "".join(c.pieces), finish_reason=c.finish_reason,

@@ -48,6 +48,7 @@ async def generate_images(
     if len(pngs) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
         raise APIError(f"generated {len(pngs)} of {req.n} images")
     output_tokens = sum(len(c.token_ids) for c in choices)
+    request.state.log.update(prompt_tokens=len(prompt.token_ids), completion_tokens=output_tokens, images_out=len(pngs))
     return ImagesResponse(
         created=int(time.time()),
         data=[ImageData(b64_json=base64.b64encode(p.data).decode()) for p in pngs],

@@ -181,6 +181,46 @@ def test_top_k_limits_the_support():
     assert seen == {4, 5}
 
 
+def _frequencies(params: SpanParams, logits_row: torch.Tensor, draws: int = 20000) -> torch.Tensor:
+    """Empirical distribution over the 8 codes of ``draws`` image rows sharing one logits row."""
+    g = SpanGrammar(LAYOUT, max_slots=draws)
+    for s in range(draws):
+        g.add(s, params, [BOI], 1)
+    out = g.apply(logits_row.expand(draws, V).clone(), np.arange(draws))
+    picks = torch.isfinite(out).float()[:, list(CODES)]
+    assert torch.all(picks.sum(1) == 1)
+    return picks.mean(0)
+
+
+def _nucleus(code_logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The reference: sort, keep top-k, keep the smallest prefix reaching top-p, renormalise."""
+    p_sorted, order = (code_logits / temperature).softmax(0).sort(descending=True)
+    keep = torch.arange(len(p_sorted)) < (top_k or len(p_sorted))
+    p_sorted = torch.where(keep, p_sorted, 0.0)
+    p_sorted = p_sorted / p_sorted.sum()
+    keep &= p_sorted.cumsum(0) - p_sorted < top_p
+    ref = torch.zeros_like(p_sorted)
+    ref[order] = torch.where(keep, p_sorted, 0.0)
+    return ref / ref.sum()
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"),
+                         [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.0, 0, 0.5), (2.0, 3, 1.0), (1.0, 5, 0.6)])
+@pytest.mark.parametrize("rounds", [SpanGrammar.MAX_ATTEMPTS, 0])  # 0: every row takes the sorted fallback
+def test_image_sampling_matches_the_reference_distribution(monkeypatch, temperature, top_k, top_p, rounds):
+    monkeypatch.setattr(SpanGrammar, "MAX_ATTEMPTS", rounds)
+    torch.manual_seed(0)
+    logits = torch.zeros(1, V)
+    code_logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, 3.0])
+    logits[0, list(CODES)] = code_logits
+    logits[0, 1] = 50.0  # text never leaks into an image row
+    params = SpanParams(mode=INTERLEAVED, image_temperature=temperature, image_top_k=top_k, image_top_p=top_p)
+    got = _frequencies(params, logits)
+    want = _nucleus(code_logits, temperature, top_k, top_p)
+    assert torch.all((want == 0) <= (got == 0))  # nothing outside the nucleus
+    assert torch.allclose(got, want, atol=0.015), (got, want)
+
+
 def _image_codes(seed: int | None, slot_order: list[int]) -> list[int]:
     g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, seed=seed) for _ in slot_order])
     torch.manual_seed(123)

@@ -1,0 +1,52 @@
+"""One structured log line per request, and ``X-Request-Id`` honoured and returned.
+
+Handlers add what only they know (tokens, images) to ``request.state.log``; the
+line is written when the response, stream included, has been sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger("chameleon.requests")
+ASGIApp = Callable[..., Awaitable[None]]
+_MAX_ID = 128
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    given = headers.get(b"x-request-id", b"").decode("latin-1")
+    return given if 0 < len(given) <= _MAX_ID and given.isprintable() else uuid.uuid4().hex
+
+
+class RequestLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(dict(scope["headers"]))
+        fields: dict = {}
+        scope.setdefault("state", {})["log"] = fields
+        start, status = time.perf_counter(), 500
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope["path"] not in ("/health", "/metrics"):
+                logger.info(json.dumps({
+                    "request_id": request_id, "method": scope["method"], "route": scope["path"], "status": status,
+                    "latency_ms": round(1000 * (time.perf_counter() - start), 1), **fields,
+                }))
