@@ -32,33 +32,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _client(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=1200)
+
+
 async def _throughput(url: str, concurrency: int, tokens: int, rounds: int = 2) -> float:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    async with _client(url) as client:
+        return await _timed(lambda i: _chat_tokens(client, i, tokens), concurrency * rounds)
 
-    async def one(i: int) -> int:
-        r = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"Benchmark request {i}"}], temperature=0,
-            max_tokens=tokens, extra_body={"ignore_eos": True, "min_tokens": tokens})
-        return r.usage.completion_tokens
 
-    await one(-1)  # warm-up
+async def _chat_tokens(client: openai.AsyncOpenAI, i: int, tokens: int) -> int:
+    r = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"Benchmark request {i}"}], temperature=0,
+        max_tokens=tokens, extra_body={"ignore_eos": True, "min_tokens": tokens})
+    return r.usage.completion_tokens
+
+
+async def _draw(client: openai.AsyncOpenAI, i: int) -> int:
+    r = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"Draw picture {i}"}], modalities=["image"], seed=i)
+    return sum(1 for p in r.choices[0].message.content if p["type"] == "image_url")
+
+
+async def _timed(one, count: int) -> float:
+    """Units of work per second over ``count`` concurrent calls of ``one(i)``, after one warm-up call."""
+    await one(-1)
     start = time.perf_counter()
-    produced = sum(await asyncio.gather(*[one(i) for i in range(concurrency * rounds)]))
+    produced = sum(await asyncio.gather(*[one(i) for i in range(count)]))
     return produced / (time.perf_counter() - start)
 
 
 async def _images_per_s(url: str, concurrency: int, rounds: int = 2) -> float:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=1200)
-
-    async def one(i: int) -> None:
-        r = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"Draw picture {i}"}], modalities=["image"], seed=i)
-        assert isinstance(r.choices[0].message.content, list)
-
-    await one(-1)  # warm-up
-    start = time.perf_counter()
-    await asyncio.gather(*[one(i) for i in range(concurrency * rounds)])
-    return concurrency * rounds / (time.perf_counter() - start)
+    async with _client(url) as client:
+        return await _timed(lambda i: _draw(client, i), concurrency * rounds)
 
 
 def main() -> None:

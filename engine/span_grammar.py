@@ -11,6 +11,7 @@ V2 adapters (``logits_v1.py``, ``logits_v2.py``) feed it slots and tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ class SpanParams:
         temp = xa.get("image_temperature", DEFAULT_IMAGE_TEMPERATURE)
         top_k = xa.get("image_top_k", DEFAULT_IMAGE_TOP_K)
         top_p = xa.get("image_top_p", DEFAULT_IMAGE_TOP_P)
-        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp >= 0:
+        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp < math.inf:
             raise ValueError(f"image_temperature must be a number >= 0 (0 = greedy), got {temp!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"image_top_k must be an integer >= 0 (0 = off), got {top_k!r}")
@@ -199,13 +200,14 @@ class SpanGrammar:
             x = logits[rows_t, self._code_cols]  # [r, codes]
         else:
             x = logits[rows_t.unsqueeze(1), self._code_cols]
-        choice = x.argmax(dim=1)  # image_temperature 0: greedy
-        hot = np.flatnonzero(self.temperature[slots] > 0)
-        if len(hot):
-            hot_t = self._rows(hot)
-            # -inf/NaN to a finite floor: a fully masked row then samples uniformly instead of failing
-            x_hot = torch.nan_to_num(x[hot_t], nan=-1e30, neginf=-1e30)
-            choice[hot_t] = self._sample_hot(x_hot, slots[hot])
+        hot = self.temperature[slots] > 0
+        if not hot.any():  # image_temperature 0: greedy
+            return self._code_ids[x.argmax(dim=1)]
+        if hot.all():
+            return self._code_ids[self._sample_hot(x, slots)]
+        choice = x.argmax(dim=1)
+        hot_t = self._rows(np.flatnonzero(hot))
+        choice[hot_t] = self._sample_hot(x[hot_t], slots[hot])
         return self._code_ids[choice]
 
     def _sample_hot(self, x: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
@@ -214,7 +216,9 @@ class SpanGrammar:
         nucleus exactly without sorting (acceptance >= top-p per round; a sort only after
         ``MAX_ATTEMPTS`` misses)."""
         dev, width = self.device, x.shape[1]
-        x = x / torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1)
+        # -inf/NaN to a finite floor: a fully masked row then samples uniformly instead of failing
+        x = torch.nan_to_num(x, nan=-1e30, neginf=-1e30)
+        x.div_(torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1))
         top_k = self.top_k[slots]
         k_on = (top_k > 0) & (top_k < width)
         if k_on.any():
@@ -229,7 +233,7 @@ class SpanGrammar:
         todo = np.arange(len(slots))
         for attempt in range(self.MAX_ATTEMPTS):
             idx = self._rows(todo)
-            c, p = cdf[idx], probs[idx]
+            c, p = (cdf, probs) if attempt == 0 else (cdf[idx], probs[idx])
             u = self._uniforms(slots[todo], attempt) * c[:, -1]
             draw = torch.searchsorted(c, u.unsqueeze(1), right=True).clamp_(max=width - 1)
             p_draw = p.gather(1, draw)

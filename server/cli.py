@@ -105,9 +105,10 @@ def _make_tiny_cli(argv: list[str]) -> None:
     from engine.tiny import TinySpec, make_tiny
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
+    defaults = TinySpec()
     parser.add_argument("dst")
-    parser.add_argument("--grid", type=int, default=TinySpec.grid, help="image codes per side")
-    parser.add_argument("--codebook-size", type=int, default=TinySpec.codebook_size)
+    parser.add_argument("--grid", type=int, default=defaults.grid, help="image codes per side")
+    parser.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
     parser.add_argument("--swin-norm", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)

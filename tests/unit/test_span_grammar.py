@@ -277,6 +277,8 @@ def test_defaults_and_modalities():
         ({"modalities": "image"}, "non-empty list"),
         ({"image_temperature": -0.1}, "image_temperature"),
         ({"image_temperature": "hot"}, "image_temperature"),
+        ({"image_temperature": float("nan")}, "image_temperature"),
+        ({"image_temperature": float("inf")}, "image_temperature"),
         ({"image_top_k": -1}, "image_top_k"),
         ({"image_top_k": 2.5}, "image_top_k"),
         ({"image_top_p": 0}, "image_top_p must be in (0, 1]"),

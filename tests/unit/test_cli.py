@@ -1,0 +1,36 @@
+"""The command line: make-tiny with its defaults, and flags mapped to Settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from server.cli import build_parser, settings_from_args
+
+
+def test_make_tiny_defaults(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(tmp_path / "m"), "--codebook-size", "64"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("m")
+    assert json.loads((tmp_path / "m" / "processor_config.json").read_text())["image_seq_length"] == 32 * 32
+
+
+def test_flags_reach_settings(tmp_path):
+    args = build_parser().parse_args([
+        "--model", str(tmp_path), "--served-model-name", "served", "--port", "9001", "--api-key", "k",
+        "--max-queued-requests", "3", "--max-body-bytes", "1000", "--dtype", "bfloat16", "--max-model-len", "2048",
+        "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5", "--shutdown-grace-seconds", "5",
+    ])
+    s = settings_from_args(args)
+    assert (s.served_model_name, s.port, s.api_key, s.max_queued_requests, s.max_body_bytes, s.shutdown_grace_s) == (
+        "served", 9001, "k", 3, 1000, 5.0)
+    e = s.engine_args
+    assert (e.dtype, e.max_model_len, e.tensor_parallel_size, e.gpu_memory_utilization) == ("bfloat16", 2048, 2, 0.5)
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_queued_requests"):
+        settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-queued-requests", "-1"]))
