@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish for up to the grace
     # period (then cancels them, which aborts them in the engine), and re-raises the signal once done.
-    # By then the drain is over: exit 0, as orchestrators expect of a clean stop.
+    # By then the drain is over: exit 0, as orchestrators expect of a clean stop (1 if the engine died).
+    app = create_app(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False,
+        signal.signal(sig, lambda *_: sys.exit(app.state.exit_code))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 

@@ -1,0 +1,37 @@
+"""A dead engine: /health turns 503, requests get a clean 503, and the process exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import psutil
+from conftest import API_KEY, MODEL, start_server
+
+from engine.tiny import TinySpec, make_tiny
+
+
+def test_engine_death_is_reported_and_ends_the_process(tmp_path):
+    live = start_server(make_tiny(tmp_path / "m", TinySpec(grid=4, codebook_size=64)), tmp_path / "server.log")
+    try:
+        [core] = [p for p in psutil.Process(live.process.pid).children() if "EngineCor" in p.name()]
+        os.kill(core.pid, signal.SIGKILL)
+        deadline, statuses = time.monotonic() + 60, set()
+        while live.process.poll() is None and time.monotonic() < deadline:
+            try:
+                statuses.add(httpx.get(f"{live.url}/health", timeout=2).status_code)
+                resp = httpx.post(f"{live.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                                  json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+                assert resp.status_code in (200, 503), resp.text  # never a 500
+                if resp.status_code == 503:
+                    assert resp.json()["error"]["message"]
+            except httpx.TransportError:
+                pass  # the server has stopped listening
+            time.sleep(0.2)
+        assert live.process.wait(60) == 1, live.log()[-3000:]
+        assert "engine died" in live.log()
+    finally:
+        if live.process.poll() is None:
+            live.process.kill()
