@@ -6,6 +6,7 @@ line is written when the response, stream included, has been sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -44,6 +45,9 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            status = 499  # the client went away before the response (nginx's "client closed request")
+            raise
         finally:
             if scope["path"] not in ("/health", "/metrics"):
                 logger.info(json.dumps({
