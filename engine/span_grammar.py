@@ -178,7 +178,10 @@ class SpanGrammar:
             if len(sample):
                 tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
         rows_text = slice(None) if not len(forced) else self._rows(np.flatnonzero(text))
-        logits[rows_text, self._code_cols] = float("-inf")
+        if isinstance(rows_text, torch.Tensor) and isinstance(self._code_cols, torch.Tensor):
+            logits[rows_text.unsqueeze(1), self._code_cols] = float("-inf")  # rows x columns, not pairs
+        else:
+            logits[rows_text, self._code_cols] = float("-inf")
         logits[rows_text, self.layout.eoi] = float("-inf")
         no_boi = text & (mode != INTERLEAVED)
         if no_boi.any():

@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import FinishReason, SamplingFields, UsageInfo, WireModel, omitted_if_none
+from schemas.common import FinishReason, SamplingFields, Text, UsageInfo, WireModel, omitted_if_none
 
 
 class TextPart(WireModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(WireModel):
@@ -29,7 +29,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
     name: str | None = None
 
     @model_validator(mode="after")

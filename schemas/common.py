@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_TOKEN_ID = re.compile(r"[0-9]+")
+
+
+def _unicode_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]  # any text that reaches the tokenizer
 
 
 def omitted_if_none(default: None = None):
@@ -52,8 +66,8 @@ class SamplingFields(WireModel):
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what vLLM can send to its engine
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -71,7 +85,7 @@ class SamplingFields(WireModel):
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValueError("stop: at most 4 sequences")
         for key, bias in (self.logit_bias or {}).items():
-            if not key.isdigit() or not -100 <= bias <= 100:
+            if not _TOKEN_ID.fullmatch(key) or not -100 <= bias <= 100:
                 raise ValueError("logit_bias maps token ids (as strings) to values in [-100, 100]")
         return self
 

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from schemas.common import FinishReason, SamplingFields, UsageInfo, WireModel, omitted_if_none
+from schemas.common import FinishReason, SamplingFields, Text, UsageInfo, WireModel, omitted_if_none
 
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str] | list[int]
+    prompt: Text | list[Text] | list[int]
     echo: bool = False
     max_tokens: int | None = Field(16, ge=1)
 

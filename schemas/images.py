@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import WireModel, omitted_if_none
+from schemas.common import Text, WireModel, omitted_if_none
 
 
 class ImageGenerationRequest(WireModel):
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
     response_format: Literal["b64_json", "url"] = "b64_json"
@@ -19,7 +19,7 @@ class ImageGenerationRequest(WireModel):
     style: str | None = None
     user: str | None = None
     # --- extensions ---
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)

@@ -13,7 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.exceptions import VLLMValidationError
+from vllm.v1.engine.exceptions import EngineDeadError
 
+from engine.images import ImageInputError
 from schemas.common import ErrorBody, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -56,22 +59,28 @@ _STATUS_TYPES = {400: BadRequest, 401: Unauthorized, 404: NotFound, 405: BadRequ
                  429: TooManyRequests, 503: Unavailable}
 
 
+def _printable(text: str | None) -> str | None:
+    """Messages may echo request text; lone surrogates in it cannot be encoded as JSON UTF-8."""
+    return None if text is None else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def error_body(exc: APIError) -> dict:
     """The JSON body for ``exc``; also used for the final SSE event of a failed stream."""
-    body = ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+    body = ErrorBody(message=_printable(exc.message), type=exc.type, param=_printable(exc.param), code=exc.code)
     return ErrorResponse(error=body).model_dump()
+
+
+# Known errors raised outside our code, mapped by ``as_api_error``; each gets its own handler so it is
+# answered like an APIError, not by Starlette's server-error path (which also closes the connection).
+CLIENT_ERRORS: tuple[type[Exception], ...] = (VLLMValidationError, ImageInputError)
+SERVER_ERRORS: tuple[type[Exception], ...] = (EngineDeadError,)
 
 
 def as_api_error(exc: BaseException) -> APIError:
     """Map any exception to the APIError a client should see (unknown ones become a logged 500)."""
-    from vllm.exceptions import VLLMValidationError
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    from engine.images import ImageInputError
-
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, (VLLMValidationError, ImageInputError)):
+    if isinstance(exc, CLIENT_ERRORS):
         return BadRequest(str(exc), param=getattr(exc, "parameter", None))
     if isinstance(exc, EngineDeadError):
         return Unavailable("the inference engine has stopped; the server is restarting", code="engine_dead")
@@ -102,5 +111,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(APIError, on_api_error)
-    app.add_exception_handler(Exception, on_api_error)
+    for known in (APIError, *CLIENT_ERRORS, *SERVER_ERRORS):
+        app.add_exception_handler(known, on_api_error)
+    app.add_exception_handler(Exception, on_api_error)  # a logged 500: a bug

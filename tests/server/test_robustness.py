@@ -87,6 +87,9 @@ BAD = [
     ("body is a json number", "POST", CHAT, 42, AUTH, {400}),
     ("body is a json string", "POST", CHAT, "\"hello\"", AUTH, {400}),
     ("empty body", "POST", CHAT, "", AUTH, {400}),
+    ("model a lone surrogate", "POST", CHAT, _chat(model="\ud800"), AUTH, {404}),
+    ("content a lone surrogate", "POST", CHAT, _chat(messages=[{"role": "user", "content": "a\udc80b"}]), AUTH,
+     {200, 400}),
     ("model missing", "POST", CHAT, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, AUTH, {400}),
     # --- messages ---
     ("messages is a string", "POST", CHAT, _chat(messages="hi"), AUTH, {400}),
@@ -182,6 +185,31 @@ def test_bad_input_more(server, name, method, path, body, headers, statuses):
         if resp.status_code == 401:
             assert error["type"] == "authentication_error"
     _still_answers(server)
+
+
+# Bad input that surfaces as a library exception (not a typed APIError) inside the route.
+_LIBRARY_ERRORS = [
+    ("decompression bomb", _chat(messages=_user(_image_part(_b64_url(_bomb_png()))))),
+    ("truncated png", _chat(messages=_user(_image_part(_b64_url(_PNG_BYTES[: len(_PNG_BYTES) // 2]))))),
+    ("not an image", _chat(messages=_user(_image_part(_b64_url(b"hello world"))))),
+]
+
+
+@pytest.mark.parametrize("name,body", _LIBRARY_ERRORS, ids=[c[0] for c in _LIBRARY_ERRORS])
+def test_client_error_keeps_the_connection(server, name, body):
+    """A 4xx is a handled outcome: the keep-alive connection survives and the server logs no traceback for it."""
+    log_before = len(server.log())
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        resp = client.post(CHAT, json=body)
+        assert resp.status_code == 400, resp.text
+        assert_error_shape(resp)
+        time.sleep(0.3)  # let the server finish with the request (and close the connection, if it is going to)
+        ok = client.post(CHAT, json=_chat(max_tokens=1))  # same pooled connection
+        assert ok.status_code == 200, ok.text
+    time.sleep(0.3)
+    new_log = server.log()[log_before:]
+    assert "Exception in ASGI application" not in new_log, new_log[-3000:]
+    assert '"status": 500' not in new_log, new_log[-3000:]
 
 
 # ---------------------------------------------------------------- property-based fuzzing of chat bodies
@@ -298,8 +326,9 @@ def _soak_plan() -> list[tuple[str, str, dict, bool]]:
         k = i % 13
         mt = 4 + i % 5
         if i % 130 == 65:
-            plan.append(("image_out", CHAT, {"model": MODEL, "seed": i, "modalities": ["image"],
-                                             "messages": [{"role": "user", "content": f"Draw {i}"}]}, i % 260 == 65))
+            stream = i % 260 == 65
+            plan.append(("image_out", CHAT, {"model": MODEL, "seed": i, "modalities": ["image"], "stream": stream,
+                                             "messages": [{"role": "user", "content": f"Draw {i}"}]}, stream))
         elif k in (0, 1, 2, 3):
             plan.append(("chat", CHAT, _chat(max_tokens=mt, temperature=0.8, seed=i,
                                              messages=[{"role": "user", "content": f"hello {i}"}]), False))

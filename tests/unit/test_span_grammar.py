@@ -336,3 +336,22 @@ def test_random_streams_obey_the_span_rule():
                 g.add(s, params[s], [1, 2, *streams[s]], len(streams[s]))
         for s in slots:
             check_stream(streams[s], params[s].mode)
+
+
+@pytest.mark.parametrize("n_text", [0, 1, 3, 8])
+def test_codes_out_of_id_order_mask_every_text_row_fully(n_text):
+    """Codebook order != id order (as in a checkpoint with codes reversed): masking must still be
+    rows x all code columns, also when the batch mixes text rows with forced image rows."""
+    layout = TokenLayout(boi=13, eoi=12, image_placeholder=14, sep=15, vocab_size=V, image_seq_length=N,
+                         code_to_id=tuple(reversed(CODES)))
+    g = SpanGrammar(layout, max_slots=16)
+    for slot in range(n_text):
+        g.add(slot, SpanParams(mode=TEXT_ONLY), [1, 2, 3], 0)
+    g.add(n_text, SpanParams(mode=IMAGE_ONLY), [1, 2, 3], 0)  # forced BOI
+    g.add(n_text + 1, SpanParams(mode=IMAGE_ONLY, image_temperature=0.0), [1, BOI], 1)  # inside a span
+    out = g.apply(torch.randn(n_text + 2, V), np.arange(n_text + 2, dtype=np.int64))
+    for row in out[:n_text]:
+        assert allowed(row) == set(TEXT)
+    assert allowed(out[n_text]) == {BOI}
+    [code] = allowed(out[n_text + 1])
+    assert code in CODES
