@@ -17,6 +17,7 @@ from pathlib import Path
 
 from server.settings import Settings
 
+TINY_NAME = "tiny-chameleon"
 DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
 
 
@@ -24,7 +25,7 @@ def _tiny_default() -> str:
     """The embedded default model: generated on first use, reused after."""
     from engine.tiny import make_tiny
 
-    path = DEFAULT_CACHE / "tiny-chameleon"
+    path = DEFAULT_CACHE / TINY_NAME
     if not (path / "vqgan.ckpt").exists():
         logging.getLogger(__name__).info("writing the embedded tiny checkpoint to %s", path)
         make_tiny(path)
@@ -66,6 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.model is None:
         args.model = _tiny_default()
         args.enforce_eager = True  # the tiny model starts in ~25 s eager vs ~85 s compiled
+        args.served_model_name = args.served_model_name or [TINY_NAME]
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU builds only, ample for the tiny model
     engine_args = AsyncEngineArgs.from_cli_args(args)
     names = engine_args.served_model_name

@@ -34,3 +34,10 @@ def test_flags_reach_settings(tmp_path):
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="max_queued_requests"):
         settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-queued-requests", "-1"]))
+
+
+def test_embedded_tiny_model_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setattr("server.cli.DEFAULT_CACHE", tmp_path)
+    s = settings_from_args(build_parser().parse_args([]))
+    assert s.served_model_name == "tiny-chameleon" and s.model == str(tmp_path / "tiny-chameleon")
+    assert s.engine_args.enforce_eager and (tmp_path / "tiny-chameleon" / "vqgan.ckpt").exists()
