@@ -75,7 +75,9 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
     async for out in engine.generate(prompt_ids, params, request_id):
         deltas = []
         for o in out.outputs:
-            splitter = splitters.setdefault(o.index, SpanSplitter(engine.layout, engine.tokenizer.decode))
+            if o.index not in splitters:  # one splitter per choice, built once, not per token
+                splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
+            splitter = splitters[o.index]
             pieces = splitter.feed(o.token_ids, o.text)
             if o.finish_reason is not None:
                 pieces += splitter.finish()
