@@ -66,12 +66,9 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
-OutputPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
-
-
 class ResponseMessage(WireModel):
     role: Literal["assistant"] = "assistant"
-    content: str | list[OutputPart] | None  # a part list, in order, when the reply holds images
+    content: str | list[ContentPart] | None  # a part list, in order, when the reply holds images
 
 
 class ChatChoice(WireModel):
@@ -96,7 +93,7 @@ class ChatCompletionResponse(WireModel):
 
 class DeltaMessage(WireModel):
     role: Literal["assistant"] | None = omitted_if_none()
-    content: str | list[OutputPart] | None = None  # one finished image arrives as a one-part list
+    content: str | list[ContentPart] | None = None  # one finished image arrives as a one-part list
 
 
 class ChatChunkChoice(WireModel):
