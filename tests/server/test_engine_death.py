@@ -1,4 +1,5 @@
-"""A dead engine: /health turns 503, requests get a clean 503, and the process exits non-zero."""
+"""A dead engine: /health turns 503, requests get a clean 503, and the process exits non-zero; so does a
+model that fails to load."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 from conftest import API_KEY, MODEL, start_server
 
 from engine.tiny import TinySpec, make_tiny
@@ -35,3 +37,11 @@ def test_engine_death_is_reported_and_ends_the_process(tmp_path):
     finally:
         if live.process.poll() is None:
             live.process.kill()
+
+
+def test_a_model_that_fails_to_load_ends_the_process_with_1(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="server exited with 1") as failed:
+        start_server(tmp_path / "empty", tmp_path / "server.log")
+    assert "the inference engine failed to start" in str(failed.value)
+    assert "Invalid repository ID or local directory" in str(failed.value)  # the cause, in the same log
