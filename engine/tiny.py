@@ -10,6 +10,7 @@ embedded default model of ``make serve`` and the fixture of the tests.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _build_tokenizer(spec: TinySpec):
     trainer_tok.train_from_iterator([_CORPUS], trainer=trainer)
     learned = trainer_tok.get_vocab()
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in
-              __import__("json").loads(trainer_tok.to_str())["model"]["merges"]]
+              json.loads(trainer_tok.to_str())["model"]["merges"]]
 
     fixed = [*_TEXT_SPECIALS, *(code_name(i) for i in range(spec.codebook_size)),
              EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME]
@@ -111,11 +112,7 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         unk_token="<unk>", sep_token=SEP_NAME,
     )
-    vq_config = dict(
-        embed_dim=32, num_embeddings=spec.codebook_size, double_latent=False, latent_channels=32,
-        resolution=spec.resolution, in_channels=3, base_channels=32, channel_multiplier=[1, 2],
-        num_res_blocks=1, attn_resolutions=[], dropout=0.0, attn_type="vanilla",
-    )
+    vq_config = _vqgan_config(spec).to_hf_vq_config()
     config = ChameleonConfig(
         vocab_size=len(vocab), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
@@ -151,10 +148,85 @@ def _spread_weights(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
-                is_scale = name.endswith("weight")
-                noise = torch.rand(p.shape, generator=gen) if is_scale else torch.randn(p.shape, generator=gen)
-                p.copy_(0.5 + noise if is_scale else 0.3 * noise)
-                continue
-            fan_in = p[0].numel() if p.dim() > 1 else p.numel()
-            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+            p.copy_(_spread(name, p.shape, gen))
+
+
+def _spread(name: str, shape: torch.Size | tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """One random tensor: norm scales around 1 and shifts around 0, matrices scaled by 1/sqrt(fan_in)."""
+    if "norm" in name:
+        if name.endswith("weight"):
+            return 0.5 + torch.rand(shape, generator=gen)
+        return 0.3 * torch.randn(shape, generator=gen)
+    fan_in = torch.Size(shape)[1:].numel() if len(shape) > 1 else shape[0]
+    return torch.randn(shape, generator=gen) / fan_in**0.5
+
+
+def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1) -> Path:
+    """A tiny release in Meta's original layout (``models/7b/consolidated*.pth``, ``params.json``,
+    ``tokenizer/{text_tokenizer.json, vqgan.ckpt, vqgan.yaml}``), split into ``shards`` tensor-parallel
+    files the way Meta's multi-GPU checkpoints are, each shard with its own qk-norm parameters."""
+    from engine.meta_layout import META_PLACEHOLDER_NAME
+    from engine.vqgan import VQModel, write_meta_vqgan
+
+    dst = Path(dst)
+    model_dir, tokenizer_dir = dst / "models" / "7b", dst / "tokenizer"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    tok, vocab = _build_tokenizer(spec)
+    (tokenizer_dir / "text_tokenizer.json").write_text(
+        tok.to_str().replace(f'"{IMAGE_PLACEHOLDER_NAME}"', f'"{META_PLACEHOLDER_NAME}"'))
+
+    dim, heads, kv_heads = spec.hidden_size, spec.num_heads, spec.num_kv_heads
+    head_dim, multiple_of = dim // heads, 32
+    ffn = multiple_of * -(-int(8 * dim / 3) // multiple_of)
+    params = {"model_parallel_size": shards, "model": {
+        "dim": dim, "n_layers": spec.num_layers, "n_heads": heads, "n_kv_heads": kv_heads, "vocab_size": len(vocab),
+        "multiple_of": multiple_of, "ffn_dim_multiplier": None, "norm_eps": 1e-5, "rope_theta": 10000.0,
+        "qk_normalization": True, "swin_norm": spec.swin_norm}}
+    (model_dir / "params.json").write_text(json.dumps(params, indent=2))
+
+    gen = torch.Generator().manual_seed(spec.seed + 2)
+    # Full tensors with the dimension that shards split on (None: each shard holds its own copy).
+    full: dict[str, tuple[tuple[int, ...], int | None]] = {
+        "tok_embeddings.weight": ((len(vocab), dim), 1), "output.weight": ((len(vocab), dim), 0),
+        "norm.weight": ((dim,), None)}
+    for i in range(spec.num_layers):
+        full.update({
+            f"layers.{i}.attention.wq.weight": ((heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wk.weight": ((kv_heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wv.weight": ((kv_heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wo.weight": ((dim, heads * head_dim), 1),
+            f"layers.{i}.feed_forward.w1.weight": ((ffn, dim), 0), f"layers.{i}.feed_forward.w3.weight": ((ffn, dim), 0),
+            f"layers.{i}.feed_forward.w2.weight": ((dim, ffn), 1),
+            f"layers.{i}.attention_norm.weight": ((dim,), None), f"layers.{i}.ffn_norm.weight": ((dim,), None),
+        })
+    tensors = {name: _spread(name, shape, gen) for name, (shape, _) in full.items()}
+    states: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
+    for name, (_, dim_split) in full.items():
+        for state, part in zip(states, tensors[name].chunk(shards, dim_split) if dim_split is not None
+                               else [tensors[name]] * shards, strict=True):
+            state[name] = part.clone().to(getattr(torch, spec.dtype))
+    for state in states:  # per-shard qk-norm: one LayerNorm over head_dim for that shard's heads
+        for i in range(spec.num_layers):
+            for norm in ("q_normalization", "k_normalization"):
+                for part in ("weight", "bias"):
+                    name = f"layers.{i}.attention.{norm}.{part}"
+                    state[name] = _spread(name, (head_dim,), gen).to(getattr(torch, spec.dtype))
+    names = ["consolidated.pth"] if shards == 1 else [f"consolidated.{k:02d}.pth" for k in range(shards)]
+    for name, state in zip(names, states, strict=True):
+        torch.save(state, model_dir / name)
+
+    cfg = _vqgan_config(spec)
+    encoder = VQModel(cfg, with_decoder=False)
+    vq_gen = torch.Generator().manual_seed(spec.seed + 3)  # independent of the shard count
+    encoder.load_state_dict({k: _spread(k, v.shape, vq_gen) for k, v in encoder.state_dict().items()})
+    write_meta_vqgan(tokenizer_dir, encoder.state_dict(), cfg.to_hf_vq_config(), seed=spec.seed)
+    return dst
+
+
+def _vqgan_config(spec: TinySpec):
+    """A small VQGAN: one downsampling level, so ``grid`` codes per side at ``spec.resolution`` pixels."""
+    from engine.vqgan import VQGANConfig
+
+    return VQGANConfig(embed_dim=32, n_embed=spec.codebook_size, z_channels=32, resolution=spec.resolution,
+                       ch=32, ch_mult=(1, 2), num_res_blocks=1)

@@ -92,6 +92,14 @@ class VQGANConfig:
             double_z=bool(dd.get("double_z", False)),
         )
 
+    def to_hf_vq_config(self) -> dict:
+        """``config.json``'s ``vq_config`` (transformers' ChameleonVQVAEConfig keys)."""
+        return dict(embed_dim=self.embed_dim, num_embeddings=self.n_embed, double_latent=self.double_z,
+                    latent_channels=self.z_channels, resolution=self.resolution, in_channels=self.in_channels,
+                    out_channels=self.out_ch, base_channels=self.ch, channel_multiplier=list(self.ch_mult),
+                    num_res_blocks=self.num_res_blocks, attn_resolutions=list(self.attn_resolutions),
+                    dropout=0.0, attn_type="vanilla")
+
     def to_meta_yaml_dict(self) -> dict:
         """Meta's ``vqgan.yaml`` layout; the keys its loader and transformers' converter read."""
         ddconfig = {

@@ -1,4 +1,5 @@
-"""Command line: ``chameleon-serve [--model PATH] [vllm serve flags...]`` and ``chameleon-serve make-tiny DIR``.
+"""Command line: ``chameleon-serve [--model PATH] [vllm serve flags...]``, ``chameleon-serve make-tiny DIR``
+and ``chameleon-serve convert META_RELEASE DST``.
 
 Engine flags are vLLM's own (``--dtype``, ``--max-model-len``,
 ``--tensor-parallel-size``, ``--gpu-memory-utilization``, ``--enforce-eager``, ...),
@@ -34,6 +35,24 @@ def _tiny_default() -> str:
         logging.getLogger(__name__).info("writing the embedded tiny checkpoint to %s", path)
         make_tiny(path)
     return str(path)
+
+
+def _hf_layout(model: str) -> str:
+    """``model`` itself, or for a Meta-layout release its Hugging Face conversion, made once in the cache
+    (keyed by the release's path and its weights' modification times) and reused after."""
+    import hashlib
+
+    from engine.meta_layout import convert_meta_checkpoint, find_meta_model_dir
+
+    model_dir = find_meta_model_dir(model)
+    if model_dir is None:
+        return model
+    stamp = [str(Path(model).resolve())] + [f"{f.name}:{f.stat().st_mtime_ns}" for f in sorted(model_dir.iterdir())]
+    dst = DEFAULT_CACHE / "converted" / hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
+    if not (dst / "vqgan.ckpt").exists():
+        logging.getLogger(__name__).info("converting the Meta-layout release %s to %s", model, dst)
+        convert_meta_checkpoint(model, dst)
+    return str(dst)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +100,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         args.enforce_eager = True  # the tiny model starts in ~25 s eager vs ~85 s compiled
         args.served_model_name = args.served_model_name or [TINY_NAME]
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU builds only, ample for the tiny model
+    given = args.model
+    args.model = _hf_layout(args.model)
     engine_args = AsyncEngineArgs.from_cli_args(args)
     names = engine_args.served_model_name
-    served = (names[0] if isinstance(names, list) else names) or args.model
+    served = (names[0] if isinstance(names, list) else names) or given
     template = Path(args.chat_template).read_text() if args.chat_template else None
     return Settings(
         model=args.model, served_model_name=served, engine_args=engine_args, host=args.host, port=args.port,
@@ -102,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     if argv[:1] == ["make-tiny"]:
         _make_tiny_cli(argv[1:])
+        return
+    if argv[:1] == ["convert"]:
+        _convert_cli(argv[1:])
         return
     settings = settings_from_args(build_parser().parse_args(argv))
 
@@ -127,8 +151,19 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _convert_cli(argv: list[str]) -> None:
+    from engine.meta_layout import convert_meta_checkpoint
+
+    parser = argparse.ArgumentParser(prog="chameleon-serve convert",
+                                     description="convert Meta's original Chameleon release layout to Hugging Face's")
+    parser.add_argument("src", help="the release folder (models/<size>/, tokenizer/)")
+    parser.add_argument("dst")
+    a = parser.parse_args(argv)
+    print(convert_meta_checkpoint(a.src, a.dst))
+
+
 def _make_tiny_cli(argv: list[str]) -> None:
-    from engine.tiny import TinySpec, make_tiny
+    from engine.tiny import TinySpec, make_tiny, make_tiny_meta
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
     defaults = TinySpec()
@@ -136,11 +171,13 @@ def _make_tiny_cli(argv: list[str]) -> None:
     parser.add_argument("--grid", type=int, default=defaults.grid, help="image codes per side")
     parser.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
     parser.add_argument("--swin-norm", action="store_true")
+    parser.add_argument("--meta-layout", action="store_true", help="write Meta's original release layout")
+    parser.add_argument("--shards", type=int, default=1, help="tensor-parallel files (with --meta-layout)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed)
-    print(make_tiny(a.dst, spec))
+    print(make_tiny_meta(a.dst, spec, a.shards) if a.meta_layout else make_tiny(a.dst, spec))
 
 
 if __name__ == "__main__":

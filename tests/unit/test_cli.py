@@ -41,3 +41,16 @@ def test_embedded_tiny_model_is_the_default(tmp_path, monkeypatch):
     s = settings_from_args(build_parser().parse_args([]))
     assert s.served_model_name == "tiny-chameleon" and s.model == str(tmp_path / "tiny-chameleon")
     assert s.engine_args.enforce_eager and (tmp_path / "tiny-chameleon" / "vqgan.ckpt").exists()
+
+
+def test_convert_and_make_tiny_meta_layout(tmp_path):
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    release = cli("make-tiny", str(tmp_path / "meta"), "--meta-layout", "--shards", "2", "--codebook-size", "64")
+    assert sorted(p.name for p in (tmp_path / "meta" / "models" / "7b").iterdir()) == [
+        "consolidated.00.pth", "consolidated.01.pth", "params.json"]
+    out = cli("convert", release, str(tmp_path / "hf"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert out.endswith("hf") and config["model_parallel_size"] == 2 and "<image>" in config["vocabulary_map"]

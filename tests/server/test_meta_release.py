@@ -1,0 +1,51 @@
+"""Meta's original release layout served directly: converted once into the cache, then greedy parity with
+transformers on the converted checkpoint (text, and an image in), and image output with its VQGAN."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from conftest import MODEL, start_server, stop_server
+from oracle import HFOracle
+from PIL import Image
+from testimages import data_url, noise_image
+
+from engine.tiny import TinySpec, make_tiny_meta
+
+SPEC = TinySpec(grid=8, codebook_size=256, swin_norm=True)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    meta = make_tiny_meta(tmp_path_factory.mktemp("meta"), SPEC, shards=2)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CHAMELEON_CACHE", str(cache))
+        live = start_server(meta, tmp_path_factory.mktemp("meta-logs") / "server.log")
+    [converted] = (cache / "converted").iterdir()
+    yield live, HFOracle(converted)
+    stop_server(live)
+
+
+@pytest.mark.parametrize("n_images", [0, 1])
+def test_meta_release_greedy_parity(release, n_images):
+    live, oracle = release
+    images = [noise_image(20 + i) for i in range(n_images)]
+    text = "What is in the picture?"
+    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}}
+                                                for im in images]
+    resp = live.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=12,
+        extra_body={"return_token_ids": True})
+    assert resp.prompt_token_ids == oracle.prompt_ids(text, images)
+    assert resp.choices[0].token_ids == oracle.greedy(text, images, 12)
+    assert "converting the Meta-layout release" in live.log() and "swin_norm=True" in live.log()
+
+
+def test_meta_release_writes_images(release):
+    live, _ = release
+    resp = live.client().images.generate(model=MODEL, prompt="a boat", n=1, response_format="b64_json")
+    png = base64.b64decode(resp.data[0].b64_json)
+    assert Image.open(io.BytesIO(png)).size == (SPEC.resolution, SPEC.resolution)
