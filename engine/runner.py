@@ -62,25 +62,16 @@ class ImagePainter:
     device: torch.device
 
     @classmethod
-    def load(cls, model_dir: str | Path, vqgan: str | Path | None, encoder: VQModel,
-             device: torch.device) -> ImagePainter | None:
-        """The decoder from ``vqgan`` (Meta's vqgan.ckpt), else ``vqgan.ckpt`` beside the model, else none."""
-        path = Path(vqgan) if vqgan else Path(model_dir) / "vqgan.ckpt"
-        if not path.exists():
-            if vqgan:
-                raise CheckpointError(f"{path} does not exist: pass --vqgan PATH/vqgan.ckpt (vqgan.yaml beside it)")
-            logger.warning("no VQGAN decoder (%s): image output is disabled; pass --vqgan", path)
+    def load(cls, vqgan: Path | None, encoder: VQModel, device: torch.device) -> ImagePainter | None:
+        """The decoder in ``vqgan`` (Meta's vqgan.ckpt, checked against the model by ``engine.checkpoint``);
+        None disables image output."""
+        if vqgan is None:
+            logger.warning("no VQGAN decoder: image output is disabled; pass --vqgan PATH/vqgan.ckpt")
             return None
-        vqmodel = load_meta_vqgan(path, device=device)
-        if vqmodel.config.n_embed != encoder.config.n_embed:
-            raise CheckpointError(f"{path} has {vqmodel.config.n_embed} codes, the model's encoder "
-                                  f"{encoder.config.n_embed}: use the VQGAN released with this model")
-        if vqmodel.config.grid != encoder.config.grid:
-            raise CheckpointError(f"{path} decodes a {vqmodel.config.grid}-code grid, the model's encoder writes "
-                                  f"{encoder.config.grid}: use the VQGAN released with this model")
+        vqmodel = load_meta_vqgan(vqgan, device=device)
         if mismatch := encoder_mismatch(vqmodel, encoder):
             logger.warning("%s: encoder weights differ from the model's model.vqmodel.* (%s, ...)",
-                           path, ", ".join(mismatch[:3]))
+                           vqgan, ", ".join(mismatch[:3]))
         return cls(vqmodel=vqmodel, grid=(vqmodel.config.grid, vqmodel.config.grid), device=device)
 
     def paint(self, images: list[list[int]]) -> list[bytes]:
@@ -104,8 +95,9 @@ class ChameleonEngine:
         self.image_resolution = painter.vqmodel.config.resolution if painter else None  # PNG side, pixels
 
     @classmethod
-    def start(cls, engine_args, vqgan: str | None = None) -> ChameleonEngine:
-        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and painter."""
+    def start(cls, engine_args, vqgan: Path | None = None) -> ChameleonEngine:
+        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and the painter
+        of ``vqgan`` (as ``engine.checkpoint.preflight`` found it; None: no image output)."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -121,7 +113,7 @@ class ChameleonEngine:
                                         disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
-        painter = ImagePainter.load(model_config.model, vqgan, image_tokenizer.vqmodel, device)
+        painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,

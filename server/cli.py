@@ -10,6 +10,7 @@ is the only module that reads the environment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,8 @@ from types import FrameType
 
 import uvicorn
 
+from engine.checkpoint import preflight
+from engine.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
 from server.settings import Settings
 
@@ -109,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         model=args.model, served_model_name=served, engine_args=engine_args, host=args.host, port=args.port,
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
-        max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
+        max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=Path(args.vqgan) if args.vqgan else None,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
         shutdown_grace_s=args.shutdown_grace_seconds,
         remote_images=RemoteImagePolicy(
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         _convert_cli(argv[1:])
         return
     settings = settings_from_args(build_parser().parse_args(argv))
+    try:  # a checkpoint that cannot be served fails now, in one line, not deep inside the engine's start
+        settings = dataclasses.replace(settings, vqgan=preflight(settings.model, settings.vqgan))
+    except CheckpointError as e:
+        sys.exit(f"chameleon-serve: error: {e}")
 
     from server.app import create_app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from server.image_urls import RemoteImagePolicy
@@ -19,7 +20,7 @@ class Settings:
     max_images_per_request: int = 8
     max_image_pixels: int = 4096 * 4096
     chat_template: str | None = None
-    vqgan: str | None = None  # Meta's vqgan.ckpt (yaml beside it); default: vqgan.ckpt in the model dir
+    vqgan: Path | None = None  # Meta's vqgan.ckpt (yaml beside it) for image output; None: text and image input only
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
     shutdown_grace_s: float = 30.0
