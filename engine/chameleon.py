@@ -9,6 +9,7 @@ Structure follows vLLM's ``models/llama.py``; numerics follow transformers'
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from itertools import islice
 from typing import ClassVar
@@ -40,6 +41,7 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsPP
 from vllm.model_executor.models.utils import (
     PPMissingLayer,
+    extract_layer_index,
     is_pp_missing_parameter,
     make_empty_intermediate_tensors_factory,
     make_layers,
@@ -49,6 +51,15 @@ from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so it reaches vLLM's log handler
+_LIVE_MODEL: weakref.ref[ChameleonForConditionalGeneration] | None = None
+
+
+def live_model() -> ChameleonForConditionalGeneration:
+    """This worker's model, for the logits processor's guidance (same process, no other handle on it)."""
+    model = _LIVE_MODEL() if _LIVE_MODEL is not None else None
+    if model is None:
+        raise RuntimeError("no chameleon-serve model in this process")
+    return model
 
 _QK_NORM_EPS = 1e-5  # transformers' ChameleonLayerNorm: fixed, not from the config
 
@@ -100,9 +111,27 @@ class ChameleonMLP(nn.Module):
         return x
 
 
+class PrivateKV:
+    """Keys and values of one sequence kept outside vLLM's paged cache, preallocated for ``capacity``
+    tokens: the unconditional sequence of a guided request (``engine/guidance.py``), which vLLM's
+    scheduler never sees. Written in place, so a long image costs no re-copying."""
+
+    def __init__(self, num_layers: int, capacity: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (num_layers, capacity, num_kv_heads, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # tokens written for every layer
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
 class ChameleonAttention(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
+        self.layer_index = extract_layer_index(prefix)
         config: ChameleonConfig = vllm_config.model_config.hf_config
         tp_size = get_tensor_model_parallel_world_size()
         total_heads, total_kv = config.num_attention_heads, config.num_key_value_heads
@@ -134,12 +163,27 @@ class ChameleonAttention(nn.Module):
             quant_config=vllm_config.quant_config, prefix=f"{prefix}.attn",
         )
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
+                private: PrivateKV | None = None) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.rotary_emb(positions, self.q_norm(q), self.k_norm(k))  # norm before rotary
-        out, _ = self.o_proj(self.attn(q, k, v))
+        out, _ = self.o_proj(self.attn(q, k, v) if private is None else self._attend_private(q, k, v, private))
         return out
+
+    def _attend_private(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
+        """Causal attention of ``q`` (new tokens) over the cached sequence plus these tokens."""
+        steps, start = q.shape[0], cache.length
+        end = start + steps
+        cache.keys[self.layer_index, start:end] = k.view(steps, self.num_kv_heads, self.head_dim)
+        cache.values[self.layer_index, start:end] = v.view(steps, self.num_kv_heads, self.head_dim)
+        group = self.num_heads // self.num_kv_heads
+        keys = cache.keys[self.layer_index, :end].repeat_interleave(group, dim=1).transpose(0, 1)
+        values = cache.values[self.layer_index, :end].repeat_interleave(group, dim=1).transpose(0, 1)
+        queries = q.view(steps, self.num_heads, self.head_dim).transpose(0, 1)
+        visible = torch.arange(end, device=q.device) <= torch.arange(start, end, device=q.device).unsqueeze(1)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=self.head_dim**-0.5)
+        return out.transpose(0, 1).reshape(steps, self.q_size)
 
 
 class ChameleonDecoderLayer(nn.Module):
@@ -160,18 +204,19 @@ class ChameleonDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(
-        self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
+        self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
+        private: PrivateKV | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.swin_norm:
             h = hidden_states if residual is None else hidden_states + residual
-            h = h + self.input_layernorm(self.self_attn(positions, h))
+            h = h + self.input_layernorm(self.self_attn(positions, h, private))
             return self.post_attention_layernorm(self.mlp(h)), h
         if residual is None:
             residual = hidden_states
             hidden_states = self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states = self.self_attn(positions, hidden_states, private)
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
         return self.mlp(hidden_states), residual
 
@@ -225,6 +270,16 @@ class ChameleonModel(nn.Module):
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
+    def forward_private(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
+        """Final hidden states of ``input_ids`` appended to ``cache``'s sequence; eager, all layers here
+        (guidance needs pipeline parallelism off)."""
+        hidden_states, residual = self.embed_input_ids(input_ids), None
+        for layer in islice(self.layers, self.start_layer, self.end_layer):
+            hidden_states, residual = layer(positions, hidden_states, residual, cache)
+        cache.length += input_ids.shape[0]
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
 
 class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
     # (fused parameter, checkpoint shard, shard id)
@@ -244,6 +299,8 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         super().__init__()
         config: ChameleonConfig = vllm_config.model_config.hf_config
         self.config = config
+        global _LIVE_MODEL
+        _LIVE_MODEL = weakref.ref(self)
         logger.info("chameleon-serve plugin model: ChameleonForConditionalGeneration (swin_norm=%s)",
                     config.swin_norm)
         self.model = ChameleonModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
@@ -272,6 +329,19 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Plain logits over the whole vocabulary: image codes are not masked here."""
         return self.logits_processor(self.lm_head, hidden_states)
+
+    def new_private_kv(self, capacity: int) -> PrivateKV:
+        if get_pp_group().world_size > 1:
+            raise ValueError("classifier-free guidance needs --pipeline-parallel-size 1")
+        attn = self.model.layers[self.model.start_layer].self_attn
+        weight = self.lm_head.weight
+        return PrivateKV(len(self.model.layers), capacity, attn.num_kv_heads, attn.head_dim, weight.dtype,
+                         weight.device)
+
+    def private_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
+        """Logits after the last of ``input_ids``, run on ``cache``'s sequence (float32, one row)."""
+        hidden = self.model.forward_private(input_ids, positions, cache)
+        return self.compute_logits(hidden[-1:])[0].float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the transformer from HF names; ``model.vqmodel.*`` is skipped and not reported.

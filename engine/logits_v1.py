@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from engine.guidance import Guidance
 from engine.span_grammar import SpanGrammar, SpanParams, validate_params
 from engine.vocab import TokenLayout
 
@@ -41,6 +42,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
+        self.guidance = Guidance(max_slots)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)
@@ -53,14 +55,18 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             return
         for slot in batch_update.removed:
             self.grammar.remove(slot)
+            self.guidance.remove(slot)
             self._prompts[slot], self._outputs[slot] = (), ()
         for slot, params, prompt, output in batch_update.added:
             self._prompts[slot], self._outputs[slot] = prompt or (), output
             n = _committed(output)
-            self.grammar.add(slot, SpanParams.from_sampling_params(params), self._tail(slot, n), n)
+            span_params = SpanParams.from_sampling_params(params)
+            self.grammar.add(slot, span_params, self._tail(slot, n), n)
+            self.guidance.add(slot, span_params, params.max_tokens)
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)
+            self.guidance.move(src, dst, swap)
             for lists in (self._prompts, self._outputs):
                 lists[dst], lists[src] = lists[src], (lists[dst] if swap else ())
 
@@ -77,6 +83,10 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             elif n != seen:
                 self.grammar.resync(slot, self._tail(slot, n), n)
         self.grammar.advance(np.array(stepped, dtype=np.int64), np.array(tokens, dtype=np.int64))
+        if self.guidance.any(slots):
+            rows = np.flatnonzero(self.grammar.sampling_code(slots))
+            self.guidance.apply(logits, rows, slots[rows], [self._outputs[s] for s in slots[rows]],
+                                [_committed(self._outputs[s]) for s in slots[rows]])
         return self.grammar.apply(logits, slots)
 
     def _tail(self, slot: int, n: int) -> list[int]:

@@ -18,7 +18,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcRequestState,
 )
 
-from engine.span_grammar import TEXT_ONLY, SpanGrammar, SpanParams, validate_params
+from engine.span_grammar import TEXT_ONLY, SpanGrammar, SpanParams
 from engine.vocab import TokenLayout
 
 if TYPE_CHECKING:
@@ -31,7 +31,10 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate_params(sampling_params)
+        if SpanParams.from_sampling_params(sampling_params).guided:
+            # engine/guidance.py needs each row's committed history and a drop on finish; wired for V1 only.
+            raise ValueError("cfg_scale is not supported on vLLM's Model Runner V2 yet; "
+                             "set VLLM_USE_V2_MODEL_RUNNER=0 to serve guided requests")
 
     def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState) -> None:
         if vllm_config.speculative_config is not None:

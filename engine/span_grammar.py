@@ -39,6 +39,12 @@ class SpanParams:
     image_top_k: int = DEFAULT_IMAGE_TOP_K
     image_top_p: float = DEFAULT_IMAGE_TOP_P
     seed: int | None = None
+    cfg_scale: float = 1.0  # classifier-free guidance of image codes; 1.0 = off
+    uncond_prompt: tuple[int, ...] = ()  # the unconditional sequence's prompt (engine/guidance.py)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
 
     @classmethod
     def from_extra_args(cls, extra_args: Mapping[str, Any] | None, seed: int | None = None) -> SpanParams:
@@ -59,7 +65,16 @@ class SpanParams:
             raise ValueError(f"image_top_k must be an integer >= 0 (0 = off), got {top_k!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"image_top_p must be in (0, 1], got {top_p!r}")
-        return cls(_MODES[frozenset(modalities)], float(temp), top_k, float(top_p), seed)
+        mode = _MODES[frozenset(modalities)]
+        scale, uncond = xa.get("cfg_scale", 1.0), xa.get("cfg_uncond_prompt", [])
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
+            raise ValueError(f"cfg_scale must be a number >= 0 (1 = no guidance), got {scale!r}")
+        if scale != 1.0 and mode == TEXT_ONLY:
+            raise ValueError("cfg_scale guides image codes: it needs image output (modalities with \"image\")")
+        if not isinstance(uncond, Sequence) or not all(isinstance(t, int) and t >= 0 for t in uncond) or \
+                (scale != 1.0 and not uncond):
+            raise ValueError("cfg_uncond_prompt must be a non-empty list of token ids when cfg_scale is set")
+        return cls(mode, float(temp), top_k, float(top_p), seed, float(scale), tuple(uncond))
 
     @classmethod
     def from_sampling_params(cls, sampling_params: Any) -> SpanParams:
@@ -150,6 +165,11 @@ class SpanGrammar:
             a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
         if not swap:
             self.remove(src)
+
+    def sampling_code(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot of ``slots``: whether this step samples one of its image codes."""
+        pos = self.pos[slots]
+        return (pos >= 0) & (pos < self.n)
 
     def tracked(self, slots: np.ndarray) -> np.ndarray:
         """Those of ``slots`` whose state follows their tokens (text-only rows never change)."""

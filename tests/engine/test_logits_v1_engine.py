@@ -12,11 +12,15 @@ from engine.vocab import TokenLayout
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def model_dir(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny_span"), TinySpec(grid=4, codebook_size=64))
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
     """(LLM, layout), one engine for the module."""
     from vllm import LLM
 
-    model_dir = make_tiny(tmp_path_factory.mktemp("tiny_span"), TinySpec(grid=4, codebook_size=64))
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=512, max_num_seqs=16,
               seed=0, logits_processors=[ChameleonSpanLogitsProcessorV1])
     yield llm, TokenLayout.from_checkpoint(model_dir)
@@ -103,3 +107,76 @@ def test_same_seed_same_image_codes(engine):
     again = list(llm.generate(ps[:1], params(11), use_tqdm=False)[0].outputs[0].token_ids)
     assert codes[0] == codes[2] == again  # same seed: same codes, whatever the batch
     assert codes[1] != codes[0] or codes[3] != codes[0]
+
+
+def guided_reference(model_dir, prompt: list[int], uncond: list[int], scale: float, layout: TokenLayout) -> list[int]:
+    """Classifier-free guidance the straightforward way: two transformers forwards per image code, raw
+    logits combined as uncond + scale * (cond - uncond), greedy over the codes."""
+    import torch
+    from transformers import ChameleonForConditionalGeneration
+
+    model = ChameleonForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    codes = torch.tensor(layout.code_to_id)
+
+    def last_logits(ids: list[int]) -> torch.Tensor:  # the lm head on the last state: no image-code masking
+        return model.lm_head(model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1])
+
+    out = [layout.boi]
+    with torch.no_grad():
+        for _ in range(layout.image_seq_length):
+            cond, free = last_logits(prompt + out), last_logits(uncond + out)
+            guided = free + scale * (cond - free)
+            out.append(int(codes[guided[codes].argmax()]))
+    return [*out, layout.eoi]
+
+
+def guided_args(uncond: list[int], scale: float) -> dict:
+    return {"modalities": ["image"], "image_temperature": 0.0, "cfg_scale": scale, "cfg_uncond_prompt": uncond}
+
+
+def test_guided_image_equals_two_forward_reference(engine, model_dir):
+    llm, layout = engine
+    [prompt] = prompts(layout, 1)
+    uncond = [0, layout.sep]  # BOS and an empty turn
+    [got] = generate(llm, layout, 1, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                     extra_args=guided_args(uncond, 3.0))
+    assert got == guided_reference(model_dir, prompt["prompt_token_ids"], uncond, 3.0, layout)
+    [unguided] = generate(llm, layout, 1, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                          extra_args={"modalities": ["image"], "image_temperature": 0.0})
+    assert got != unguided  # guidance changed the image
+
+
+def test_cfg_scale_one_is_the_unguided_path(engine):
+    llm, layout = engine
+    common = dict(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi], seed=7)
+    hot = {"modalities": ["image"], "image_temperature": 1.0}
+    assert generate(llm, layout, 3, extra_args={**hot, "cfg_scale": 1.0, "cfg_uncond_prompt": [0]}, **common) == \
+        generate(llm, layout, 3, extra_args=hot, **common)
+
+
+def test_guided_unguided_and_text_rows_in_one_batch(engine):
+    from vllm import SamplingParams
+
+    llm, layout = engine
+    ps = prompts(layout, 3)
+    image = dict(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi], temperature=0.0)
+    params = [SamplingParams(**image, extra_args=guided_args([0, layout.sep], 2.5)),
+              SamplingParams(**image, extra_args={"modalities": ["image"], "image_temperature": 0.0}),
+              SamplingParams(max_tokens=24, temperature=0.0)]
+    batched = [list(o.outputs[0].token_ids) for o in llm.generate(ps, params, use_tqdm=False)]
+    alone = [list(llm.generate([p], [sp], use_tqdm=False)[0].outputs[0].token_ids) for p, sp in zip(ps, params)]
+    assert batched == alone and len(set(map(tuple, batched))) == 3
+
+
+@pytest.mark.parametrize("extra", [
+    {"modalities": ["text"], "cfg_scale": 2.0, "cfg_uncond_prompt": [0]},
+    {"modalities": ["image"], "cfg_scale": 2.0},
+    {"modalities": ["image"], "cfg_scale": -1.0, "cfg_uncond_prompt": [0]},
+])
+def test_bad_guidance_args_are_refused(engine, extra):
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    llm, layout = engine
+    with pytest.raises(VLLMValidationError, match="cfg_"):
+        llm.generate(prompts(layout, 1), SamplingParams(max_tokens=4, extra_args=extra), use_tqdm=False)

@@ -207,6 +207,10 @@ def test_validate_params_on_both_classes():
         with pytest.raises(ValueError, match="unknown modality"):
             cls.validate_params(bad)
         cls.validate_params(SamplingParams())
+    guided = SamplingParams(extra_args={"modalities": ["image"], "cfg_scale": 3.0, "cfg_uncond_prompt": [0, 1]})
+    ChameleonSpanLogitsProcessorV1.validate_params(guided)
+    with pytest.raises(ValueError, match="not supported on vLLM's Model Runner V2 yet"):
+        ChameleonSpanLogitsProcessorV2.validate_params(guided)
 
 
 def test_runner_choice(monkeypatch):

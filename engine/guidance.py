@@ -1,0 +1,80 @@
+"""Classifier-free guidance of image codes inside vLLM's continuous batching.
+
+A guided request is one vLLM request. Its unconditional twin (the negative prompt, or an empty turn,
+followed by the same tokens the request writes) is not a second request: it lives here, beside the
+request's batch row, with its keys and values in a preallocated cache of the model's own
+(``engine.chameleon.PrivateKV``). At every step that samples an image code, the twin is brought up
+to date with the tokens the request committed since the last such step (one forward over them, so
+text before an image costs one chunked pass) and the row's logits become
+``uncond + scale * (cond - uncond)``. The span grammar then samples the row as usual.
+
+Why not a companion request: vLLM schedules requests independently (arrival, chunked prefill,
+preemption), so two rows cannot be kept in the same step without patching its scheduler; a twin that
+belongs to the row is in lockstep by construction, is dropped with it (finish, abort, preemption),
+and is rebuilt from the row's history when a preempted request resumes. The cost: the twin's cache
+is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server reports it) and
+twins are run one request at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.chameleon import PrivateKV, live_model
+from engine.span_grammar import SpanParams
+
+
+@dataclass(slots=True)
+class _Twin:
+    prompt: tuple[int, ...]
+    scale: float
+    capacity: int
+    cache: PrivateKV | None = None  # allocated at the first guided step
+
+
+class Guidance:
+    """Per-slot unconditional twins, and the guided logits of the rows that sample an image code."""
+
+    def __init__(self, max_slots: int) -> None:
+        self._twins: list[_Twin | None] = [None] * max_slots
+
+    def add(self, slot: int, params: SpanParams, max_tokens: int) -> None:
+        self._twins[slot] = _Twin(params.uncond_prompt, params.cfg_scale, len(params.uncond_prompt) + max_tokens) \
+            if params.guided else None
+
+    def remove(self, slot: int) -> None:
+        self._twins[slot] = None
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        self._twins[dst], self._twins[src] = self._twins[src], (self._twins[dst] if swap else None)
+
+    def any(self, slots: np.ndarray) -> bool:
+        return any(self._twins[s] is not None for s in slots)
+
+    def apply(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
+              outputs: Sequence[Sequence[int]], committed: Sequence[int]) -> None:
+        """Guide row ``rows[i]`` (request in ``slots[i]``, ``committed[i]`` real tokens in
+        ``outputs[i]``) in place, for the rows whose request is guided."""
+        model = None
+        for row, slot, output, n in zip(rows, slots, outputs, committed, strict=True):
+            twin = self._twins[slot]
+            if twin is None:
+                continue
+            if model is None:
+                model = live_model()
+            if twin.cache is None:
+                twin.cache = model.new_private_kv(twin.capacity)
+            history = [*twin.prompt, *output[:n]]
+            start = twin.cache.length
+            ids = torch.tensor(history[start:], dtype=torch.long, device=logits.device)
+            positions = torch.arange(start, len(history), device=logits.device)
+            uncond = model.private_logits(ids, positions, twin.cache)
+            cond = logits[row].float()
+            logits[row] = (uncond + twin.scale * (cond - uncond)).to(logits.dtype)
+
+    def nbytes(self) -> int:
+        return sum(t.cache.nbytes for t in self._twins if t is not None and t.cache is not None)
