@@ -83,8 +83,9 @@ class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
-                 max_num_seqs: int, model_class: str) -> None:
+                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int) -> None:
         self.llm = llm
+        self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
@@ -116,8 +117,11 @@ class ChameleonEngine:
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
+        hf = model_config.hf_config
+        kv_bytes = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \
+            * model_config.dtype.itemsize
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
-                   vllm_config.scheduler_config.max_num_seqs, model_class)
+                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)
@@ -137,6 +141,13 @@ class ChameleonEngine:
         from vllm.inputs import TokensPrompt
 
         return self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+
+    def guidance_kv_bytes(self, params) -> int:
+        """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/guidance.py)."""
+        xa = params.extra_args or {}
+        if xa.get("cfg_scale", 1.0) == 1.0:
+            return 0
+        return params.n * (len(xa["cfg_uncond_prompt"]) + params.max_tokens) * self.kv_bytes_per_token
 
     @property
     def is_alive(self) -> bool:

@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import FinishReason, SamplingFields, Text, UsageInfo, WireModel, omitted_if_none
+from schemas.common import (
+    FinishReason,
+    GuidanceFields,
+    SamplingFields,
+    Text,
+    UsageInfo,
+    WireModel,
+    omitted_if_none,
+)
 
 
 class TextPart(WireModel):
@@ -45,7 +53,7 @@ class ChatMessage(WireModel):
         return list(self.content or [])
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, GuidanceFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(None, ge=1)

@@ -58,6 +58,13 @@ class UsageInfo(WireModel):
     completion_tokens_details: CompletionTokensDetails | None = omitted_if_none()
 
 
+class GuidanceFields(WireModel):
+    """Classifier-free guidance of generated images (extensions)."""
+
+    cfg_scale: float = Field(1.0, ge=0.0, le=30.0)  # 1 = off
+    negative_prompt: Text | None = None  # the unconditional prompt; default an empty turn
+
+
 class SamplingFields(WireModel):
     """Sampling fields shared by chat and completions, in OpenAI's order, then vLLM's extensions."""
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import Text, WireModel, omitted_if_none
+from schemas.common import GuidanceFields, Text, WireModel, omitted_if_none
 
 
-class ImageGenerationRequest(WireModel):
+class ImageGenerationRequest(GuidanceFields):
     prompt: Text = Field(min_length=1)
     model: str | None = None
     n: int = Field(1, ge=1, le=10)

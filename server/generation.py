@@ -72,19 +72,20 @@ async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> lis
 async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str
                         ) -> AsyncIterator[list[ChoiceDelta]]:
     splitters: dict[int, SpanSplitter] = {}
-    async for out in engine.generate(prompt_ids, params, request_id):
-        deltas = []
-        for o in out.outputs:
-            if o.index not in splitters:  # one splitter per choice, built once, not per token
-                splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
-            splitter = splitters[o.index]
-            pieces = splitter.feed(o.token_ids, o.text)
-            if o.finish_reason is not None:
-                pieces += splitter.finish()
-            metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
-            deltas.append(ChoiceDelta(o.index, await _paint(engine, pieces), list(o.token_ids),
-                                      _finish(o.finish_reason)))
-        yield deltas
+    with metrics.guided_request(engine.guidance_kv_bytes(params)):
+        async for out in engine.generate(prompt_ids, params, request_id):
+            deltas = []
+            for o in out.outputs:
+                if o.index not in splitters:  # one splitter per choice, built once, not per token
+                    splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
+                splitter = splitters[o.index]
+                pieces = splitter.feed(o.token_ids, o.text)
+                if o.finish_reason is not None:
+                    pieces += splitter.finish()
+                metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
+                deltas.append(ChoiceDelta(o.index, await _paint(engine, pieces), list(o.token_ids),
+                                          _finish(o.finish_reason)))
+            yield deltas
 
 
 async def collect_choices(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str) -> list[Choice]:

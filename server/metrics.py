@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 IMAGES_ENCODED = Counter("chameleon:images_encoded_total", "Input images VQ-encoded into prompt tokens")
@@ -12,6 +15,9 @@ DECODE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+GUIDED = Counter("chameleon:guided_requests_total", "Requests with classifier-free guidance (cfg_scale != 1)")
+GUIDANCE_KV = Gauge("chameleon:guidance_kv_bytes",
+                    "Memory reserved for unconditional twins of guided requests, outside vLLM's KV cache")
 HTTP_REQUESTS = Counter("chameleon:http_requests_total", "HTTP requests answered, by route, method and status",
                         ["route", "method", "status"])
 HTTP_IN_FLIGHT = Gauge("chameleon:http_requests_in_flight", "HTTP requests being answered, streams included",
@@ -33,6 +39,20 @@ def record_images_generated(count: int, seconds: float) -> None:
 
 def record_image_tokens(count: int) -> None:
     IMAGE_TOKENS.inc(count)
+
+
+@contextmanager
+def guided_request(kv_bytes: int) -> Iterator[None]:
+    """Counts a guided request (``kv_bytes`` > 0) and holds its twins' memory in the gauge while it runs."""
+    if not kv_bytes:
+        yield
+        return
+    GUIDED.inc()
+    GUIDANCE_KV.inc(kv_bytes)
+    try:
+        yield
+    finally:
+        GUIDANCE_KV.dec(kv_bytes)
 
 
 def http_request_started(route: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from engine.images import decode_image
 from engine.runner import ChameleonEngine
 from schemas.chat import ChatMessage, ImagePart, TextPart
+from schemas.common import GuidanceFields
 from server import metrics
 from server.errors import BadRequest
 from server.image_urls import image_url_bytes
@@ -45,6 +46,19 @@ async def build_chat_prompt(
     else:
         ids = _default_ids(engine, messages, spans)
     return Prompt(token_ids=ids, num_images=len(spans))
+
+
+async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, settings: Settings) -> dict:
+    """``extra_args`` of classifier-free guidance: the scale, and the unconditional prompt, which is the
+    negative prompt (or an empty turn) in the same chat format as the request's."""
+    if fields.cfg_scale == 1.0:
+        if fields.negative_prompt is not None:
+            raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
+                             param="negative_prompt")
+        return {}
+    turn = ChatMessage(role="user", content=fields.negative_prompt or "")
+    uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
+    return {"cfg_scale": fields.cfg_scale, "cfg_uncond_prompt": uncond.token_ids}
 
 
 def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]]) -> list[int]:

@@ -26,7 +26,7 @@ from schemas.chat import (
 from schemas.common import CompletionTokensDetails, UsageInfo
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.generation import PNG, Piece, collect_choices, count_image_tokens, stream_deltas, until_disconnect
-from server.prompt import build_chat_prompt
+from server.prompt import build_chat_prompt, guidance_args
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
 from server.sse import sse, with_error_event
@@ -61,7 +61,7 @@ async def chat_completions(
     check_model(req.model, settings)
     prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
     params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
-                             extra_args=span_args(req.modalities, req))
+                             extra_args=span_args(req.modalities, req) | await guidance_args(engine, req, settings))
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     log = request.state.log
     log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)

@@ -14,7 +14,7 @@ from schemas.images import ImageData, ImageGenerationRequest, ImagesResponse, Im
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import APIError, BadRequest
 from server.generation import PNG, collect_choices, until_disconnect
-from server.prompt import build_chat_prompt
+from server.prompt import build_chat_prompt, guidance_args
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
 
@@ -40,7 +40,7 @@ async def generate_images(
                                  image_top_p=req.image_top_p)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=0)
     params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True,
-                             extra_args=span_args(chat.modalities, chat))
+                             extra_args=span_args(chat.modalities, chat) | await guidance_args(engine, req, settings))
     request_id = f"img-{uuid.uuid4().hex}"
     choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
     pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # before vLLM is imported
 
 import pytest
+from guidance_reference import guided_image_reference
 
 from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
 from engine.tiny import TinySpec, make_tiny
@@ -109,27 +110,6 @@ def test_same_seed_same_image_codes(engine):
     assert codes[1] != codes[0] or codes[3] != codes[0]
 
 
-def guided_reference(model_dir, prompt: list[int], uncond: list[int], scale: float, layout: TokenLayout) -> list[int]:
-    """Classifier-free guidance the straightforward way: two transformers forwards per image code, raw
-    logits combined as uncond + scale * (cond - uncond), greedy over the codes."""
-    import torch
-    from transformers import ChameleonForConditionalGeneration
-
-    model = ChameleonForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    codes = torch.tensor(layout.code_to_id)
-
-    def last_logits(ids: list[int]) -> torch.Tensor:  # the lm head on the last state: no image-code masking
-        return model.lm_head(model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1])
-
-    out = [layout.boi]
-    with torch.no_grad():
-        for _ in range(layout.image_seq_length):
-            cond, free = last_logits(prompt + out), last_logits(uncond + out)
-            guided = free + scale * (cond - free)
-            out.append(int(codes[guided[codes].argmax()]))
-    return [*out, layout.eoi]
-
-
 def guided_args(uncond: list[int], scale: float) -> dict:
     return {"modalities": ["image"], "image_temperature": 0.0, "cfg_scale": scale, "cfg_uncond_prompt": uncond}
 
@@ -140,7 +120,7 @@ def test_guided_image_equals_two_forward_reference(engine, model_dir):
     uncond = [0, layout.sep]  # BOS and an empty turn
     [got] = generate(llm, layout, 1, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
                      extra_args=guided_args(uncond, 3.0))
-    assert got == guided_reference(model_dir, prompt["prompt_token_ids"], uncond, 3.0, layout)
+    assert got == guided_image_reference(model_dir, prompt["prompt_token_ids"], uncond, 3.0)
     [unguided] = generate(llm, layout, 1, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
                           extra_args={"modalities": ["image"], "image_temperature": 0.0})
     assert got != unguided  # guidance changed the image
