@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
-from server.routes import chat, completions, health, images, models
+from server.routes import chat, completions, health, images, models, responses
 from server.settings import Settings
 
 
@@ -39,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.exit_code = 0  # set to 1 by the watchdog; the CLI exits with it
     app.state.started_at = int(time.time())
     install_error_handlers(app)
-    for router in (health.router, models.router, chat.router, completions.router, images.router):
+    for router in (health.router, models.router, chat.router, completions.router, images.router,
+                   responses.router):
         app.include_router(router)
 
     def max_in_flight() -> int | None:

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from server.settings import Settings
+from server.settings import IMAGE_OUTPUT_FORMATS, Settings
 
 TINY_NAME = "tiny-chameleon"
 DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "past it, 429 with Retry-After (default: unbounded)")
     server.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
+    server.add_argument("--image-output-format", default="content_parts", choices=IMAGE_OUTPUT_FORMATS,
+                        help="how chat replies carry generated images unless a request sets image_output_format: "
+                             "an ordered content-part list, OpenRouter's message.images, or inline Markdown")
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
@@ -78,7 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
-        shutdown_grace_s=args.shutdown_grace_seconds,
+        shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
     )
 
 
