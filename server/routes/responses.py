@@ -140,7 +140,7 @@ async def create_response(
         return StreamingResponse(events, media_type="text/event-stream")
     [choice] = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, response_id))
     items = _Items()
-    for piece in choice.pieces:
+    for piece in choice.pieces or [""]:  # an empty reply is still one (empty) message, as OpenAI answers
         items.add_text(piece) if isinstance(piece, str) else items.add_image(piece)
     status = "incomplete" if choice.finish_reason == "length" else "completed"
     items.close_text(status)
@@ -185,6 +185,9 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
                     for out in _piece_events(items, piece, event, text_done):
                         yield out
                     log["images_out"] = log.get("images_out", 0) + isinstance(piece, PNG)
+        if not items.items:  # an empty reply is still one (empty) message
+            for out in _piece_events(items, "", event, text_done):
+                yield out
         status = "incomplete" if finish == "length" else "completed"
         if (last := items.close_text(status)) is not None:
             for out in text_done(last, len(items.items) - 1):
@@ -208,7 +211,7 @@ def _piece_events(items: _Items, piece: Piece, event, text_done) -> list[str]:
                     event("response.content_part.added", item_id=item.id, output_index=index, content_index=0,
                           part=OutputText(text="").model_dump())]
         return out + [event("response.output_text.delta", item_id=item.id, output_index=index, content_index=0,
-                            delta=piece, logprobs=[])]
+                            delta=piece, logprobs=[])] * bool(piece)
     closed = items.close_text()
     out = text_done(closed, len(items.items) - 1) if closed is not None else []
     image = items.add_image(piece)
