@@ -9,8 +9,6 @@ Partial image previews (the tool's ``partial_images``) are accepted and not sent
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,13 +20,10 @@ from pydantic import ValidationError
 from engine.runner import ChameleonEngine
 from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
 from schemas.responses import (
-    ImageGenerationCall,
     ImageGenerationCallInput,
     IncompleteDetails,
     InputImage,
-    MessageItem,
     OutputItem,
-    OutputText,
     OutputTokensDetails,
     ResponseObject,
     ResponsesRequest,
@@ -36,8 +31,9 @@ from schemas.responses import (
 )
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import BadRequest, as_api_error
-from server.generation import PNG, Piece, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
 from server.prompt import build_chat_prompt
+from server.response_items import OutputItems, ResponseEvents
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
 
@@ -75,37 +71,6 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         raise BadRequest(f"input: {first['msg']}", param="input") from None
 
 
-class _Items:
-    """Pieces -> output items, in order; consecutive text pieces share one message item."""
-
-    def __init__(self) -> None:
-        self.items: list[OutputItem] = []
-
-    def add_text(self, text: str) -> tuple[MessageItem, bool]:
-        """The message item the text joins, and whether it was opened by this text."""
-        last = self.items[-1] if self.items else None
-        if isinstance(last, MessageItem) and last.status == "in_progress":
-            last.content[0].text += text
-            return last, False
-        item = MessageItem(id=f"msg_{uuid.uuid4().hex}", status="in_progress", content=[OutputText(text=text)])
-        self.items.append(item)
-        return item, True
-
-    def add_image(self, png: PNG) -> ImageGenerationCall:
-        self.close_text()
-        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="completed",
-                                   result=base64.b64encode(png.data).decode())
-        self.items.append(item)
-        return item
-
-    def close_text(self, status: str = "completed") -> MessageItem | None:
-        last = self.items[-1] if self.items else None
-        if isinstance(last, MessageItem) and last.status == "in_progress":
-            last.status = status  # type: ignore[assignment]
-            return last
-        return None
-
-
 def _response(req: ResponsesRequest, chat: ChatCompletionRequest, response_id: str, created: int, model: str,
               output: list[OutputItem], status: str, usage: ResponseUsage | None = None) -> ResponseObject:
     done = status in ("completed", "incomplete")
@@ -139,38 +104,22 @@ async def create_response(
         events = _stream(req, chat, engine, prompt.token_ids, params, response_id, created, model, request.state.log)
         return StreamingResponse(events, media_type="text/event-stream")
     [choice] = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, response_id))
-    items = _Items()
-    for piece in choice.pieces or [""]:  # an empty reply is still one (empty) message, as OpenAI answers
-        items.add_text(piece) if isinstance(piece, str) else items.add_image(piece)
     status = "incomplete" if choice.finish_reason == "length" else "completed"
-    items.close_text(status)
     request.state.log.update(completion_tokens=len(choice.token_ids),
                              images_out=sum(isinstance(p, PNG) for p in choice.pieces))
-    return _response(req, chat, response_id, created, model, items.items, status,
+    return _response(req, chat, response_id, created, model, OutputItems.of(choice.pieces, status), status,
                      _usage(engine, len(prompt.token_ids), choice.token_ids))
 
 
 async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int],
                   params, response_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
     """The Responses event sequence; a failure mid-stream ends it with one ``error`` event."""
-    sequence = iter(range(1 << 62))
-
-    def event(kind: str, **fields) -> str:
-        payload = {"type": kind, "sequence_number": next(sequence), **fields}
-        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+    events = ResponseEvents()
 
     def lifecycle(kind: str, status: str, **usage) -> str:
-        snapshot = _response(req, chat, response_id, created, model, items.items, status, **usage)
-        return event(kind, response=snapshot.model_dump(mode="json"))
+        snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **usage)
+        return events.event(kind, response=snapshot.model_dump(mode="json"))
 
-    def text_done(item: MessageItem, index: int) -> list[str]:
-        part = item.content[0].model_dump()
-        return [event("response.output_text.done", item_id=item.id, output_index=index, content_index=0,
-                      text=part["text"], logprobs=[]),
-                event("response.content_part.done", item_id=item.id, output_index=index, content_index=0, part=part),
-                event("response.output_item.done", output_index=index, item=item.model_dump())]
-
-    items = _Items()
     generated: list[int] = []
     finish: str | None = None
     try:
@@ -181,44 +130,14 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
                 generated += d.token_ids
                 finish = d.finish_reason or finish
                 log["completion_tokens"] = len(generated)
+                log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
                 for piece in d.pieces:
-                    for out in _piece_events(items, piece, event, text_done):
+                    for out in events.piece(piece):
                         yield out
-                    log["images_out"] = log.get("images_out", 0) + isinstance(piece, PNG)
-        if not items.items:  # an empty reply is still one (empty) message
-            for out in _piece_events(items, "", event, text_done):
-                yield out
         status = "incomplete" if finish == "length" else "completed"
-        if (last := items.close_text(status)) is not None:
-            for out in text_done(last, len(items.items) - 1):
-                yield out
-        usage = _usage(engine, len(prompt_ids), generated)
-        yield lifecycle(f"response.{status}", status, usage=usage)
+        for out in events.finish(status):
+            yield out
+        yield lifecycle(f"response.{status}", status, usage=_usage(engine, len(prompt_ids), generated))
     except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
         err = as_api_error(exc)
-        yield event("error", code=err.code, message=err.message, param=err.param)
-
-
-def _piece_events(items: _Items, piece: Piece, event, text_done) -> list[str]:
-    """Events for one piece: a text delta (opening a message item first if needed), or a whole image item."""
-    if isinstance(piece, str):
-        item, opened = items.add_text(piece)
-        index = len(items.items) - 1
-        out = []
-        if opened:
-            empty = item.model_copy(update={"content": []}).model_dump()
-            out += [event("response.output_item.added", output_index=index, item=empty),
-                    event("response.content_part.added", item_id=item.id, output_index=index, content_index=0,
-                          part=OutputText(text="").model_dump())]
-        return out + [event("response.output_text.delta", item_id=item.id, output_index=index, content_index=0,
-                            delta=piece, logprobs=[])] * bool(piece)
-    closed = items.close_text()
-    out = text_done(closed, len(items.items) - 1) if closed is not None else []
-    image = items.add_image(piece)
-    index = len(items.items) - 1
-    pending = image.model_copy(update={"status": "in_progress", "result": None}).model_dump()
-    return out + [event("response.output_item.added", output_index=index, item=pending),
-                  event("response.image_generation_call.in_progress", output_index=index, item_id=image.id),
-                  event("response.image_generation_call.generating", output_index=index, item_id=image.id),
-                  event("response.image_generation_call.completed", output_index=index, item_id=image.id),
-                  event("response.output_item.done", output_index=index, item=image.model_dump())]
+        yield events.event("error", code=err.code, message=err.message, param=err.param)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 
 import pytest
+from openapi_schema import check, sse_events
 
 from schemas.responses import ResponsesRequest
 from server.cli import build_parser, settings_from_args
 from server.errors import BadRequest
 from server.generation import PNG
 from server.image_shapes import DeltaShaper, message_fields
+from server.response_items import OutputItems, ResponseEvents
 from server.routes.responses import as_chat_request
 
 PIECES = ["Here: ", PNG(b"\x89PNG-one"), " and ", PNG(b"\x89PNG-two")]
@@ -89,3 +91,27 @@ def test_image_output_format_flag(tmp_path):
         "content_parts")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", str(tmp_path), "--image-output-format", "html"])
+
+
+def test_response_events_build_items_in_order_and_fit_the_schema():
+    events = ResponseEvents()
+    raw = [e for p in ["Hi", " there", PNG(b"\x89PNG-one"), "bye"] for e in events.piece(p)] + events.finish("completed")
+    parsed = sse_events("".join(raw))
+    for name, event in parsed:
+        check("ResponseStreamEvent", event)
+        assert name == event["type"]
+    assert [e["sequence_number"] for _, e in parsed] == list(range(len(parsed)))
+    done = [e["item"] for _, e in parsed if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i.get("result") or i.get("content")[0]["text"]) for i in done] == [
+        ("message", "Hi there"), ("image_generation_call", base64.b64encode(b"\x89PNG-one").decode()),
+        ("message", "bye")]
+    assert [i.model_dump() for i in events.output.items] == done
+    assert "".join(e["delta"] for _, e in parsed if e["type"] == "response.output_text.delta") == "Hi therebye"
+
+
+def test_empty_reply_is_one_empty_message():
+    [item] = OutputItems.of([], "incomplete")
+    assert item.type == "message" and item.content[0].text == "" and item.status == "incomplete"
+    kinds = [e["type"] for _, e in sse_events("".join(ResponseEvents().finish("completed")))]
+    assert kinds == ["response.output_item.added", "response.content_part.added", "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done"]
