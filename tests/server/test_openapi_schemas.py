@@ -119,13 +119,14 @@ def test_strict_openai_client(server):
     SDK types finish_reason without null, so strict validation rejects OpenAI's own streamed chunks too)."""
     client = server.client(_strict_response_validation=True)
     assert [m.id for m in client.models.list().data] == [MODEL]
-    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, n=2, temperature=0,
-                                           logprobs=True, top_logprobs=2)
-    assert len(reply.choices) == 2 and reply.choices[0].logprobs.content[0].top_logprobs
+    many = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, n=2, seed=1,
+                                          logprobs=True, top_logprobs=2)
+    assert len(many.choices) == 2 and many.choices[0].logprobs.content[0].top_logprobs
+    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
     chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
-    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens // 2
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     assert client.completions.create(model=MODEL, prompt="Once", max_tokens=4).choices[0].finish_reason
     assert client.images.generate(model=MODEL, prompt="a boat").data[0].b64_json
     with pytest.raises(openai.NotFoundError):
