@@ -53,36 +53,69 @@ class ChatMessage(WireModel):
         return list(self.content or [])
 
 
+ImageOutputFormat = Literal["content_parts", "openrouter", "markdown"]
+"""How a chat reply carries generated images: an ordered part list as ``content`` (keeps text and images
+interleaved), OpenRouter's string ``content`` + ``images`` list, or Markdown images inline in ``content``."""
+
+
 class ChatCompletionRequest(SamplingFields, GuidanceFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     # --- extensions: sampling of image codes (defaults: Anole's 0.7 / off / 0.9) ---
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # --- extension: the reply's image shape; None = the server's --image-output-format ---
+    image_output_format: ImageOutputFormat | None = None
 
     @model_validator(mode="after")
-    def _distinct_modalities(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError("modalities must not repeat an entry")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
+class TopLogprob(WireModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(WireModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class ResponseMessage(WireModel):
     role: Literal["assistant"] = "assistant"
-    content: str | list[ContentPart] | None  # a part list, in order, when the reply holds images
+    content: str | list[ContentPart] | None  # a part list, in order, when the reply holds images ("content_parts")
+    refusal: None = None
+    # --- extension: generated images in the "openrouter" shape ---
+    images: list[ImagePart] | None = omitted_if_none()
 
 
 class ChatChoice(WireModel):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None
     # --- extensions ---
     token_ids: list[int] | None = omitted_if_none()
@@ -101,13 +134,15 @@ class ChatCompletionResponse(WireModel):
 
 class DeltaMessage(WireModel):
     role: Literal["assistant"] | None = omitted_if_none()
-    content: str | list[ContentPart] | None = None  # one finished image arrives as a one-part list
+    content: str | list[ContentPart] | None = None  # "content_parts": one finished image as a one-part list
+    # --- extension: a finished image in the "openrouter" shape ---
+    images: list[ImagePart] | None = omitted_if_none()
 
 
 class ChatChunkChoice(WireModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
     # --- extensions ---
     token_ids: list[int] | None = omitted_if_none()

@@ -97,6 +97,11 @@ class SamplingFields(WireModel):
         return self
 
     @property
+    def num_logprobs(self) -> int | None:
+        """Top alternatives vLLM should return per token; None: no logprobs asked for."""
+        return None
+
+    @property
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []

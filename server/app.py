@@ -16,7 +16,7 @@ from engine.runner import ChameleonEngine
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
-from server.routes import chat, completions, health, images, models
+from server.routes import chat, completions, health, images, models, responses
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False  # set by the CLI's server when a shutdown signal arrives
     app.state.started_at = int(time.time())
     install_error_handlers(app)
-    for router in (health.router, models.router, chat.router, completions.router, images.router):
+    for router in (health.router, models.router, chat.router, completions.router, images.router,
+                   responses.router):
         app.include_router(router)
 
     def max_in_flight() -> int | None:

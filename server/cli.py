@@ -23,7 +23,7 @@ import uvicorn
 from engine.checkpoint import preflight
 from engine.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
-from server.settings import Settings
+from server.settings import IMAGE_OUTPUT_FORMATS, Settings
 
 TINY_NAME = "tiny-chameleon"
 DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "past it, 429 with Retry-After (default: unbounded)")
     server.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
+    server.add_argument("--image-output-format", default="content_parts", choices=IMAGE_OUTPUT_FORMATS,
+                        help="how chat replies carry generated images unless a request sets image_output_format: "
+                             "an ordered content-part list, OpenRouter's message.images, or inline Markdown")
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
@@ -114,7 +117,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=Path(args.vqgan) if args.vqgan else None,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
-        shutdown_grace_s=args.shutdown_grace_seconds,
+        shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
         remote_images=RemoteImagePolicy(
             allowed_hosts=frozenset(h.strip().lower() for h in args.allowed_image_hosts.split(",") if h.strip()),
             max_bytes=args.max_image_bytes, timeout_s=args.image_fetch_timeout_seconds),

@@ -35,6 +35,7 @@ class ChoiceDelta:
     pieces: list[Piece]
     token_ids: list[int]
     finish_reason: str | None
+    logprobs: list | None = None  # vLLM's per-token {id: Logprob} dicts, aligned with token_ids, when asked
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class Choice:
     pieces: list[Piece] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)
 
     def add(self, delta: ChoiceDelta) -> None:
         for piece in delta.pieces:
@@ -52,6 +54,7 @@ class Choice:
                 self.pieces.append(piece)
         self.token_ids += delta.token_ids
         self.finish_reason = delta.finish_reason or self.finish_reason
+        self.logprobs += delta.logprobs or []
 
 
 def _finish(reason: str | None) -> str | None:
@@ -84,7 +87,7 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
                     pieces += splitter.finish()
                 metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
                 deltas.append(ChoiceDelta(o.index, await _paint(engine, pieces), list(o.token_ids),
-                                          _finish(o.finish_reason)))
+                                          _finish(o.finish_reason), o.logprobs))
             yield deltas
 
 

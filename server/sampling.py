@@ -69,6 +69,7 @@ def sampling_params(
         ignore_eos=req.ignore_eos,
         max_tokens=max_new_tokens,
         min_tokens=req.min_tokens,
+        logprobs=req.num_logprobs,
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra_args,
     )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from schemas.chat import ImageOutputFormat
 from server.image_urls import RemoteImagePolicy
+
+IMAGE_OUTPUT_FORMATS: tuple[str, ...] = get_args(ImageOutputFormat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,7 @@ class Settings:
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
     shutdown_grace_s: float = 30.0
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
+    image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -39,5 +43,7 @@ class Settings:
             raise ValueError("max_body_bytes must be > 0")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
+        if self.image_output_format not in IMAGE_OUTPUT_FORMATS:
+            raise ValueError(f"image_output_format must be one of {', '.join(IMAGE_OUTPUT_FORMATS)}")
         if self.api_key == "":
             raise ValueError("api_key must not be empty")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,15 +16,15 @@ from schemas.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChoiceLogprobs,
     DeltaMessage,
-    ImagePart,
-    ImageURL,
     ResponseMessage,
-    TextPart,
 )
 from schemas.common import CompletionTokensDetails, UsageInfo
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.generation import PNG, Piece, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.image_shapes import DeltaShaper, message_fields
+from server.logprobs import chat_logprobs
 from server.prompt import build_chat_prompt, guidance_args
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
@@ -34,23 +33,16 @@ from server.sse import sse, with_error_event
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-def image_part(png: PNG) -> ImagePart:
-    return ImagePart(type="image_url", image_url=ImageURL(url="data:image/png;base64," + base64.b64encode(png.data)
-                                                          .decode()))
-
-
-def message_content(pieces: list[Piece]) -> str | list[TextPart | ImagePart]:
-    """A plain string for text-only replies; the ordered part list once an image is among them."""
-    if all(isinstance(p, str) for p in pieces):
-        return "".join(pieces)  # type: ignore[arg-type]
-    return [TextPart(type="text", text=p) if isinstance(p, str) else image_part(p) for p in pieces]
-
-
 def usage(engine: ChameleonEngine, req: ChatCompletionRequest, prompt_len: int, token_ids: list[int]) -> UsageInfo:
     details = (CompletionTokensDetails(image_tokens=count_image_tokens(engine, token_ids))
                if "image" in req.modalities else None)
     return UsageInfo(prompt_tokens=prompt_len, completion_tokens=len(token_ids),
                      total_tokens=prompt_len + len(token_ids), completion_tokens_details=details)
+
+
+def _logprobs(engine: ChameleonEngine, req: ChatCompletionRequest, token_ids: list[int],
+              positions) -> ChoiceLogprobs | None:
+    return chat_logprobs(engine, token_ids, positions or [], req.top_logprobs or 0) if req.logprobs else None
 
 
 @router.post("/chat/completions", response_model=None)
@@ -63,18 +55,21 @@ async def chat_completions(
     params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
                              extra_args=span_args(req.modalities, req) | await guidance_args(engine, req, settings))
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    shape = req.image_output_format or settings.image_output_format
     log = request.state.log
     log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
     if req.stream:
-        events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name, log)
+        events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name,
+                         log, shape)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")
     choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
     log.update(completion_tokens=sum(len(c.token_ids) for c in choices),
                images_out=sum(isinstance(p, PNG) for c in choices for p in c.pieces))
     return ChatCompletionResponse(
         id=request_id, created=created, model=settings.served_model_name,
-        choices=[ChatChoice(index=c.index, message=ResponseMessage(content=message_content(c.pieces)),
-                            finish_reason=c.finish_reason, token_ids=c.token_ids if req.return_token_ids else None)
+        choices=[ChatChoice(index=c.index, message=ResponseMessage(**message_fields(c.pieces, shape)),
+                            logprobs=_logprobs(engine, req, c.token_ids, c.logprobs), finish_reason=c.finish_reason,
+                            token_ids=c.token_ids if req.return_token_ids else None)
                  for c in choices],
         usage=usage(engine, req, len(prompt.token_ids), [t for c in choices for t in c.token_ids]),
         prompt_token_ids=prompt.token_ids if req.return_token_ids else None,
@@ -82,26 +77,28 @@ async def chat_completions(
 
 
 async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int], params,
-                  request_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
+                  request_id: str, created: int, model: str, log: dict, shape) -> AsyncIterator[str]:
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         return sse(ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, **extra))
 
     yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(req.n)],
                 prompt_token_ids=prompt_ids if req.return_token_ids else None)
     generated: list[int] = []
+    shapers = [DeltaShaper(shape) for _ in range(req.n)]
     async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
         for d in deltas:
             generated += d.token_ids
             log["completion_tokens"] = len(generated)
             log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
             token_ids = d.token_ids if req.return_token_ids else None
-            if not d.pieces and (d.finish_reason or token_ids):
-                yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=""),
+            logprobs = _logprobs(engine, req, d.token_ids, d.logprobs)
+            if not d.pieces and (d.finish_reason or token_ids or (logprobs and logprobs.content)):
+                yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=""), logprobs=logprobs,
                                              finish_reason=d.finish_reason, token_ids=token_ids)])
             for i, piece in enumerate(d.pieces):  # an image is one chunk of its own, in order with the text
                 last = i == len(d.pieces) - 1
-                content = piece if isinstance(piece, str) else [image_part(piece)]
-                yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=content),
+                yield chunk([ChatChunkChoice(index=d.index, delta=shapers[d.index].delta(piece),
+                                             logprobs=logprobs if last else None,
                                              finish_reason=d.finish_reason if last else None,
                                              token_ids=token_ids if last else None)])
     if req.stream_options and req.stream_options.include_usage:

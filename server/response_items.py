@@ -1,0 +1,109 @@
+"""Responses API output: the reply's pieces as output items in order, and the stream events that build them.
+
+Consecutive text pieces share one ``message`` item; each image is an ``image_generation_call`` item.
+An image item's events all come when the image is finished (the splitter yields whole images).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import uuid
+
+from schemas.responses import ImageGenerationCall, MessageItem, OutputItem, OutputText
+from server.generation import PNG, Piece
+
+
+class OutputItems:
+    def __init__(self) -> None:
+        self.items: list[OutputItem] = []
+
+    def add_text(self, text: str) -> tuple[MessageItem, bool]:
+        """The message item the text joins, and whether it was opened by this text."""
+        last = self.items[-1] if self.items else None
+        if isinstance(last, MessageItem) and last.status == "in_progress":
+            last.content[0].text += text
+            return last, False
+        item = MessageItem(id=f"msg_{uuid.uuid4().hex}", status="in_progress", content=[OutputText(text=text)])
+        self.items.append(item)
+        return item, True
+
+    def add_image(self, png: PNG) -> ImageGenerationCall:
+        self.close_text()
+        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="completed",
+                                   result=base64.b64encode(png.data).decode())
+        self.items.append(item)
+        return item
+
+    def close_text(self, status: str = "completed") -> MessageItem | None:
+        """Close the open message item, if any, and return it."""
+        last = self.items[-1] if self.items else None
+        if isinstance(last, MessageItem) and last.status == "in_progress":
+            last.status = status  # type: ignore[assignment]
+            return last
+        return None
+
+    @classmethod
+    def of(cls, pieces: list[Piece], status: str) -> list[OutputItem]:
+        """The items of a whole reply; an empty reply is still one (empty) message, as OpenAI answers."""
+        items = cls()
+        for piece in pieces or [""]:
+            items.add_text(piece) if isinstance(piece, str) else items.add_image(piece)
+        items.close_text(status)
+        return items.items
+
+
+class ResponseEvents:
+    """SSE events of one streamed response, numbered from 0, and the items they have built so far."""
+
+    def __init__(self) -> None:
+        self.output = OutputItems()
+        self._sequence = itertools.count()
+
+    def event(self, kind: str, **fields) -> str:
+        payload = {"type": kind, "sequence_number": next(self._sequence), **fields}
+        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+
+    def piece(self, piece: Piece) -> list[str]:
+        """A text delta (opening a message item first if needed), or a whole image item."""
+        if isinstance(piece, str):
+            return self._text(piece)
+        closed = self.output.close_text()
+        out = self._text_done(closed) if closed is not None else []
+        image = self.output.add_image(piece)
+        index = len(self.output.items) - 1
+        pending = image.model_copy(update={"status": "in_progress", "result": None}).model_dump()
+        return out + [self.event("response.output_item.added", output_index=index, item=pending),
+                      *(self.event(f"response.image_generation_call.{stage}", output_index=index, item_id=image.id)
+                        for stage in ("in_progress", "generating", "completed")),
+                      self.event("response.output_item.done", output_index=index, item=image.model_dump())]
+
+    def finish(self, status: str) -> list[str]:
+        """Close the last message item (an empty reply gets one empty message)."""
+        out = [] if self.output.items else self._text("")
+        closed = self.output.close_text(status)
+        return out + (self._text_done(closed) if closed is not None else [])
+
+    def _text(self, text: str) -> list[str]:
+        item, opened = self.output.add_text(text)
+        index = len(self.output.items) - 1
+        out = []
+        if opened:
+            empty = item.model_copy(update={"content": []}).model_dump()
+            out += [self.event("response.output_item.added", output_index=index, item=empty),
+                    self.event("response.content_part.added", item_id=item.id, output_index=index, content_index=0,
+                               part=OutputText(text="").model_dump())]
+        if text:
+            out.append(self.event("response.output_text.delta", item_id=item.id, output_index=index,
+                                  content_index=0, delta=text, logprobs=[]))
+        return out
+
+    def _text_done(self, item: MessageItem) -> list[str]:
+        index = self.output.items.index(item)
+        part = item.content[0].model_dump()
+        return [self.event("response.output_text.done", item_id=item.id, output_index=index, content_index=0,
+                           text=part["text"], logprobs=[]),
+                self.event("response.content_part.done", item_id=item.id, output_index=index, content_index=0,
+                           part=part),
+                self.event("response.output_item.done", output_index=index, item=item.model_dump())]

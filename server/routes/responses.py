@@ -1,0 +1,142 @@
+"""`POST /v1/responses`: OpenAI's Responses API over the chat pipeline, stateless.
+
+The request becomes a chat request (same prompt building, sampling and generation code), and the
+reply's pieces become output items in order: text runs as ``message`` items, each image as an
+``image_generation_call`` item. Nothing is stored: ``store`` is accepted (the reply says
+``store: false``) and ``previous_response_id`` is refused, so a conversation is sent whole in ``input``.
+Partial image previews (the tool's ``partial_images``) are accepted and not sent yet.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from engine.runner import ChameleonEngine
+from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
+from schemas.responses import (
+    ImageGenerationCallInput,
+    IncompleteDetails,
+    InputImage,
+    OutputItem,
+    OutputTokensDetails,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+)
+from server.deps import check_model, get_engine, get_settings, require_api_key
+from server.errors import BadRequest, as_api_error
+from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.prompt import build_chat_prompt
+from server.response_items import OutputItems, ResponseEvents
+from server.sampling import sampling_params, span_args
+from server.settings import Settings
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+def _chat_message(item) -> ChatMessage:
+    if isinstance(item, ImageGenerationCallInput):
+        url = "data:image/png;base64," + item.result
+        return ChatMessage(role="assistant", content=[ImagePart(type="image_url", image_url=ImageURL(url=url))])
+    if isinstance(item.content, str):
+        return ChatMessage(role=item.role, content=item.content)
+    return ChatMessage(role=item.role, content=[
+        ImagePart(type="image_url", image_url=ImageURL(url=p.image_url)) if isinstance(p, InputImage)
+        else TextPart(type="text", text=p.text) for p in item.content])
+
+
+def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat request that generates this response: instructions first, then the input items."""
+    if req.previous_response_id is not None:
+        raise BadRequest("this server is stateless and stores no responses: send the whole conversation in "
+                         "'input' instead of previous_response_id", param="previous_response_id",
+                         code="unsupported_parameter")
+    messages = [ChatMessage(role="system", content=req.instructions)] if req.instructions else []
+    messages += ([ChatMessage(role="user", content=req.input)] if isinstance(req.input, str)
+                 else [_chat_message(item) for item in req.input])
+    sampling = {k: v for k, v in req.model_dump(include={"temperature", "top_p"}).items() if v is not None}
+    try:
+        return ChatCompletionRequest(
+            model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens, modalities=req.modalities,
+            **sampling, **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
+                                                  "image_temperature", "image_top_k", "image_top_p"}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadRequest(f"input: {first['msg']}", param="input") from None
+
+
+def _response(req: ResponsesRequest, chat: ChatCompletionRequest, response_id: str, created: int, model: str,
+              output: list[OutputItem], status: str, usage: ResponseUsage | None = None) -> ResponseObject:
+    done = status in ("completed", "incomplete")
+    return ResponseObject(
+        id=response_id, created_at=created, status=status, completed_at=int(time.time()) if done else None,
+        incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+        instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=model, output=output,
+        parallel_tool_calls=req.parallel_tool_calls, metadata=req.metadata or {}, temperature=chat.temperature,
+        tool_choice=req.tool_choice, tools=req.tools, top_p=chat.top_p, usage=usage)
+
+
+def _usage(engine: ChameleonEngine, prompt_len: int, token_ids: list[int]) -> ResponseUsage:
+    return ResponseUsage(input_tokens=prompt_len, output_tokens=len(token_ids), total_tokens=prompt_len + len(token_ids),
+                         output_tokens_details=OutputTokensDetails(image_tokens=count_image_tokens(engine, token_ids)))
+
+
+@router.post("/responses", response_model=None)
+async def create_response(
+    req: ResponsesRequest, request: Request,
+    settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
+) -> ResponseObject | StreamingResponse:
+    check_model(req.model, settings)
+    chat = as_chat_request(req)
+    prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=settings.max_images_per_request)
+    params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True,
+                             extra_args=span_args(chat.modalities, chat))
+    response_id, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), settings.served_model_name
+    request.state.log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
+    if req.stream:
+        events = _stream(req, chat, engine, prompt.token_ids, params, response_id, created, model, request.state.log)
+        return StreamingResponse(events, media_type="text/event-stream")
+    [choice] = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, response_id))
+    status = "incomplete" if choice.finish_reason == "length" else "completed"
+    request.state.log.update(completion_tokens=len(choice.token_ids),
+                             images_out=sum(isinstance(p, PNG) for p in choice.pieces))
+    return _response(req, chat, response_id, created, model, OutputItems.of(choice.pieces, status), status,
+                     _usage(engine, len(prompt.token_ids), choice.token_ids))
+
+
+async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int],
+                  params, response_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
+    """The Responses event sequence; a failure mid-stream ends it with one ``error`` event."""
+    events = ResponseEvents()
+
+    def lifecycle(kind: str, status: str, **usage) -> str:
+        snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **usage)
+        return events.event(kind, response=snapshot.model_dump(mode="json"))
+
+    generated: list[int] = []
+    finish: str | None = None
+    try:
+        yield lifecycle("response.created", "in_progress")
+        yield lifecycle("response.in_progress", "in_progress")
+        async for deltas in stream_deltas(engine, prompt_ids, params, response_id):
+            for d in deltas:
+                generated += d.token_ids
+                finish = d.finish_reason or finish
+                log["completion_tokens"] = len(generated)
+                log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
+                for piece in d.pieces:
+                    for out in events.piece(piece):
+                        yield out
+        status = "incomplete" if finish == "length" else "completed"
+        for out in events.finish(status):
+            yield out
+        yield lifecycle(f"response.{status}", status, usage=_usage(engine, len(prompt_ids), generated))
+    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
+        err = as_api_error(exc)
+        yield events.event("error", code=err.code, message=err.message, param=err.param)
