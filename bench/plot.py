@@ -27,11 +27,11 @@ def _value(level: dict, key: str, pct: str | None) -> float | None:
 def plot_report(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (title, key, pct) in zip(axes.flat, _PANELS):
-        for name, levels in report["workloads"].items():
+        for k, (name, levels) in enumerate(report["workloads"].items()):
             points = [(int(c), _value(lv, key, pct)) for c, lv in levels.items()]
             points = [(c, v) for c, v in points if v is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                ax.plot(*zip(*points), marker="o", label=name, color=f"C{k}")  # same colour in every panel
         ax.set_title(title)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrency")
