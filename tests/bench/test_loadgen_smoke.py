@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from bench import loadgen
 from bench.workloads import standard
 from engine.tiny import TinySpec, make_tiny
 
+# tests/server/conftest.py's start_server/stop_server, under a name of its own ("conftest" is ambiguous here).
 _spec = importlib.util.spec_from_file_location("server_fixtures", Path(__file__).parents[1] / "server" / "conftest.py")
-server_fixtures = importlib.util.module_from_spec(_spec)
+server_fixtures = sys.modules.setdefault("server_fixtures", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(server_fixtures)
 
 FIGURES = ("requests_per_s", "images_per_s", "output_tokens_per_s", "ttft_s", "itl_s", "e2e_s", "request_to_png_s")
