@@ -32,8 +32,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check engine server schemas tests bench
 
+# The whole side-by-side comparison (~15-20 min on 2 cores); figures in bench/out/, recorded in bench/RESULTS.md.
 bench: install
-	$(PY) bench/tiny_engine.py
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/compare.py --out bench/out
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,119 @@
+"""``make bench``: chameleon-serve beside its baselines, same tiny checkpoint, same machine, as ratios.
+
+In order, one thing at a time (2 cores): VQGAN decode batched vs single; the transformers
+loop writing images; our server (engine start, the load generator's full sweep, text on
+/v1/completions, text inter-token latency beside image traffic); vLLM's own OpenAI server
+on the same checkpoint with our plugin (engine start, the same /v1/completions text).
+Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
+
+    python bench/compare.py [--model DIR] [--out bench/out] [--concurrency 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import hf_baseline, vqgan_bench
+from bench.interference import text_beside
+from bench.loadgen import client_for, run_level, sweep
+from bench.plot import plot_report
+from bench.servers import serve
+from bench.stats import summarize
+from bench.workloads import completions, image_out_chat, standard, text_chat
+
+TEXT_TOKENS = 128
+TEXT_CONCURRENCY, TEXT_REQUESTS = 16, 64
+ITL_CONCURRENCY, ITL_REQUESTS = 8, 48
+PROMPT = "Write a short story about the sea, the mountains and the stars at night."
+
+
+def _prompt_ids(model_dir: Path) -> list[int]:
+    """The completions prompt as token ids, so both servers read the very same prompt."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).encode(PROMPT, add_special_tokens=True)
+
+
+async def _completions(url: str, prompt_ids: list[int]) -> dict:
+    async with client_for(url, "bench") as client:
+        work = completions(prompt_ids, TEXT_TOKENS)
+        await run_level(client, "tiny", work, 1, 2)  # warm-up
+        return summarize(*await run_level(client, "tiny", work, TEXT_CONCURRENCY, TEXT_REQUESTS))
+
+
+async def _interference(url: str) -> dict:
+    text, image = text_chat(TEXT_TOKENS), image_out_chat()
+    async with client_for(url, "bench") as client:
+        await run_level(client, "tiny", text, 1, 1)
+        return {name: await text_beside(client, "tiny", text, bg, ITL_CONCURRENCY, ITL_REQUESTS)
+                for name, bg in (("alone", None), ("with_text", text), ("with_image_out", image))}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
+    result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": str(model_dir),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "load_before": os.getloadavg()}
+    result["vqgan_decode"] = vqgan_bench.batched_vs_single(model_dir)
+    result["transformers_loop"] = hf_baseline.images_per_s(model_dir)
+    prompt_ids = _prompt_ids(model_dir)
+    with serve("chameleon-serve", model_dir, log_dir / "chameleon-serve.log") as ours:
+        result["ours_start_s"] = round(ours.start_s, 1)
+        report = asyncio.run(sweep(ours.url, "bench", "tiny", list(standard(TEXT_TOKENS).values()), levels))
+        result["ours_completions"] = asyncio.run(_completions(ours.url, prompt_ids))
+        result["ours_itl"] = asyncio.run(_interference(ours.url))
+    with serve("vllm", model_dir, log_dir / "vllm.log") as theirs:
+        result["vllm_start_s"] = round(theirs.start_s, 1)
+        result["vllm_completions"] = asyncio.run(_completions(theirs.url, prompt_ids))
+    result["load_after"] = os.getloadavg()
+    (out / "loadgen.json").write_text(json.dumps(report, indent=2))
+    plot_report(report, out / "loadgen.png")
+    image_c8 = report["workloads"]["image-out"].get("8", {}).get("images_per_s")
+    ours_c, vllm_c, itl = result["ours_completions"], result["vllm_completions"], result["ours_itl"]
+    p99 = {k: (v["itl_s"] or {}).get("p99") for k, v in itl.items()}
+    result["ratios"] = {
+        "image_out_c8_vs_transformers_loop": _ratio(image_c8, result["transformers_loop"]["images_per_s"]),
+        "text_c16_tokens_per_s_vs_vllm": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
+        "text_c16_ttft_p50_vs_vllm": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
+        "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
+        "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
+        "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),
+    }
+    result["image_out_c8_images_per_s"] = image_c8
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint dir (default: the tiny checkpoint, written to OUT/tiny)")
+    parser.add_argument("--out", default="bench/out")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="levels of the sweep")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        from engine.tiny import make_tiny
+
+        model_dir = make_tiny(out / "tiny")
+    result = run(model_dir, out, args.concurrency, out / "logs")
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("date", "machine", "load_before", "load_after", "ours_start_s",
+                                             "vllm_start_s", "image_out_c8_images_per_s", "ratios")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
