@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import FinishReason, SamplingFields, Text, UsageInfo, WireModel, omitted_if_none
+from schemas.common import (
+    FinishReason,
+    SamplingFields,
+    StreamOptions,
+    Text,
+    UsageInfo,
+    WireModel,
+    omitted_if_none,
+)
 
 
 class TextPart(WireModel):
@@ -45,11 +53,26 @@ class ChatMessage(WireModel):
         return list(self.content or [])
 
 
+class PartialImagePart(WireModel):
+    """Extension: a preview of an image still being written; later ones are sharper, then the final ImagePart."""
+
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURL
+    partial: Literal[True] = True
+    partial_index: int  # 0, 1, ... for each image
+
+
+class ChatStreamOptions(StreamOptions):
+    # --- extensions ---
+    partial_images: int = Field(0, ge=0, le=3)  # previews per generated image (0-3, as OpenAI's Images API)
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(None, ge=1)
     modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    stream_options: ChatStreamOptions | None = None  # chat's own: adds partial_images
     # --- extensions: sampling of image codes (defaults: Anole's 0.7 / off / 0.9) ---
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
@@ -60,6 +83,16 @@ class ChatCompletionRequest(SamplingFields):
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError("modalities must not repeat an entry")
         return self
+
+    @model_validator(mode="after")
+    def _previews_need_a_stream(self) -> ChatCompletionRequest:
+        if self.partial_images and not self.stream:
+            raise ValueError("stream_options.partial_images needs stream: true (previews exist only in a stream)")
+        return self
+
+    @property
+    def partial_images(self) -> int:
+        return self.stream_options.partial_images if self.stream_options else 0
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -93,7 +126,7 @@ class ChatCompletionResponse(WireModel):
 
 class DeltaMessage(WireModel):
     role: Literal["assistant"] | None = omitted_if_none()
-    content: str | list[ContentPart] | None = None  # one finished image arrives as a one-part list
+    content: str | list[ContentPart] | list[PartialImagePart] | None = None  # an image: a one-part list
 
 
 class ChatChunkChoice(WireModel):

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
-from server.routes import chat, completions, health, images, models
+from server.routes import chat, completions, health, images, models, playground
 from server.settings import Settings
 
 
@@ -41,6 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, models.router, chat.router, completions.router, images.router):
         app.include_router(router)
+    if settings.playground:
+        app.include_router(playground.router)
 
     def max_in_flight() -> int | None:
         engine = getattr(app.state, "engine", None)

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "past it, 429 with Retry-After (default: unbounded)")
     server.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
+    server.add_argument("--no-playground", action="store_true", help="do not serve the browser playground at /")
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
@@ -78,7 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
-        shutdown_grace_s=args.shutdown_grace_seconds,
+        shutdown_grace_s=args.shutdown_grace_seconds, playground=not args.no_playground,
     )
 
 

@@ -21,6 +21,7 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
     shutdown_grace_s: float = 30.0
+    playground: bool = True  # the browser page at GET /
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

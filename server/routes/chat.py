@@ -20,12 +20,14 @@ from schemas.chat import (
     DeltaMessage,
     ImagePart,
     ImageURL,
+    PartialImagePart,
     ResponseMessage,
     TextPart,
 )
 from schemas.common import CompletionTokensDetails, UsageInfo
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.generation import PNG, Piece, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.previews import Preview
 from server.prompt import build_chat_prompt
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
@@ -34,9 +36,18 @@ from server.sse import sse, with_error_event
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
+def _png_url(data: bytes) -> ImageURL:
+    return ImageURL(url="data:image/png;base64," + base64.b64encode(data).decode())
+
+
 def image_part(png: PNG) -> ImagePart:
-    return ImagePart(type="image_url", image_url=ImageURL(url="data:image/png;base64," + base64.b64encode(png.data)
-                                                          .decode()))
+    return ImagePart(type="image_url", image_url=_png_url(png.data))
+
+
+def stream_part(piece: PNG | Preview) -> ImagePart | PartialImagePart:
+    if isinstance(piece, Preview):
+        return PartialImagePart(image_url=_png_url(piece.data), partial_index=piece.index)
+    return image_part(piece)
 
 
 def message_content(pieces: list[Piece]) -> str | list[TextPart | ImagePart]:
@@ -90,7 +101,7 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_id
     yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(req.n)],
                 prompt_token_ids=prompt_ids if req.return_token_ids else None)
     generated: list[int] = []
-    async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
+    async for deltas in stream_deltas(engine, prompt_ids, params, request_id, req.partial_images):
         for d in deltas:
             generated += d.token_ids
             log["completion_tokens"] = len(generated)
@@ -101,7 +112,7 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_id
                                              finish_reason=d.finish_reason, token_ids=token_ids)])
             for i, piece in enumerate(d.pieces):  # an image is one chunk of its own, in order with the text
                 last = i == len(d.pieces) - 1
-                content = piece if isinstance(piece, str) else [image_part(piece)]
+                content = piece if isinstance(piece, str) else [stream_part(piece)]
                 yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=content),
                                              finish_reason=d.finish_reason if last else None,
                                              token_ids=token_ids if last else None)])
