@@ -217,8 +217,9 @@ async function send() {
   const content = takeInput();
   if (content === null) return;
   const user = {role: "user", content};
+  const history = state.history;  // "Clear chat" replaces it: this turn then lands in the old one
   renderUser(content);
-  state.history.push(user);
+  history.push(user);
   const reply = new Reply();
   scrollDown();
   state.abort = new AbortController();
@@ -243,15 +244,15 @@ async function send() {
       scrollDown();
     }
     const message = reply.message();
-    if (message) state.history.push(message);
+    if (message) history.push(message);
   } catch (error) {
     if (error.name === "AbortError") {
       reply.note("stopped");
       const message = reply.message();
-      if (message) state.history.push(message);
+      if (message) history.push(message);
     } else {
       reply.fail(error);
-      state.history.splice(state.history.indexOf(user), 1);  // a failed turn is not sent again
+      history.splice(history.indexOf(user), 1);  // a failed turn is not sent again
     }
   } finally {
     reply.done();

@@ -37,10 +37,9 @@ def _live_server_helpers():
 
 
 LIVE = _live_server_helpers()
-API_KEY, MODEL = LIVE.API_KEY, LIVE.MODEL
 
 
-def chromium_missing() -> str | None:
+def _missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if importlib.util.find_spec("playwright") is None:
         return "Playwright is not installed: pip install playwright (the 'browser' extra); no browser download needed"
@@ -55,21 +54,29 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """A server of its own, stopped with the module, so it never runs beside the server tests' one."""
-    server = LIVE.start_server(tiny_dir, tmp_path_factory.mktemp("logs") / "server.log")
-    yield server
-    LIVE.stop_server(server)
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator:
+    """Headless system Chromium; skips (before any server starts) where it or Playwright is missing."""
+    if reason := _missing():
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def live(browser, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A server of its own, stopped with the module, so it never runs beside the server tests' one."""
+    server = LIVE.start_server(tiny_dir, tmp_path_factory.mktemp("logs") / "server.log")
+    yield server
+    LIVE.stop_server(server)
+
+
+@pytest.fixture
+def api_key() -> str:
+    return LIVE.API_KEY
 
 
 @dataclass

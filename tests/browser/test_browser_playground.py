@@ -4,7 +4,7 @@ CI needs, besides the test extra (the lead's .ci/run installs them):
     apt-get update && apt-get install -y --no-install-recommends chromium     # Debian's Chromium, /usr/bin/chromium
     .venv/bin/pip install 'playwright>=1.45'                                  # or the project's [browser] extra
 No `playwright install`: Playwright drives the system Chromium (executable_path), nothing is downloaded.
-Without either, these tests are skipped and say which is missing. Screenshots: tests/artifacts/browser/.
+Without either, these tests are skipped (by the browser fixture, before a server starts) and say which is missing. Screenshots: tests/artifacts/browser/.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import base64
 import io
 import re
 
-import pytest
-from conftest import API_KEY, chromium_missing
 from PIL import Image
 
 from engine.vqgan import VQGANConfig
-
-pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (96, 80)) -> bytes:
@@ -72,13 +68,13 @@ def test_page_loads_clean(watch):
     _clean(watch)
 
 
-def test_errors_are_shown_then_a_request_succeeds(watch):
+def test_errors_are_shown_then_a_request_succeeds(watch, api_key):
     page = watch.page
     page.fill("#api-key", "wrong-key")
     error = _send(page, "Hello").locator(".error")
     assert re.search(r"HTTP 401 .*invalid or missing API key", error.text_content())
     watch.shot("wrong-key")
-    page.fill("#api-key", API_KEY)
+    page.fill("#api-key", api_key)
     page.fill("#settings [name=temperature]", "5")
     error = _send(page, "Hello").locator(".error")
     assert re.search(r"HTTP 400 .*temperature", error.text_content())
@@ -89,9 +85,9 @@ def test_errors_are_shown_then_a_request_succeeds(watch):
     assert reply.locator(".error").count() == 0 and reply.locator(".text").count() == 1
 
 
-def test_upload_images_and_ask_for_text(watch, tmp_path):
+def test_upload_images_and_ask_for_text(watch, api_key, tmp_path):
     page = watch.page
-    page.fill("#api-key", API_KEY)
+    page.fill("#api-key", api_key)
     picked = tmp_path / "red.png"
     picked.write_bytes(_png((200, 30, 30)))
     page.set_input_files("#file", str(picked))
@@ -108,10 +104,10 @@ def test_upload_images_and_ask_for_text(watch, tmp_path):
     _clean(watch)
 
 
-def test_image_previews_sharpen_into_the_final_image(watch, tiny_dir, tmp_path):
+def test_image_previews_sharpen_into_the_final_image(watch, api_key, tiny_dir, tmp_path):
     resolution = VQGANConfig.from_meta_yaml(tiny_dir / "vqgan.yaml").resolution
     page = watch.page
-    page.fill("#api-key", API_KEY)
+    page.fill("#api-key", api_key)
     page.select_option("#modalities", "image")
     page.fill("#partial_images", "3")
     page.fill("#settings [name=seed]", "3")
