@@ -75,8 +75,24 @@ class ImagePainter:
         return cls(vqmodel=vqmodel, grid=(vqmodel.config.grid, vqmodel.config.grid), device=device)
 
     def paint(self, images: list[list[int]]) -> list[bytes]:
-        codes = torch.tensor(images, dtype=torch.long, device=self.device).view(len(images), *self.grid)
-        return [to_png(pixels) for pixels in self.vqmodel.decode(codes).cpu()]
+        """Whole images, or previews: whole rows known so far, drawn with the rest of the picture mid-grey.
+
+        A preview's missing rows repeat its last row before decoding, so the convolutions near the
+        edge see plausible codes, then their pixels are set to grey: the picture fills in top-down.
+        """
+        height, width = self.grid
+        full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
+        codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
+        pixels = self.vqmodel.decode(codes).cpu()  # b, 3, H, W in [-1, 1]
+        scale = pixels.shape[-2] // height
+        return [to_png(_grey_below(picture, len(known) // width * scale)) for picture, known in zip(pixels, images)]
+
+
+def _grey_below(picture: torch.Tensor, top: int) -> torch.Tensor:
+    """[3, H, W] in [-1, 1] with rows from ``top`` on mid-grey (0.0); unchanged when ``top`` >= H."""
+    if top >= picture.shape[-2]:
+        return picture
+    return torch.cat((picture[:, :top], torch.zeros_like(picture[:, top:])), dim=1)
 
 
 class ChameleonEngine:
@@ -94,6 +110,7 @@ class ChameleonEngine:
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)
         self._painter = MicroBatcher(painter.paint) if painter else None
         self.image_resolution = painter.vqmodel.config.resolution if painter else None  # PNG side, pixels
+        self.image_grid = painter.grid if painter else None  # (rows, codes per row) of a generated image
 
     @classmethod
     def start(cls, engine_args, vqgan: Path | None = None) -> ChameleonEngine:
@@ -136,6 +153,16 @@ class ChameleonEngine:
         if self._painter is None:
             raise CheckpointError("no VQGAN decoder loaded")
         return await self._painter.submit(images)
+
+    async def paint_preview(self, codes: list[int]) -> bytes:
+        """A PNG of an unfinished image from its whole rows (at least one) so far; the rest mid-grey."""
+        if self._painter is None or self.image_grid is None:
+            raise CheckpointError("no VQGAN decoder loaded")
+        width = self.image_grid[1]
+        if len(codes) < width:
+            raise ValueError(f"a preview needs a whole row of {width} codes, got {len(codes)}")
+        [png] = await self._painter.submit([codes[:len(codes) // width * width]])
+        return png
 
     def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
         from vllm.inputs import TokensPrompt

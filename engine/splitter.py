@@ -34,6 +34,11 @@ class SpanSplitter:
     def in_span(self) -> bool:
         return self._span is not None
 
+    @property
+    def open_span(self) -> list[int] | None:
+        """Codes of the open span so far (live, read-only; a new list per span), None outside one."""
+        return self._span
+
     def feed(self, token_ids: Sequence[int], text: str) -> list[Piece]:
         """Pieces completed by this delta; ``text`` is vLLM's text for the same tokens."""
         if self._span is None and not any(self._layout.is_span_token(t) for t in token_ids):

@@ -10,6 +10,7 @@ from schemas.common import (
     FinishReason,
     GuidanceFields,
     SamplingFields,
+    StreamOptions,
     Text,
     UsageInfo,
     WireModel,
@@ -58,6 +59,20 @@ ImageOutputFormat = Literal["content_parts", "openrouter", "markdown"]
 interleaved), OpenRouter's string ``content`` + ``images`` list, or Markdown images inline in ``content``."""
 
 
+class PartialImagePart(WireModel):
+    """Extension: a preview of an image still being written; later ones are sharper, then the final ImagePart."""
+
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURL
+    partial: Literal[True] = True
+    partial_index: int  # 0, 1, ... for each image
+
+
+class ChatStreamOptions(StreamOptions):
+    # --- extensions ---
+    partial_images: int = Field(0, ge=0, le=3)  # previews per generated image (0-3, as OpenAI's Images API)
+
+
 class ChatCompletionRequest(SamplingFields, GuidanceFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
@@ -65,6 +80,7 @@ class ChatCompletionRequest(SamplingFields, GuidanceFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream_options: ChatStreamOptions | None = None  # chat's own: adds partial_images
     # --- extensions: sampling of image codes (defaults: Anole's 0.7 / off / 0.9) ---
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
@@ -79,6 +95,16 @@ class ChatCompletionRequest(SamplingFields, GuidanceFields):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    @model_validator(mode="after")
+    def _previews_need_a_stream(self) -> ChatCompletionRequest:
+        if self.partial_images and not self.stream:
+            raise ValueError("stream_options.partial_images needs stream: true (previews exist only in a stream)")
+        return self
+
+    @property
+    def partial_images(self) -> int:
+        return self.stream_options.partial_images if self.stream_options else 0
 
     @property
     def num_logprobs(self) -> int | None:
@@ -134,7 +160,8 @@ class ChatCompletionResponse(WireModel):
 
 class DeltaMessage(WireModel):
     role: Literal["assistant"] | None = omitted_if_none()
-    content: str | list[ContentPart] | None = None  # "content_parts": one finished image as a one-part list
+    # "content_parts": one finished image, or a preview of one being written, as a one-part list
+    content: str | list[ContentPart] | list[PartialImagePart] | None = None
     # --- extension: a finished image in the "openrouter" shape ---
     images: list[ImagePart] | None = omitted_if_none()
 

@@ -16,7 +16,7 @@ from engine.runner import ChameleonEngine
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
-from server.routes import chat, completions, health, images, models, responses
+from server.routes import chat, completions, health, images, models, playground, responses
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (health.router, models.router, chat.router, completions.router, images.router,
                    responses.router):
         app.include_router(router)
+    if settings.playground:
+        app.include_router(playground.router)
 
     def max_in_flight() -> int | None:
         engine = app.state.engine

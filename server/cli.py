@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--image-output-format", default="content_parts", choices=IMAGE_OUTPUT_FORMATS,
                         help="how chat replies carry generated images unless a request sets image_output_format: "
                              "an ordered content-part list, OpenRouter's message.images, or inline Markdown")
+    server.add_argument("--no-playground", action="store_true", help="do not serve the browser playground at /")
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
@@ -118,6 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=Path(args.vqgan) if args.vqgan else None,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
         shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
+        playground=not args.no_playground,
         remote_images=RemoteImagePolicy(
             allowed_hosts=frozenset(h.strip().lower() for h in args.allowed_image_hosts.split(",") if h.strip()),
             max_bytes=args.max_image_bytes, timeout_s=args.image_fetch_timeout_seconds),

@@ -17,6 +17,7 @@ from fastapi import Request
 from engine.runner import ChameleonEngine
 from engine.splitter import ImageCodes, SpanSplitter
 from server import metrics
+from server.previews import ImagePreviews, Preview
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ Piece = str | PNG
 @dataclass(slots=True)
 class ChoiceDelta:
     index: int
-    pieces: list[Piece]
+    pieces: list[Piece | Preview]  # previews only in streams that ask for them
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list | None = None  # vLLM's per-token {id: Logprob} dicts, aligned with token_ids, when asked
@@ -72,23 +73,36 @@ async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> lis
     return [PNG(next(pngs)) if isinstance(p, ImageCodes) else p for p in pieces]
 
 
-async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str
-                        ) -> AsyncIterator[list[ChoiceDelta]]:
+async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str,
+                        partial_images: int = 0) -> AsyncIterator[list[ChoiceDelta]]:
+    """Per-choice deltas; with ``partial_images`` K, up to K previews of each image precede it."""
     splitters: dict[int, SpanSplitter] = {}
-    with metrics.guided_request(engine.guidance_kv_bytes(params)):
-        async for out in engine.generate(prompt_ids, params, request_id):
-            deltas = []
-            for o in out.outputs:
-                if o.index not in splitters:  # one splitter per choice, built once, not per token
-                    splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
-                splitter = splitters[o.index]
-                pieces = splitter.feed(o.token_ids, o.text)
-                if o.finish_reason is not None:
-                    pieces += splitter.finish()
-                metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
-                deltas.append(ChoiceDelta(o.index, await _paint(engine, pieces), list(o.token_ids),
-                                          _finish(o.finish_reason), o.logprobs))
-            yield deltas
+    previews: dict[int, ImagePreviews] = {}
+    try:
+        with metrics.guided_request(engine.guidance_kv_bytes(params)):
+            async for out in engine.generate(prompt_ids, params, request_id):
+                yield [await _delta(engine, o, splitters, previews, partial_images) for o in out.outputs]
+    finally:
+        for p in previews.values():
+            p.close()
+
+
+async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
+                 previews: dict[int, ImagePreviews], partial_images: int) -> ChoiceDelta:
+    """One choice's new tokens as pieces (text, finished images as PNG, and previews first)."""
+    if o.index not in splitters:  # one splitter per choice, built once, not per token
+        splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
+        if partial_images and engine.image_grid:
+            previews[o.index] = ImagePreviews(engine.paint_preview, engine.image_grid, partial_images)
+    splitter = splitters[o.index]
+    pieces = splitter.feed(o.token_ids, o.text)
+    if o.finish_reason is not None:
+        pieces += splitter.finish()
+    metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
+    # Previews belong to the span open when this delta began, so they come before its pieces.
+    early = await previews[o.index].follow(splitter.open_span) if o.index in previews else []
+    return ChoiceDelta(o.index, [*early, *await _paint(engine, pieces)], list(o.token_ids),
+                       _finish(o.finish_reason), o.logprobs)
 
 
 async def collect_choices(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str) -> list[Choice]:

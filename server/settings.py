@@ -29,6 +29,7 @@ class Settings:
     shutdown_grace_s: float = 30.0
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
+    playground: bool = True  # the browser page at GET /
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

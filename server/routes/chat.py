@@ -85,7 +85,7 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_id
                 prompt_token_ids=prompt_ids if req.return_token_ids else None)
     generated: list[int] = []
     shapers = [DeltaShaper(shape) for _ in range(req.n)]
-    async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
+    async for deltas in stream_deltas(engine, prompt_ids, params, request_id, req.partial_images):
         for d in deltas:
             generated += d.token_ids
             log["completion_tokens"] = len(generated)
@@ -97,7 +97,10 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_id
                                              finish_reason=d.finish_reason, token_ids=token_ids)])
             for i, piece in enumerate(d.pieces):  # an image is one chunk of its own, in order with the text
                 last = i == len(d.pieces) - 1
-                yield chunk([ChatChunkChoice(index=d.index, delta=shapers[d.index].delta(piece),
+                delta = shapers[d.index].delta(piece)
+                if delta is None:
+                    continue
+                yield chunk([ChatChunkChoice(index=d.index, delta=delta,
                                              logprobs=logprobs if last else None,
                                              finish_reason=d.finish_reason if last else None,
                                              token_ids=token_ids if last else None)])

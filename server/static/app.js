@@ -1,0 +1,369 @@
+// chameleon-serve playground: a chat over this server's /v1/chat/completions, streamed.
+// Plain script, no build step, no other host. The API key lives in this page's memory only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  model: null,
+  key: "",
+  history: [],      // messages sent back to the server: user turns and finished replies
+  attachments: [],  // {name, url} data URLs waiting for the next message
+  abort: null,      // AbortController of the request in flight
+  images: 0,        // numbering for download names
+};
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super(error.message || "request failed");
+    this.status = status;
+    this.type = error.type;
+    this.code = error.code;
+    this.param = error.param;
+  }
+
+  describe() {
+    const head = [this.status && `HTTP ${this.status}`, this.type].filter(Boolean).join(" · ");
+    const param = this.param ? ` (parameter: ${this.param})` : "";
+    return `${head ? head + ": " : ""}${this.message}${param}`;
+  }
+}
+
+function element(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") el.className = value;
+    else if (name === "text") el.textContent = value;
+    else el.setAttribute(name, value);
+  }
+  el.append(...children);
+  return el;
+}
+
+function scrollDown() {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+}
+
+// ---- settings -> request fields ----
+
+const NUMBER_FIELDS = ["temperature", "top_p", "top_k", "max_tokens", "seed",
+                       "image_temperature", "image_top_p", "image_top_k"];
+
+function requestBody() {
+  const form = $("settings");
+  const body = {
+    model: state.model,
+    messages: state.history,
+    modalities: $("modalities").value.split(","),
+    stream: true,
+    stream_options: {include_usage: true},
+  };
+  for (const name of NUMBER_FIELDS) {
+    const raw = form.elements[name].value.trim();
+    if (raw !== "") body[name] = Number(raw);  // the server validates and says what is wrong
+  }
+  const previews = $("partial_images").value.trim();
+  if (body.modalities.includes("image") && previews !== "") body.stream_options.partial_images = Number(previews);
+  return body;
+}
+
+// ---- HTTP ----
+
+function headers() {
+  const h = {"Content-Type": "application/json"};
+  if (state.key) h.Authorization = `Bearer ${state.key}`;
+  return h;
+}
+
+async function errorOf(response) {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && body.error) return new ApiError(response.status, body.error);
+  } catch (_) { /* not JSON: use the text */ }
+  return new ApiError(response.status, {message: text || response.statusText || "request failed"});
+}
+
+// Server-sent events of one streamed reply, parsed; an in-band error event becomes an ApiError.
+async function* events(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return;
+        const message = JSON.parse(data);
+        if (message.error) throw new ApiError(null, message.error);
+        yield message;
+      }
+    }
+  }
+}
+
+// ---- rendering ----
+
+function renderUser(content) {
+  const parts = element("div", {class: "parts"});
+  for (const part of typeof content === "string" ? [{type: "text", text: content}] : content) {
+    if (part.type === "text") parts.append(element("p", {class: "text", text: part.text}));
+    else parts.append(element("img", {class: "thumb", src: part.image_url.url, alt: "attached image"}));
+  }
+  const item = element("li", {class: "msg user"}, element("div", {class: "who", text: "You"}), parts);
+  $("messages").append(item);
+  return item;
+}
+
+// One assistant reply as it streams: text runs and images in arrival order; previews sharpen in place.
+class Reply {
+  constructor() {
+    this.parts = element("div", {class: "parts"});
+    this.meta = element("div", {class: "meta"});
+    this.item = element("li", {class: "msg assistant busy"},
+                        element("div", {class: "who", text: "Model"}), this.parts, this.meta);
+    this.content = [];    // what goes back into the history: text and final images
+    this.pending = null;  // the figure of an image whose previews arrived, final not yet
+    $("messages").append(this.item);
+  }
+
+  text(delta) {
+    const last = this.parts.lastElementChild;
+    if (last && last.classList.contains("text")) last.textContent += delta;
+    else this.parts.append(element("p", {class: "text", text: delta}));
+    const prev = this.content[this.content.length - 1];
+    if (prev && prev.type === "text") prev.text += delta;
+    else this.content.push({type: "text", text: delta});
+  }
+
+  image(part) {
+    let figure = this.pending;
+    if (!figure) {
+      state.images += 1;
+      const img = element("img", {alt: `generated image ${state.images}`});
+      img.addEventListener("load", () => img.classList.toggle("small", img.naturalWidth < 256));
+      figure = element("figure", {class: "image"}, img, element("figcaption"));
+      figure.dataset.number = state.images;
+      figure.dataset.previews = "0";
+      this.parts.append(figure);
+    }
+    const img = figure.querySelector("img");
+    const caption = figure.querySelector("figcaption");
+    img.src = part.image_url.url;
+    if (part.partial) {
+      this.pending = figure;
+      figure.classList.add("partial");
+      figure.dataset.previews = String(Number(figure.dataset.previews) + 1);
+      caption.textContent = `preview ${part.partial_index + 1}…`;
+      return;
+    }
+    this.pending = null;
+    figure.classList.remove("partial");
+    figure.classList.add("final");
+    const link = element("a", {class: "button download", href: part.image_url.url,
+                               download: `chameleon-${figure.dataset.number}.png`, text: "Download"});
+    caption.replaceChildren(link);
+    this.content.push({type: "image_url", image_url: {url: part.image_url.url}});
+  }
+
+  note(text) {
+    this.meta.append(element("span", {text}));
+  }
+
+  fail(error) {
+    const text = error instanceof ApiError ? error.describe() : `Could not reach the server: ${error.message}`;
+    this.parts.append(element("div", {class: "error", role: "alert", text}));
+    if (error.status === 401) $("api-key").focus();
+  }
+
+  done() {
+    this.item.classList.remove("busy");
+    if (this.pending) this.pending.querySelector("figcaption").textContent = "unfinished";
+  }
+
+  // The reply as a message for the next turn: plain text, or parts once it holds an image.
+  message() {
+    const onlyText = this.content.every((p) => p.type === "text");
+    const content = onlyText ? this.content.map((p) => p.text).join("") : this.content;
+    return content.length ? {role: "assistant", content} : null;
+  }
+}
+
+// ---- sending ----
+
+function takeInput() {
+  const text = $("prompt").value.trim();
+  const images = state.attachments.map((a) => ({type: "image_url", image_url: {url: a.url}}));
+  if (!text && !images.length) return null;
+  $("prompt").value = "";
+  state.attachments = [];
+  renderAttachments();
+  return images.length ? [...(text ? [{type: "text", text}] : []), ...images] : text;
+}
+
+function busy(on) {
+  $("send").disabled = on;
+  $("stop").disabled = !on;
+}
+
+async function send() {
+  if (state.abort) return;
+  const content = takeInput();
+  if (content === null) return;
+  const user = {role: "user", content};
+  const history = state.history;  // "Clear chat" replaces it: this turn then lands in the old one
+  renderUser(content);
+  history.push(user);
+  const reply = new Reply();
+  scrollDown();
+  state.abort = new AbortController();
+  busy(true);
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.abort.signal,
+    });
+    if (!response.ok) throw await errorOf(response);
+    for await (const chunk of events(response)) {
+      for (const choice of chunk.choices || []) {
+        const content = choice.delta && choice.delta.content;
+        if (typeof content === "string" && content) reply.text(content);
+        else if (Array.isArray(content)) content.forEach((part) => reply.image(part));
+        if (choice.finish_reason === "length") reply.note("stopped at max_tokens");
+      }
+      if (chunk.usage) {
+        const images = chunk.usage.completion_tokens_details;
+        reply.note(`${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens` +
+                   (images ? ` (${images.image_tokens} image)` : ""));
+      }
+      scrollDown();
+    }
+    const message = reply.message();
+    if (message) history.push(message);
+  } catch (error) {
+    if (error.name === "AbortError") {
+      reply.note("stopped");
+      const message = reply.message();
+      if (message) history.push(message);
+    } else {
+      reply.fail(error);
+      history.splice(history.indexOf(user), 1);  // a failed turn is not sent again
+    }
+  } finally {
+    reply.done();
+    state.abort = null;
+    busy(false);
+    scrollDown();
+  }
+}
+
+// ---- attachments: file picker and drag and drop ----
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function addFiles(files) {
+  for (const file of files) {
+    if (!file.type.startsWith("image/")) {
+      banner(`${file.name} is not an image (PNG, JPEG, WebP or GIF)`);
+      continue;
+    }
+    state.attachments.push({name: file.name, url: await readAsDataURL(file)});
+  }
+  renderAttachments();
+}
+
+function renderAttachments() {
+  const box = $("attachments");
+  box.replaceChildren(...state.attachments.map((a, i) => {
+    const remove = element("button", {type: "button", class: "remove", "aria-label": `remove ${a.name}`, text: "×"});
+    remove.addEventListener("click", () => {
+      state.attachments.splice(i, 1);
+      renderAttachments();
+    });
+    return element("span", {class: "attachment", title: a.name},
+                   element("img", {src: a.url, alt: a.name}), remove);
+  }));
+}
+
+function banner(text) {
+  const box = $("banner");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+// ---- start ----
+
+async function start() {
+  try {
+    const response = await fetch("/playground/config");
+    if (!response.ok) throw await errorOf(response);
+    const config = await response.json();
+    state.model = config.model;
+    $("model").textContent = config.model;
+    $("key-box").hidden = !config.api_key_required;
+  } catch (error) {
+    banner(error instanceof ApiError ? error.describe() : `Could not reach the server: ${error.message}`);
+  }
+}
+
+function wire() {
+  $("settings").addEventListener("submit", (e) => e.preventDefault());
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    banner("");
+    send();
+  });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("api-key").addEventListener("input", (e) => { state.key = e.target.value.trim(); });
+  $("stop").addEventListener("click", () => state.abort && state.abort.abort());
+  $("clear").addEventListener("click", () => {
+    if (state.abort) state.abort.abort();
+    state.history = [];
+    $("messages").replaceChildren();
+    banner("");
+  });
+  $("file").addEventListener("change", (e) => {
+    addFiles([...e.target.files]);
+    e.target.value = "";
+  });
+  const chat = $("chat");
+  chat.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    chat.classList.add("dragging");
+  });
+  chat.addEventListener("dragleave", (e) => {
+    if (e.target === chat) chat.classList.remove("dragging");
+  });
+  chat.addEventListener("drop", (e) => {
+    e.preventDefault();
+    chat.classList.remove("dragging");
+    addFiles([...e.dataTransfer.files]);
+  });
+  $("prompt").addEventListener("paste", (e) => {
+    const files = [...e.clipboardData.files].filter((f) => f.type.startsWith("image/"));
+    if (files.length) {
+      e.preventDefault();
+      addFiles(files);
+    }
+  });
+}
+
+wire();
+start();
