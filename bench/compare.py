@@ -29,12 +29,13 @@ from bench.loadgen import client_for, run_level, sweep
 from bench.plot import plot_report
 from bench.servers import serve
 from bench.stats import summarize
-from bench.workloads import completions, image_out_chat, standard, text_chat
+from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard, text_chat
 
 TEXT_TOKENS = 128
 TEXT_CONCURRENCY, TEXT_REQUESTS = 16, 64
 ITL_CONCURRENCY, ITL_REQUESTS = 8, 48
 PROMPT = "Write a short story about the sea, the mountains and the stars at night."
+CFG_SCALE = 3.0
 
 
 def _prompt_ids(model_dir: Path) -> list[int]:
@@ -68,12 +69,15 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
                     "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "load_before": os.getloadavg()}
     result["vqgan_decode"] = vqgan_bench.batched_vs_single(model_dir)
     result["transformers_loop"] = hf_baseline.images_per_s(model_dir)
+    result["transformers_guided_loop"] = hf_baseline.guided_images_per_s(model_dir, CFG_SCALE)
     prompt_ids = _prompt_ids(model_dir)
     with serve("chameleon-serve", model_dir, log_dir / "chameleon-serve.log") as ours:
         result["ours_start_s"] = round(ours.start_s, 1)
         report = asyncio.run(sweep(ours.url, "bench", "tiny", list(standard(TEXT_TOKENS).values()), levels))
         result["ours_completions"] = asyncio.run(_completions(ours.url, prompt_ids))
         result["ours_itl"] = asyncio.run(_interference(ours.url))
+        guided = asyncio.run(sweep(ours.url, "bench", "tiny", [guided_image_out_chat(CFG_SCALE)], levels))
+        result["ours_guided"] = guided["workloads"]["guided-image-out"]
     with serve("vllm", model_dir, log_dir / "vllm.log") as theirs:
         result["vllm_start_s"] = round(theirs.start_s, 1)
         result["vllm_completions"] = asyncio.run(_completions(theirs.url, prompt_ids))
@@ -90,6 +94,9 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
         "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
         "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),
+        **{f"guided_image_out_c{c}_vs_two_forward_loop": _ratio(
+            result["ours_guided"].get(str(c), {}).get("images_per_s"),
+            result["transformers_guided_loop"]["images_per_s"]) for c in levels},
     }
     result["image_out_c8_images_per_s"] = image_c8
     return result

@@ -67,6 +67,14 @@ def image_out_chat() -> Workload:
     return Workload("image-out", build)
 
 
+def guided_image_out_chat(cfg_scale: float) -> Workload:
+    """Image-out with classifier-free guidance (an empty unconditional turn)."""
+    def build(i: int) -> Call:
+        return Call("chat", {"messages": [{"role": "user", "content": f"Draw picture {i}."}],
+                             "modalities": ["image"], "seed": i, "extra_body": {"cfg_scale": cfg_scale}})
+    return Workload("guided-image-out", build)
+
+
 def completions(prompt: str | list[int], tokens: int) -> Workload:
     """The /v1/completions route with the same prompt (text or token ids) on every request."""
     def build(i: int) -> Call:
