@@ -14,7 +14,11 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
+import uvicorn
+
+from server.image_urls import RemoteImagePolicy
 from server.settings import Settings
 
 TINY_NAME = "tiny-chameleon"
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    defaults = RemoteImagePolicy()
     parser = FlexibleArgumentParser(prog="chameleon-serve", description=__doc__.splitlines()[0])
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="0.0.0.0")
@@ -56,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--vqgan", default=None,
                         help="VQGAN decoder for image output: Meta's vqgan.ckpt with vqgan.yaml beside it "
                              "(default: vqgan.ckpt in the model folder)")
+    server.add_argument("--allowed-image-hosts", default="",
+                        help="comma-separated hosts whose http(s) image URLs may be fetched (exact names or "
+                             "IPs, '*.example.com' for subdomains); empty (default): only data: URLs")
+    server.add_argument("--max-image-bytes", type=int, default=defaults.max_bytes,
+                        help="largest remote image fetched")
+    server.add_argument("--image-fetch-timeout-seconds", type=float, default=defaults.timeout_s,
+                        help="deadline for fetching one remote image, redirects included")
     parser = AsyncEngineArgs.add_cli_args(parser)
     parser.set_defaults(model=None)
     return parser
@@ -79,6 +91,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=args.vqgan,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
         shutdown_grace_s=args.shutdown_grace_seconds,
+        remote_images=RemoteImagePolicy(
+            allowed_hosts=frozenset(h.strip().lower() for h in args.allowed_image_hosts.split(",") if h.strip()),
+            max_bytes=args.max_image_bytes, timeout_s=args.image_fetch_timeout_seconds),
     )
 
 
@@ -90,8 +105,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = settings_from_args(build_parser().parse_args(argv))
 
-    import uvicorn
-
     from server.app import create_app
 
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish for up to the grace
@@ -100,8 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(app.state.exit_code))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_grace_s)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s)
+    _DrainingServer(config).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """Marks the app as draining (readiness 503, new requests 503) the moment a shutdown signal
+    arrives, before uvicorn closes its socket and waits for in-flight requests."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.config.app.state.draining = True
+        super().handle_exit(sig, frame)
 
 
 def _make_tiny_cli(argv: list[str]) -> None:

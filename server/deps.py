@@ -16,10 +16,14 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_engine(request: Request) -> ChameleonEngine:
-    engine: ChameleonEngine | None = getattr(request.app.state, "engine", None)
-    if engine is None or not engine.is_alive:
-        raise Unavailable("the model is not loaded", code="model_not_ready")
-    return engine
+    state = request.app.state
+    if state.draining:
+        raise Unavailable("the server is shutting down; retry on another replica", code="server_draining")
+    if state.engine is None:
+        raise Unavailable("the model is still loading; retry shortly", code="model_loading")
+    if not state.engine.is_alive:
+        raise Unavailable("the inference engine is not running", code="engine_dead")
+    return state.engine
 
 
 def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 IMAGES_ENCODED = Counter("chameleon:images_encoded_total", "Input images VQ-encoded into prompt tokens")
 IMAGES_GENERATED = Counter("chameleon:images_generated_total", "Images the model wrote, decoded to PNG")
@@ -10,6 +10,15 @@ IMAGE_TOKENS = Counter("chameleon:image_tokens_generated_total", "Generated BOI,
 DECODE_SECONDS = Histogram(
     "chameleon:image_decode_seconds", "From a finished image span to its PNG (batched VQGAN decode + PNG)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+HTTP_REQUESTS = Counter("chameleon:http_requests_total", "HTTP requests answered, by route, method and status",
+                        ["route", "method", "status"])
+HTTP_IN_FLIGHT = Gauge("chameleon:http_requests_in_flight", "HTTP requests being answered, streams included",
+                       ["route"])
+HTTP_SECONDS = Histogram(
+    "chameleon:http_request_duration_seconds", "From request to the last byte of the response, by route",
+    ["route"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
 
@@ -24,6 +33,16 @@ def record_images_generated(count: int, seconds: float) -> None:
 
 def record_image_tokens(count: int) -> None:
     IMAGE_TOKENS.inc(count)
+
+
+def http_request_started(route: str) -> None:
+    HTTP_IN_FLIGHT.labels(route).inc()
+
+
+def http_request_finished(route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_IN_FLIGHT.labels(route).dec()
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_SECONDS.labels(route).observe(seconds)
 
 
 def exposition() -> tuple[bytes, str]:

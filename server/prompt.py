@@ -12,8 +12,6 @@ it sees image parts as ``{"type": "image"}`` and must write ``<image>`` for each
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from dataclasses import dataclass
 
 from engine.images import decode_image
@@ -21,6 +19,8 @@ from engine.runner import ChameleonEngine
 from schemas.chat import ChatMessage, ImagePart, TextPart
 from server import metrics
 from server.errors import BadRequest
+from server.image_urls import image_url_bytes
+from server.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,30 +29,17 @@ class Prompt:
     num_images: int
 
 
-def _image_bytes(url: str) -> bytes:
-    """Bytes of a ``data:image/...;base64,`` URL; other schemes are refused."""
-    if not url.startswith("data:"):
-        raise BadRequest("image_url must be a data: URL (data:image/png;base64,...)", param="image_url")
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64") or not header[5:].startswith("image/"):
-        raise BadRequest("image_url must be base64 image data (data:image/...;base64,...)", param="image_url")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("image_url holds invalid base64", param="image_url") from None
-
-
 async def build_chat_prompt(
-    engine: ChameleonEngine, messages: list[ChatMessage], *, max_images: int, max_pixels: int,
-    chat_template: str | None,
+    engine: ChameleonEngine, messages: list[ChatMessage], settings: Settings, *, max_images: int,
 ) -> Prompt:
-    images = [p.image_url.url for m in messages for p in m.parts if isinstance(p, ImagePart)]
-    if len(images) > max_images:
-        raise BadRequest(f"at most {max_images} images per request, got {len(images)}", param="messages")
-    pil_images = await asyncio.to_thread(lambda: [decode_image(_image_bytes(u), max_pixels) for u in images])
+    urls = [p.image_url.url for m in messages for p in m.parts if isinstance(p, ImagePart)]
+    if len(urls) > max_images:
+        raise BadRequest(f"at most {max_images} images per request, got {len(urls)}", param="messages")
+    raw = await asyncio.gather(*(image_url_bytes(u, settings.remote_images) for u in urls))
+    pil_images = await asyncio.to_thread(lambda: [decode_image(b, settings.max_image_pixels) for b in raw])
     spans = await engine.encode_images(pil_images)
     metrics.record_images_encoded(len(spans))
-    template = chat_template or getattr(engine.tokenizer, "chat_template", None)
+    template = settings.chat_template or getattr(engine.tokenizer, "chat_template", None)
     if template:
         ids = _templated_ids(engine, messages, spans, template)
     else:

@@ -1,4 +1,4 @@
-"""One structured log line per request, and ``X-Request-Id`` honoured and returned.
+"""One structured log line and the HTTP metrics per request, and ``X-Request-Id`` honoured and returned.
 
 Handlers add what only they know (tokens, images) to ``request.state.log``; the
 line is written when the response, stream included, has been sent.
@@ -13,9 +13,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from server import metrics
+
 logger = logging.getLogger("chameleon.requests")
 ASGIApp = Callable[..., Awaitable[None]]
 _MAX_ID = 128
+_UNLOGGED = ("/health", "/ready", "/metrics")  # probes and scrapes: frequent and uneventful
 
 
 def _request_id(headers: dict[bytes, bytes]) -> str:
@@ -24,8 +27,9 @@ def _request_id(headers: dict[bytes, bytes]) -> str:
 
 
 class RequestLog:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
         self.app = app
+        self.routes = routes  # metric labels: known paths only, so that scanners cannot grow the label set
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -35,6 +39,8 @@ class RequestLog:
         fields: dict = {}
         scope.setdefault("state", {})["log"] = fields
         start, status = time.perf_counter(), 500
+        route = scope["path"] if scope["path"] in self.routes else "unmatched"
+        metrics.http_request_started(route)
 
         async def send_with_id(message: dict) -> None:
             nonlocal status
@@ -49,8 +55,10 @@ class RequestLog:
             status = 499  # the client went away before the response (nginx's "client closed request")
             raise
         finally:
-            if scope["path"] not in ("/health", "/metrics"):
+            seconds = time.perf_counter() - start
+            metrics.http_request_finished(route, scope["method"], status, seconds)
+            if scope["path"] not in _UNLOGGED:
                 logger.info(json.dumps({
                     "request_id": request_id, "method": scope["method"], "route": scope["path"], "status": status,
-                    "latency_ms": round(1000 * (time.perf_counter() - start), 1), **fields,
+                    "latency_ms": round(1000 * seconds, 1), **fields,
                 }))

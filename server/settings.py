@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.image_urls import RemoteImagePolicy
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -21,6 +23,7 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
     shutdown_grace_s: float = 30.0
+    remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

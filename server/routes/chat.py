@@ -59,8 +59,7 @@ async def chat_completions(
     settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
 ) -> ChatCompletionResponse | StreamingResponse:
     check_model(req.model, settings)
-    prompt = await build_chat_prompt(engine, req.messages, max_images=settings.max_images_per_request,
-                                     max_pixels=settings.max_image_pixels, chat_template=settings.chat_template)
+    prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
     params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
                              extra_args=span_args(req.modalities, req))
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

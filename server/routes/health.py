@@ -1,4 +1,9 @@
-"""Operations: `GET /health` (engine liveness), `GET /version` (what is serving), `GET /metrics` (Prometheus)."""
+"""Operations: ``GET /health`` (liveness), ``GET /ready`` (readiness), ``GET /version``, ``GET /metrics``.
+
+Liveness is "the engine is loaded and alive": an orchestrator restarts the process when it fails past
+a start period. Readiness adds "not draining": a load balancer stops sending requests as soon as a
+shutdown begins, while in-flight ones finish.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,26 @@ async def prometheus_metrics() -> Response:
     return Response(body, media_type=content_type)
 
 
+def _engine_alive(request: Request) -> bool:
+    engine = request.app.state.engine
+    return engine is not None and engine.is_alive
+
+
 @router.get("/health")
 async def health(request: Request) -> Response:
-    engine = getattr(request.app.state, "engine", None)
-    return Response(status_code=200 if engine is not None and engine.is_alive else 503)
+    return Response(status_code=200 if _engine_alive(request) else 503)
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    if state.draining:
+        status = "draining"
+    elif state.engine is None:
+        status = "loading"
+    else:
+        status = "ready" if _engine_alive(request) else "dead"
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/version")

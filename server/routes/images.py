@@ -38,8 +38,7 @@ async def generate_images(
                                  messages=[ChatMessage(role="user", content=req.prompt)],
                                  image_temperature=req.image_temperature, image_top_k=req.image_top_k,
                                  image_top_p=req.image_top_p)
-    prompt = await build_chat_prompt(engine, chat.messages, max_images=0, max_pixels=settings.max_image_pixels,
-                                     chat_template=settings.chat_template)
+    prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=0)
     params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True,
                              extra_args=span_args(chat.modalities, chat))
     request_id = f"img-{uuid.uuid4().hex}"

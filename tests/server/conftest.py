@@ -28,6 +28,7 @@ class LiveServer:
     model_dir: Path
     log_path: Path
     process: subprocess.Popen
+    startup_statuses: list[int]  # /ready answers seen before the first 200: 503s while the model loads
 
     def client(self, **kw) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=300, **kw)
@@ -52,14 +53,16 @@ def start_server(model_dir: Path, log_path: Path, *extra: str) -> LiveServer:
            "--max-model-len", "4096", *extra]
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    server = LiveServer(f"http://127.0.0.1:{port}", model_dir, log_path, proc)
+    server = LiveServer(f"http://127.0.0.1:{port}", model_dir, log_path, proc, [])
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-5000:]}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            status = httpx.get(f"{server.url}/ready", timeout=2).status_code
+            if status == 200:
                 return server
+            server.startup_statuses.append(status)
         except httpx.HTTPError:
             pass
         time.sleep(1)

@@ -1,8 +1,10 @@
-"""Admission limits, request ids and logs, and a graceful SIGTERM, on a small dedicated server."""
+"""Admission limits, remote image URLs, readiness, request ids and logs, and a graceful SIGTERM, on a small
+dedicated server."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import threading
@@ -11,6 +13,8 @@ import httpx
 import openai
 import pytest
 from conftest import API_KEY, MODEL, start_server, stop_server
+from imagehost import ImageHost
+from testimages import data_url, noise_image
 
 from engine.tiny import TinySpec, make_tiny
 
@@ -22,7 +26,8 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 def small(tmp_path_factory):
     model_dir = make_tiny(tmp_path_factory.mktemp("small"), TinySpec(grid=4, codebook_size=64))
     live = start_server(model_dir, tmp_path_factory.mktemp("small-logs") / "server.log",
-                        "--max-num-seqs", "2", "--max-queued-requests", "1", "--max-body-bytes", str(MAX_BODY))
+                        "--max-num-seqs", "2", "--max-queued-requests", "1", "--max-body-bytes", str(MAX_BODY),
+                        "--allowed-image-hosts", "127.0.0.1", "--image-fetch-timeout-seconds", "5")
     yield live
     stop_server(live)
 
@@ -59,6 +64,29 @@ def test_past_running_plus_queued_is_429_with_retry_after(small):
     rejected = next(r for r in asyncio.run(burst()) if r.status_code == 429)
     assert rejected.headers["retry-after"] == "1" and rejected.json()["error"]["type"] == "rate_limit_error"
     assert httpx.post(f"{small.url}/v1/chat/completions", headers=HEADERS, json=_chat()).status_code == 200
+
+
+def test_socket_answers_not_ready_while_the_model_loads(small):
+    assert small.startup_statuses and set(small.startup_statuses) == {503}
+    assert httpx.get(f"{small.url}/ready").json() == {"status": "ready"}
+
+
+def test_remote_image_url_from_an_allowlisted_host(small):
+    image = noise_image(3, size=(32, 32))  # its data: URL stays under the body limit
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    client = openai.OpenAI(base_url=f"{small.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+    def ask(url: str) -> str | None:
+        content = [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": url}}]
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                              max_tokens=6, temperature=0).choices[0].message.content
+
+    with ImageHost(png.getvalue()).running() as host:
+        assert ask(host.url("/image.png")) == ask(data_url(image))  # same image, same greedy answer
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(host.url("/image.png", host="localhost"))
+    assert refused.value.body["code"] == "image_url_host_not_allowed"
 
 
 def test_request_id_is_returned_and_logged(small):

@@ -1,0 +1,47 @@
+"""Liveness, readiness and the HTTP metrics of an app whose engine is not (yet) there: loading and draining.
+
+The app is driven in-process without its lifespan, so no engine is started; the states with a live or a
+dead engine are covered over HTTP in tests/server (test_limits, test_engine_death).
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.settings import Settings
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def app():
+    return create_app(Settings(model="m", served_model_name="m", engine_args=None))
+
+
+def test_loading_is_live_false_and_ready_false(app):
+    client = TestClient(app)
+    assert client.get("/health").status_code == 503
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json() == {"status": "loading"}
+    error = client.post("/v1/chat/completions", json=CHAT)
+    assert error.status_code == 503 and error.json()["error"]["code"] == "model_loading"
+
+
+def test_draining_is_not_ready_and_refuses_new_requests(app):
+    app.state.draining = True
+    client = TestClient(app)
+    assert client.get("/ready").json() == {"status": "draining"}
+    error = client.post("/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert error.status_code == 503 and error.json()["error"]["code"] == "server_draining"
+
+
+def test_http_metrics_by_route_and_status(app):
+    client = TestClient(app)
+    client.get("/ready")
+    client.get("/no/such/path/12345")
+    text = client.get("/metrics").text
+    assert 'chameleon:http_requests_total{method="GET",route="/ready",status="503"}' in text
+    assert 'route="unmatched",status="404"' in text and "/no/such/path" not in text
+    assert 'chameleon:http_requests_in_flight{route="/metrics"} 1.0' in text  # itself, while answering
