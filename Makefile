@@ -63,15 +63,18 @@ wheelhouse: $(WHEELHOUSE)/cpu/.deps
 # Without a registry the FROM image is made from Debian's packages (docker/make-base.sh).
 image: wheelhouse
 	$(DOCKER) image inspect $(CPU_BASE) >/dev/null 2>&1 || DOCKER=$(DOCKER) docker/make-base.sh $(CPU_BASE)
-	$(BUILD_IMAGE) --build-arg FLAVOUR=cpu --build-arg BASE=$(CPU_BASE) -t chameleon-serve:cpu $(WHEELHOUSE)/cpu
+	$(BUILD_IMAGE) --build-arg FLAVOUR=cpu --build-arg BASE=$(CPU_BASE) \
+		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
 
 # GPU flavour: where a registry (for GPU_BASE) and PyPI's CUDA wheels are reachable; not built in CI.
-# Wheels for the image's Python (Ubuntu 24.04: 3.12), whatever Python the host has.
+# Wheels for the image's Python and glibc (Ubuntu 24.04: 3.12, 2.39), whatever the host has; pip does not
+# widen a --platform to older manylinux tags by itself.
+GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
 wheelhouse-gpu:
 	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
 	$(WHEEL_PIP) wheel -q --no-deps -w $(WHEELHOUSE)/gpu .
 	$(WHEEL_PIP) download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \
-		--python-version 3.12 --platform manylinux_2_39_x86_64 'chameleon-serve[gpu]'
+		--python-version 3.12 $(GPU_PLATFORMS) 'chameleon-serve[gpu]'
 
 image-gpu: wheelhouse-gpu
 	$(BUILD_IMAGE) --build-arg FLAVOUR=gpu --build-arg BASE=$(GPU_BASE) -t chameleon-serve:gpu $(WHEELHOUSE)/gpu

@@ -70,7 +70,8 @@ def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
 def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     """`docker run` as the README says, on 127.0.0.1, with an API key from the environment."""
     name, port = f"chameleon-serve-test-{free_port()}", free_port()
-    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", "-e", f"CHAMELEON_API_KEY={API_KEY}", image)
+    docker("run", "-d", "--name", name, "--shm-size", "1g", "-p", f"127.0.0.1:{port}:8000",
+           "-e", f"CHAMELEON_API_KEY={API_KEY}", image)
     live = Container(name, f"http://127.0.0.1:{port}", 0.0)
     try:
         start = time.monotonic()
