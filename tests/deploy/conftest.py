@@ -68,10 +68,11 @@ def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    """`docker run` as the README says, on 127.0.0.1, with an API key from the environment."""
+    """`docker run` as the README says, on 127.0.0.1, with an API key from the environment. The drain grace
+    is raised from 30 s so that the long reply of the `docker stop` test finishes on a busy machine."""
     name, port = f"chameleon-serve-test-{free_port()}", free_port()
     docker("run", "-d", "--name", name, "--shm-size", "1g", "-p", f"127.0.0.1:{port}:8000",
-           "-e", f"CHAMELEON_API_KEY={API_KEY}", image)
+           "-e", f"CHAMELEON_API_KEY={API_KEY}", image, "--shutdown-grace-seconds", "150")
     live = Container(name, f"http://127.0.0.1:{port}", 0.0)
     try:
         start = time.monotonic()

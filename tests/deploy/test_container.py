@@ -128,11 +128,11 @@ def test_docker_stop_lets_a_streamed_reply_finish_and_exits_0(container: Contain
     """Last: SIGTERM (docker stop) arrives while the stream runs; the reply completes, the container exits 0."""
     request_id = uuid.uuid4().hex
     stream = _client(container).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "go"}], max_tokens=400, stream=True,
-        extra_headers={"X-Request-Id": request_id}, extra_body={"ignore_eos": True, "min_tokens": 400})
+        model=MODEL, messages=[{"role": "user", "content": "go"}], max_tokens=1500, stream=True,
+        extra_headers={"X-Request-Id": request_id}, extra_body={"ignore_eos": True, "min_tokens": 1500})
     chunks = iter(stream)
     next(chunks)
-    stop = threading.Thread(target=docker, args=("stop", "-t", "120", container.name), kwargs={"timeout": 180})
+    stop = threading.Thread(target=docker, args=("stop", "-t", "200", container.name), kwargs={"timeout": 260})
     stop.start()
     rest = list(chunks)
     stop.join()
