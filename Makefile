@@ -6,7 +6,7 @@ PORT    ?= 8000
 # vLLM's CPU KV cache size in GiB; small so tests and the tiny model fit anywhere.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean wheelhouse image wheelhouse-gpu image-gpu
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,44 @@ bench: install
 
 clean:
 	rm -rf $(VENV)
+
+# Container images (docker/Dockerfile). Built from a wheelhouse made here on the host, so the build needs no
+# network inside: the same path serves air-gapped sites (copy build/wheelhouse/cpu over, run `make image`).
+# The CPU torch comes from the host pip's configuration (on other machines: PIP_EXTRA_INDEX_URL=
+# https://download.pytorch.org/whl/cpu). DOCKER_BUILDKIT=0: the legacy builder, present in every client.
+DOCKER     ?= docker
+CPU_BASE   ?= debian:bookworm-slim
+GPU_BASE   ?= nvidia/cuda:13.0.3-base-ubuntu24.04
+WHEELHOUSE := build/wheelhouse
+BUILD_IMAGE = DOCKER_BUILDKIT=0 $(DOCKER) build -f docker/Dockerfile
+# Any Python with pip does (the image's Python for the CPU flavour: 3.11, Debian bookworm's).
+WHEEL_PIP  ?= $(if $(wildcard $(PY)),$(PY),python3) -m pip
+
+# Dependencies are resolved once per pyproject.toml, reusing the wheels already there (PIP_NO_INDEX=1: from
+# them alone, offline); the project's own wheel is rebuilt every time.
+$(WHEELHOUSE)/cpu/.deps: pyproject.toml
+	mkdir -p $(WHEELHOUSE)/cpu
+	$(WHEEL_PIP) wheel -q --find-links $(WHEELHOUSE)/cpu -w $(WHEELHOUSE)/cpu '.[cpu]'
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/cpu/.deps
+	$(WHEEL_PIP) wheel -q --find-links $(WHEELHOUSE)/cpu --no-deps -w $(WHEELHOUSE)/cpu .
+
+# Without a registry the FROM image is made from Debian's packages (docker/make-base.sh).
+image: wheelhouse
+	$(DOCKER) image inspect $(CPU_BASE) >/dev/null 2>&1 || DOCKER=$(DOCKER) docker/make-base.sh $(CPU_BASE)
+	$(BUILD_IMAGE) --build-arg FLAVOUR=cpu --build-arg BASE=$(CPU_BASE) \
+		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
+
+# GPU flavour: where a registry (for GPU_BASE) and PyPI's CUDA wheels are reachable; not built in CI.
+# Wheels for the image's Python and glibc (Ubuntu 24.04: 3.12, 2.39), whatever the host has; pip does not
+# widen a --platform to older manylinux tags by itself.
+GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
+wheelhouse-gpu:
+	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
+	$(WHEEL_PIP) wheel -q --no-deps -w $(WHEELHOUSE)/gpu .
+	$(WHEEL_PIP) download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \
+		--python-version 3.12 $(GPU_PLATFORMS) 'chameleon-serve[gpu]'
+
+image-gpu: wheelhouse-gpu
+	$(BUILD_IMAGE) --build-arg FLAVOUR=gpu --build-arg BASE=$(GPU_BASE) -t chameleon-serve:gpu $(WHEELHOUSE)/gpu

@@ -1,0 +1,86 @@
+"""The CPU image, built with `make image` from a fresh clone of the committed tree, and one container of it.
+
+Needs a Docker daemon (`.ci/run` installs and starts one); without it these tests skip with one message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "chameleon-serve:cpu"
+API_KEY = "deploy-test-key"
+NO_DOCKER = "no Docker daemon reachable: install docker.io and start dockerd (as .ci/run does) to run these"
+HEALTHY_TIMEOUT_S = 900  # the image's start period is 600 s; a busy CI machine loads the tiny model slowly
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Container:
+    name: str
+    url: str
+    seconds_to_healthy: float
+
+    def state(self, field: str) -> str:
+        return docker("inspect", "-f", "{{" + field + "}}", self.name).stdout.strip()
+
+    def logs(self) -> str:
+        out = docker("logs", self.name)
+        return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> None:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+        pytest.skip(NO_DOCKER)
+
+
+@pytest.fixture(scope="session")
+def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`make image` in a fresh clone: what a user with this repository and a Docker daemon would run."""
+    clone = tmp_path_factory.mktemp("clone") / "chameleon-serve"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    log = clone.parent / "make-image.log"
+    with log.open("w") as out:
+        done = subprocess.run(["make", "-C", str(clone), "image", f"VENV={sys.prefix}"], stdout=out,
+                              stderr=subprocess.STDOUT, check=False)
+    assert done.returncode == 0, log.read_text()[-5000:]
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    """`docker run` as the README says, on 127.0.0.1, with an API key from the environment. The drain grace
+    is raised from 30 s so that the long reply of the `docker stop` test finishes on a busy machine."""
+    name, port = f"chameleon-serve-test-{free_port()}", free_port()
+    docker("run", "-d", "--name", name, "--shm-size", "1g", "-p", f"127.0.0.1:{port}:8000",
+           "-e", f"CHAMELEON_API_KEY={API_KEY}", image, "--shutdown-grace-seconds", "150")
+    live = Container(name, f"http://127.0.0.1:{port}", 0.0)
+    try:
+        start = time.monotonic()
+        while (health := live.state(".State.Health.Status")) != "healthy":
+            assert live.state(".State.Running") == "true", f"container exited:\n{live.logs()[-5000:]}"
+            assert time.monotonic() - start < HEALTHY_TIMEOUT_S, f"still {health}:\n{live.logs()[-5000:]}"
+            time.sleep(1)
+        live.seconds_to_healthy = time.monotonic() - start
+        yield live
+    finally:
+        docker("rm", "-f", name, check=False)
