@@ -53,7 +53,7 @@ InputItem = InputMessage | ImageGenerationCallInput  # a message's "type" may be
 
 class ImageGenerationTool(WireModel):
     type: Literal["image_generation"]
-    partial_images: int = Field(0, ge=0, le=3)  # accepted; previews are not streamed yet
+    partial_images: int = Field(0, ge=0, le=3)  # previews of each image while it is written (streams only)
 
 
 class ImageGenerationChoice(WireModel):
@@ -92,6 +92,11 @@ class ResponsesRequest(WireModel):
         if self.tool_choice not in ("auto", "none") and not self.tools:
             raise ValueError("tool_choice asks for image_generation, which is not in tools")
         return self
+
+    @property
+    def partial_images(self) -> int:
+        """Previews per image: the image tool's ``partial_images``, in a stream (a whole reply has none)."""
+        return self.tools[0].partial_images if self.tools and self.stream else 0
 
     @property
     def modalities(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Responses API output: the reply's pieces as output items in order, and the stream events that build them.
 
-Consecutive text pieces share one ``message`` item; each image is an ``image_generation_call`` item.
-An image item's events all come when the image is finished (the splitter yields whole images).
+Consecutive text pieces share one ``message`` item; each image is an ``image_generation_call`` item,
+opened by its first preview (the tool's ``partial_images``) or, without previews, when it is finished.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 
 from schemas.responses import ImageGenerationCall, MessageItem, OutputItem, OutputText
 from server.generation import PNG, Piece
+from server.previews import Preview
 
 
 class OutputItems:
@@ -29,12 +30,29 @@ class OutputItems:
         self.items.append(item)
         return item, True
 
-    def add_image(self, png: PNG) -> ImageGenerationCall:
+    def open_image(self) -> tuple[ImageGenerationCall, bool]:
+        """The image item being written, and whether this call opened it (closing the text before it)."""
+        last = self.items[-1] if self.items else None
+        if isinstance(last, ImageGenerationCall) and last.status == "in_progress":
+            return last, False
         self.close_text()
-        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="completed",
-                                   result=base64.b64encode(png.data).decode())
+        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="in_progress", result=None)
         self.items.append(item)
+        return item, True
+
+    def add_image(self, png: PNG) -> ImageGenerationCall:
+        """Complete the image item being written (opening one if there is none)."""
+        item, _ = self.open_image()
+        item.status, item.result = "completed", base64.b64encode(png.data).decode()
         return item
+
+    def close_unfinished_image(self) -> ImageGenerationCall | None:
+        """An image item left open by a reply cut inside its image: failed, with no result."""
+        last = self.items[-1] if self.items else None
+        if isinstance(last, ImageGenerationCall) and last.status == "in_progress":
+            last.status = "failed"
+            return last
+        return None
 
     def close_text(self, status: str = "completed") -> MessageItem | None:
         """Close the open message item, if any, and return it."""
@@ -65,22 +83,33 @@ class ResponseEvents:
         payload = {"type": kind, "sequence_number": next(self._sequence), **fields}
         return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
-    def piece(self, piece: Piece) -> list[str]:
-        """A text delta (opening a message item first if needed), or a whole image item."""
+    def piece(self, piece: Piece | Preview) -> list[str]:
+        """A text delta (opening a message item first if needed), a preview of the image being written,
+        or a finished image (opening its item first when no preview did)."""
         if isinstance(piece, str):
             return self._text(piece)
         closed = self.output.close_text()
         out = self._text_done(closed) if closed is not None else []
-        image = self.output.add_image(piece)
+        image, opened = self.output.open_image()
         index = len(self.output.items) - 1
-        pending = image.model_copy(update={"status": "in_progress", "result": None}).model_dump()
-        return out + [self.event("response.output_item.added", output_index=index, item=pending),
-                      *(self.event(f"response.image_generation_call.{stage}", output_index=index, item_id=image.id)
-                        for stage in ("in_progress", "generating", "completed")),
+        if opened:
+            out += [self.event("response.output_item.added", output_index=index, item=image.model_dump()),
+                    *(self.event(f"response.image_generation_call.{stage}", output_index=index, item_id=image.id)
+                      for stage in ("in_progress", "generating"))]
+        if isinstance(piece, Preview):
+            return out + [self.event("response.image_generation_call.partial_image", output_index=index,
+                                     item_id=image.id, partial_image_index=piece.index,
+                                     partial_image_b64=base64.b64encode(piece.data).decode())]
+        self.output.add_image(piece)
+        return out + [self.event("response.image_generation_call.completed", output_index=index, item_id=image.id),
                       self.event("response.output_item.done", output_index=index, item=image.model_dump())]
 
     def finish(self, status: str) -> list[str]:
-        """Close the last message item (an empty reply gets one empty message)."""
+        """Close the last message item (an empty reply gets one empty message), or fail an image item
+        whose image was cut off after its previews."""
+        if failed := self.output.close_unfinished_image():
+            return [self.event("response.output_item.done", output_index=len(self.output.items) - 1,
+                               item=failed.model_dump())]
         out = [] if self.output.items else self._text("")
         closed = self.output.close_text(status)
         return out + (self._text_done(closed) if closed is not None else [])

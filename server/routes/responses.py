@@ -4,7 +4,8 @@ The request becomes a chat request (same prompt building, sampling and generatio
 reply's pieces become output items in order: text runs as ``message`` items, each image as an
 ``image_generation_call`` item. Nothing is stored: ``store`` is accepted (the reply says
 ``store: false``) and ``previous_response_id`` is refused, so a conversation is sent whole in ``input``.
-Partial image previews (the tool's ``partial_images``) are accepted and not sent yet.
+A streamed reply sends the image tool's ``partial_images`` previews of each image as
+``response.image_generation_call.partial_image`` events before the image's item is done.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
     try:
         yield lifecycle("response.created", "in_progress")
         yield lifecycle("response.in_progress", "in_progress")
-        async for deltas in stream_deltas(engine, prompt_ids, params, response_id):
+        async for deltas in stream_deltas(engine, prompt_ids, params, response_id, req.partial_images):
             for d in deltas:
                 generated += d.token_ids
                 finish = d.finish_reason or finish
