@@ -40,8 +40,10 @@ def test_engine_death_is_reported_and_ends_the_process(tmp_path):
 
 
 def test_a_model_that_fails_to_load_ends_the_process_with_1(tmp_path):
-    (tmp_path / "empty").mkdir()
+    """Weights that only the engine reads (the preflight checks the small files) fail inside vLLM's start."""
+    model_dir = make_tiny(tmp_path / "m", TinySpec(grid=4, codebook_size=64))
+    (model_dir / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(RuntimeError, match="server exited with 1") as failed:
-        start_server(tmp_path / "empty", tmp_path / "server.log")
+        start_server(model_dir, tmp_path / "server.log")
     assert "the inference engine failed to start" in str(failed.value)
-    assert "Invalid repository ID or local directory" in str(failed.value)  # the cause, in the same log
+    assert "SafetensorError" in (tmp_path / "server.log").read_text()  # the cause, in the same log
