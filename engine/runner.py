@@ -22,6 +22,7 @@ from PIL import Image
 
 from engine.batching import MicroBatcher
 from engine.images import ImagePreprocessor, to_png
+from engine.span_grammar import SpanParams
 from engine.vocab import CheckpointError, TokenLayout
 from engine.vqgan import VQModel, encoder_mismatch, load_hf_vqmodel, load_meta_vqgan
 
@@ -171,10 +172,10 @@ class ChameleonEngine:
 
     def guidance_kv_bytes(self, params) -> int:
         """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/guidance.py)."""
-        xa = params.extra_args or {}
-        if xa.get("cfg_scale", 1.0) == 1.0:
+        span = SpanParams.from_extra_args(params.extra_args)
+        if not span.guided:
             return 0
-        return params.n * (len(xa["cfg_uncond_prompt"]) + params.max_tokens) * self.kv_bytes_per_token
+        return params.n * (len(span.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
 
     @property
     def is_alive(self) -> bool:
