@@ -13,8 +13,10 @@ images the model writes (VQGAN decoder + PNG).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,6 +63,14 @@ class ImagePainter:
     vqmodel: VQModel
     grid: tuple[int, int]
     device: torch.device
+    # Decoder activations take ~0.9 GiB of GPU memory per 512×512 image in fp32 (bench/RESULTS.md, "VQGAN
+    # decode on a GPU"), outside the share that --gpu-memory-utilization gives vLLM. Slices of at most this
+    # many pixels keep one decode near 4 GiB, at ~80% of the batched throughput plateau.
+    max_decode_pixels: int = 4 * 512 * 512
+    # PNG encoding costs ~130 ms per 512×512 image on one core (more than its decode on a GPU); Pillow's zlib
+    # work runs outside the GIL, so encoders in threads scale with cores (7.7 -> 48 images/s with 8).
+    png_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="png"))
 
     @classmethod
     def load(cls, vqgan: Path | None, encoder: VQModel, device: torch.device) -> ImagePainter | None:
@@ -84,16 +94,22 @@ class ImagePainter:
         height, width = self.grid
         full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
         codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
-        pixels = self.vqmodel.decode(codes).cpu()  # b, 3, H, W in [-1, 1]
-        scale = pixels.shape[-2] // height
-        return [to_png(_grey_below(picture, len(known) // width * scale)) for picture, known in zip(pixels, images)]
+        scale = self.vqmodel.config.resolution // self.vqmodel.config.grid  # pixels per code, each way
+        per_slice = max(1, self.max_decode_pixels // (height * width * scale * scale))
+        pngs = []  # each slice's PNGs encode while the next slice decodes
+        for start, part in zip(range(0, len(images), per_slice), codes.split(per_slice)):
+            pixels = self.vqmodel.decode(part).cpu()  # b, 3, H, W in [-1, 1]
+            known_rows = [len(known) // width * scale for known in images[start:start + per_slice]]
+            pngs += [self.png_pool.submit(_png_with_grey_below, picture, top)
+                     for picture, top in zip(pixels, known_rows)]
+        return [png.result() for png in pngs]
 
 
-def _grey_below(picture: torch.Tensor, top: int) -> torch.Tensor:
-    """[3, H, W] in [-1, 1] with rows from ``top`` on mid-grey (0.0); unchanged when ``top`` >= H."""
-    if top >= picture.shape[-2]:
-        return picture
-    return torch.cat((picture[:, :top], torch.zeros_like(picture[:, top:])), dim=1)
+def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
+    """PNG of [3, H, W] in [-1, 1] with rows from ``top`` on mid-grey (0.0); unchanged when ``top`` >= H."""
+    if top < picture.shape[-2]:
+        picture = torch.cat((picture[:, :top], torch.zeros_like(picture[:, top:])), dim=1)
+    return to_png(picture)
 
 
 class ChameleonEngine:

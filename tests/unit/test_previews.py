@@ -113,3 +113,24 @@ def test_painter_draws_known_rows_and_greys_the_rest(tmp_path):
     pixels = np.asarray(Image.open(io.BytesIO(preview)).convert("RGB"))
     assert pixels.shape == (16, 16, 3)  # two pixels per code
     assert (pixels[6:] == 128).all() and not (pixels[:6] == 128).all()
+
+
+def test_painter_decodes_in_slices_of_bounded_pixels(tmp_path):
+    """A batch larger than ``max_decode_pixels`` is decoded slice by slice, into the same pictures."""
+    import torch
+
+    from engine.runner import ImagePainter
+    from engine.tiny import TinySpec, make_tiny
+    from engine.vqgan import load_meta_vqgan
+
+    model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
+    vqmodel = load_meta_vqgan(model_dir / "vqgan.ckpt")
+    images = torch.randint(0, 64, (5, 64), generator=torch.Generator().manual_seed(2)).tolist()
+    whole = ImagePainter(vqmodel, (8, 8), torch.device("cpu"))
+    one_at_a_time = ImagePainter(vqmodel, (8, 8), torch.device("cpu"), max_decode_pixels=16 * 16)
+    decodes = []
+    vqmodel.decoder.register_forward_hook(lambda _module, args, _out: decodes.append(args[0].shape[0]))
+    sliced = one_at_a_time.paint(images)
+    assert decodes == [1] * 5
+    assert sliced == [whole.paint([image])[0] for image in images]
+
