@@ -26,7 +26,14 @@ from engine.batching import MicroBatcher
 from engine.images import ImagePreprocessor, to_png
 from engine.span_grammar import SpanParams
 from engine.vocab import CheckpointError, TokenLayout
-from engine.vqgan import VQModel, encoder_mismatch, load_hf_vqmodel, load_meta_vqgan
+from engine.vqgan import (
+    MAX_PIXELS_PER_PASS,
+    VQModel,
+    encoder_mismatch,
+    images_per_pass,
+    load_hf_vqmodel,
+    load_meta_vqgan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class ImageTokenizer:
     preprocess: ImagePreprocessor
     vqmodel: VQModel
     device: torch.device
+    max_encode_pixels: int = MAX_PIXELS_PER_PASS
 
     @classmethod
     def from_checkpoint(cls, model_dir: str | Path, device: torch.device) -> ImageTokenizer:
@@ -50,23 +58,21 @@ class ImageTokenizer:
         )
 
     def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
-        """BOI + code ids + EOI for each image, one batched encoder forward."""
-        pixels = self.preprocess(images).to(self.device)
-        codes = self.vqmodel.encode(pixels).cpu()
+        """BOI + code ids + EOI for each image, in batched encoder passes of bounded pixels."""
+        pixels = self.preprocess(images)
+        per_pass = images_per_pass(pixels.shape[-2], pixels.shape[-1], self.max_encode_pixels)
+        codes = torch.cat([self.vqmodel.encode(part.to(self.device)).cpu() for part in pixels.split(per_pass)])
         return [self.layout.image_span(c) for c in codes]
 
 
 @dataclass(frozen=True, slots=True)
 class ImagePainter:
-    """Codebook indices of generated images -> PNG bytes, one batched decoder forward."""
+    """Codebook indices of generated images -> PNG bytes: decoder passes of bounded pixels, PNGs on threads."""
 
     vqmodel: VQModel
     grid: tuple[int, int]
     device: torch.device
-    # Decoder activations take ~0.9 GiB of GPU memory per 512×512 image in fp32 (bench/RESULTS.md, "VQGAN
-    # decode on a GPU"), outside the share that --gpu-memory-utilization gives vLLM. Slices of at most this
-    # many pixels keep one decode near 4 GiB, at ~80% of the batched throughput plateau.
-    max_decode_pixels: int = 4 * 512 * 512
+    max_decode_pixels: int = MAX_PIXELS_PER_PASS
     # PNG encoding costs ~130 ms per 512×512 image on one core (more than its decode on a GPU); Pillow's zlib
     # work runs outside the GIL, so encoders in threads scale with cores (7.7 -> 48 images/s with 8).
     png_pool: ThreadPoolExecutor = field(
@@ -95,7 +101,7 @@ class ImagePainter:
         full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
         codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
         scale = self.vqmodel.config.resolution // self.vqmodel.config.grid  # pixels per code, each way
-        per_slice = max(1, self.max_decode_pixels // (height * width * scale * scale))
+        per_slice = images_per_pass(height * scale, width * scale, self.max_decode_pixels)
         pngs = []  # each slice's PNGs encode while the next slice decodes
         for start, part in zip(range(0, len(images), per_slice), codes.split(per_slice)):
             pixels = self.vqmodel.decode(part).cpu()  # b, 3, H, W in [-1, 1]

@@ -33,6 +33,17 @@ _HF_VQ_DEFAULTS = {
 }
 
 
+# Encoder and decoder activations take ~0.9 GiB of GPU memory per 512×512 image in fp32 (bench/RESULTS.md,
+# "VQGAN decode on a GPU"), outside the share that --gpu-memory-utilization gives vLLM. Passes over at most
+# this many pixels stay near 4 GiB, at ~80% of the batched throughput plateau.
+MAX_PIXELS_PER_PASS = 4 * 512 * 512
+
+
+def images_per_pass(height_px: int, width_px: int, max_pixels: int = MAX_PIXELS_PER_PASS) -> int:
+    """How many images of this size one encoder or decoder pass may take (at least one)."""
+    return max(1, max_pixels // (height_px * width_px))
+
+
 @dataclass(frozen=True, slots=True)
 class VQGANConfig:
     """Shape of one VQGAN, in Meta's (taming's) names."""

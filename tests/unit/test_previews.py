@@ -134,3 +134,27 @@ def test_painter_decodes_in_slices_of_bounded_pixels(tmp_path):
     assert decodes == [1] * 5
     assert sliced == [whole.paint([image])[0] for image in images]
 
+
+def test_image_tokenizer_encodes_in_passes_of_bounded_pixels(tmp_path):
+    """Images beyond ``max_encode_pixels`` are encoded pass by pass, into the same spans as one at a time."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from engine.runner import ImageTokenizer
+    from engine.tiny import TinySpec, make_tiny
+
+    model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
+    tokenizer = ImageTokenizer.from_checkpoint(model_dir, torch.device("cpu"))
+    side = tokenizer.vqmodel.config.resolution
+    one_per_pass = dataclasses.replace(tokenizer, max_encode_pixels=side * side)
+    gen = torch.Generator().manual_seed(3)
+    images = [Image.fromarray(torch.randint(0, 256, (side, side, 3), generator=gen, dtype=torch.uint8).numpy())
+              for _ in range(3)]
+    passes = []
+    tokenizer.vqmodel.encoder.register_forward_hook(lambda _module, args, _out: passes.append(args[0].shape[0]))
+    spans = one_per_pass.encode_spans(images)
+    assert passes == [1, 1, 1]
+    assert spans == [tokenizer.encode_spans([image])[0] for image in images]
+
