@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(AdmissionLimits, max_body_bytes=settings.max_body_bytes, max_in_flight=max_in_flight)
     # Outermost: logs and counts rejections by the limits too.
-    app.add_middleware(RequestLog, routes=frozenset(route.path for route in app.routes))
+    app.add_middleware(RequestLog, routes=tuple(app.routes))
 
     return app
 

@@ -11,7 +11,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+from starlette.routing import BaseRoute, Match
 
 from server import metrics
 
@@ -27,9 +29,14 @@ def _request_id(headers: dict[bytes, bytes]) -> str:
 
 
 class RequestLog:
-    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
-        self.routes = routes  # metric labels: known paths only, so that scanners cannot grow the label set
+        # Metric labels are route templates ("/playground/{name}"), so that scanners cannot grow the label set.
+        self.routes = routes
+
+    def _route_label(self, scope: dict) -> str:
+        """The template of the route that will answer (methods aside: a 405 is labelled by its path too)."""
+        return next((route.path for route in self.routes if route.matches(scope)[0] != Match.NONE), "unmatched")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -39,7 +46,7 @@ class RequestLog:
         fields: dict = {}
         scope.setdefault("state", {})["log"] = fields
         start, status = time.perf_counter(), 500
-        route = scope["path"] if scope["path"] in self.routes else "unmatched"
+        route = self._route_label(scope)
         metrics.http_request_started(route)
 
         async def send_with_id(message: dict) -> None:

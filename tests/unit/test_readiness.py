@@ -41,7 +41,9 @@ def test_http_metrics_by_route_and_status(app):
     client = TestClient(app)
     client.get("/ready")
     client.get("/no/such/path/12345")
+    assert client.get("/playground/app.js").status_code == 200
     text = client.get("/metrics").text
+    assert 'chameleon:http_requests_total{method="GET",route="/playground/{name}",status="200"}' in text
     assert 'chameleon:http_requests_total{method="GET",route="/ready",status="503"}' in text
     assert 'route="unmatched",status="404"' in text and "/no/such/path" not in text
     assert 'chameleon:http_requests_in_flight{route="/metrics"} 1.0' in text  # itself, while answering
