@@ -7,6 +7,7 @@ so a side-by-side figure measures the front end, not a configuration difference.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float)
 
 
 @contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit while the block runs, so the ``finally`` that stops the server runs too
+    (Python's default SIGTERM ends the process at once and leaves the server behind)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def serve(kind: str, model_dir: str | Path, log: Path, *extra: str, timeout_s: float = 900) -> Iterator[Running]:
     """Run ``kind`` ("chameleon-serve" or "vllm") on ``model_dir`` until the block ends (SIGTERM, then kill)."""
     module, *flags = _MODULES[kind]
@@ -67,7 +79,7 @@ def serve(kind: str, model_dir: str | Path, log: Path, *extra: str, timeout_s: f
     log.parent.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
-    with log.open("w") as out:
+    with _sigterm_unwinds(), log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             _wait_healthy(proc, url, log, timeout_s)
