@@ -12,6 +12,7 @@ images the model writes (VQGAN decoder + PNG).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -118,6 +119,26 @@ def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
     return to_png(picture)
 
 
+def _codes_as_special(tokenizer, layout: TokenLayout):
+    """A copy of the tokenizer for vLLM's output detokenizer, in which image codes are special tokens.
+
+    Codes are vocabulary entries that render as text (``IMGIMG...Z``), so vLLM would match stop strings
+    inside images ("Z" ends a reply at its first code) and detokenize 1,024 tokens per image for nothing.
+    As special tokens they are skipped (``skip_special_tokens``, on by default), like BOI and EOI already
+    are. Only the output side gets the copy: prompts keep the checkpoint's own tokenization, so text
+    that spells a code's name stays text. Version-pinned: vLLM 0.32's OutputProcessor reads
+    ``.tokenizer`` per request, and its fast detokenizer reads ``._tokenizer`` (a ``tokenizers.Tokenizer``).
+    """
+    import tokenizers
+
+    rust = tokenizers.Tokenizer.from_str(tokenizer._tokenizer.to_str())
+    names = tokenizer.convert_ids_to_tokens(sorted(layout.code_of))
+    rust.add_special_tokens([tokenizers.AddedToken(name, special=True, normalized=False) for name in names])
+    output_side = copy.copy(tokenizer)
+    output_side._tokenizer = rust
+    return output_side
+
+
 class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
@@ -154,6 +175,7 @@ class ChameleonEngine:
                                         disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
+        llm.output_processor.tokenizer = _codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"

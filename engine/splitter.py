@@ -69,3 +69,39 @@ class SpanSplitter:
     def _close(self) -> list[Piece]:
         span, self._span = self._span, None
         return [ImageCodes(span)] if span is not None and len(span) == self._layout.image_seq_length else []
+
+
+class StopTextHold:
+    """Holds back the text that could be the start of a stop string, and drops the stop string at the end.
+
+    vLLM holds back such text itself, but releases it only when more text comes: in a reply with images the
+    text before an image would then arrive after it, or be lost. Requests that may write images therefore ask
+    vLLM to keep the stop string (``include_stop_str_in_output``, server/sampling.py) and hold back here, in
+    the order of the pieces: an image flushes the text before it.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._hold = max(len(s) for s in stops) - 1
+        self._text = ""
+
+    def feed(self, pieces: list[Piece], stop_reason: int | str | None = None, finished: bool = False) -> list[Piece]:
+        """Pieces safe to send now; ``stop_reason`` is vLLM's (the matched string, when a string stopped it)."""
+        out: list[Piece] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                self._text += piece
+                continue
+            if self._text:
+                out.append(self._text)
+                self._text = ""
+            out.append(piece)
+        if finished:
+            text, self._text = self._text, ""
+            if isinstance(stop_reason, str) and text.endswith(stop_reason):
+                text = text[: len(text) - len(stop_reason)]
+            return out + ([text] if text else [])
+        if len(self._text) > self._hold:
+            cut = len(self._text) - self._hold
+            out.append(self._text[:cut])
+            self._text = self._text[cut:]
+        return out

@@ -15,7 +15,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from engine.runner import ChameleonEngine
-from engine.splitter import ImageCodes, SpanSplitter
+from engine.splitter import ImageCodes, SpanSplitter, StopTextHold
 from server import metrics
 from server.previews import ImagePreviews, Preview
 
@@ -78,17 +78,20 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
     """Per-choice deltas; with ``partial_images`` K, up to K previews of each image precede it."""
     splitters: dict[int, SpanSplitter] = {}
     previews: dict[int, ImagePreviews] = {}
+    # Stop strings that vLLM reports without holding text back (image replies: see StopTextHold).
+    holds = {i: StopTextHold(params.stop) for i in range(params.n)} if params.include_stop_str_in_output else {}
     try:
         with metrics.guided_request(engine.guidance_kv_bytes(params)):
             async for out in engine.generate(prompt_ids, params, request_id):
-                yield [await _delta(engine, o, splitters, previews, partial_images) for o in out.outputs]
+                yield [await _delta(engine, o, splitters, previews, partial_images, holds.get(o.index))
+                       for o in out.outputs]
     finally:
         for p in previews.values():
             p.close()
 
 
 async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
-                 previews: dict[int, ImagePreviews], partial_images: int) -> ChoiceDelta:
+                 previews: dict[int, ImagePreviews], partial_images: int, hold: StopTextHold | None) -> ChoiceDelta:
     """One choice's new tokens as pieces (text, finished images as PNG, and previews first)."""
     if o.index not in splitters:  # one splitter per choice, built once, not per token
         splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
@@ -98,6 +101,8 @@ async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
     pieces = splitter.feed(o.token_ids, o.text)
     if o.finish_reason is not None:
         pieces += splitter.finish()
+    if hold is not None:
+        pieces = hold.feed(pieces, o.stop_reason, finished=o.finish_reason is not None)
     metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
     # Previews belong to the span open when this delta began, so they come before its pieces.
     early = await previews[o.index].follow(splitter.open_span) if o.index in previews else []

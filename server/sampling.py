@@ -65,6 +65,9 @@ def sampling_params(
         repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop=req.stop_list,
+        # With images in the reply, the stop string's text is held back and dropped by the front end
+        # (engine.splitter.StopTextHold), so that text before an image is not released after it.
+        include_stop_str_in_output=bool(req.stop_list) and "image" in modalities,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
         max_tokens=max_new_tokens,

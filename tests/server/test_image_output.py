@@ -171,6 +171,22 @@ def test_interleaved_text_and_images_stream_in_order(client, layout):
     assert sum(isinstance(p, bytes) for p in expected) == images_in_ids
 
 
+def test_stop_strings_do_not_match_inside_images(client, layout):
+    """Codes are vocabulary entries named IMGIMG...Z; a stop string must see the reply's text, not their names."""
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell and show."}], modalities=["text", "image"],
+              seed=5, temperature=1.0, max_tokens=layout.image_seq_length + 40, logit_bias={str(layout.boi): 9.0},
+              extra_body={"return_token_ids": True})
+    free = client.chat.completions.create(**kw).choices[0]
+    stopped = client.chat.completions.create(**kw, stop=["IMGIMG", "Z"]).choices[0]
+    assert layout.eoi in free.token_ids  # a whole image was written
+    text = "".join(p["text"] for p in free.message.content if p["type"] == "text")
+    assert "IMGIMG" not in text and "Z" not in text  # so no stop string can match this reply
+    assert stopped.token_ids == free.token_ids and stopped.message.content == free.message.content
+    stream_kw = {k: v for k, v in kw.items() if k != "extra_body"}
+    expected = [_png_of(p["image_url"]["url"]) if p["type"] == "image_url" else p["text"] for p in free.message.content]
+    assert _pieces_of_stream(client.chat.completions.create(**stream_kw, stop=["IMGIMG", "Z"], stream=True)) == expected
+
+
 def test_max_tokens_inside_a_span_gives_no_broken_image(client):
     resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], max_tokens=10)
     assert resp.choices[0].finish_reason == "length"

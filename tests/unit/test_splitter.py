@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.splitter import ImageCodes, SpanSplitter
+from engine.splitter import ImageCodes, SpanSplitter, StopTextHold
 from engine.vocab import TokenLayout, code_name
 
 N = 3  # codes per image
@@ -52,3 +52,22 @@ def test_eoi_as_stop_token_not_in_ids_still_completes():
 def test_wrong_length_span_is_dropped():
     s = _splitter()
     assert s.feed([BOI, 10, EOI], "") == []
+
+
+def test_stop_hold_keeps_back_a_possible_stop_and_drops_the_matched_one():
+    hold = StopTextHold(["END", "x"])
+    assert hold.feed(["ab"]) == []  # 2 = len("END") - 1 characters are held
+    assert hold.feed(["cE"]) == ["ab"]
+    assert hold.feed(["ND"], stop_reason="END", finished=True) == ["c"]
+
+
+def test_stop_hold_flushes_text_before_an_image_in_order():
+    hold = StopTextHold(["END"])
+    image = ImageCodes([0, 1, 2])
+    assert hold.feed(["hi", image, "z"]) == ["hi", image]
+    assert hold.feed([], stop_reason=LAYOUT.eoi, finished=True) == ["z"]  # a stop token: nothing to drop
+
+
+def test_stop_hold_drops_nothing_when_the_text_does_not_end_with_the_reason():
+    hold = StopTextHold(["END"])
+    assert hold.feed(["abcdef"], stop_reason=None, finished=True) == ["abcdef"]
