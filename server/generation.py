@@ -79,7 +79,7 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
     splitters: dict[int, SpanSplitter] = {}
     previews: dict[int, ImagePreviews] = {}
     try:
-        with metrics.guided_request(engine.guidance_kv_bytes(params)):
+        with engine.guidance_held(params) as kv_bytes, metrics.guided_request(kv_bytes):
             async for out in engine.generate(prompt_ids, params, request_id):
                 yield [await _delta(engine, o, splitters, previews, partial_images) for o in out.outputs]
     finally:
