@@ -212,13 +212,17 @@ class ChameleonAttention(nn.Module):
             cache.values[layer, start:end] = new_v.view(-1, kv_heads, dim)
             keys.append(cache.keys[layer, :end])
             values.append(cache.values[layer, :end])
+        keys = pad_sequence(keys, batch_first=True).transpose(1, 2)  # (seqs, KV heads, padded length, dim)
+        values = pad_sequence(values, batch_first=True).transpose(1, 2)
+        # The query heads of one KV head attend as extra query rows of it: no copies of repeated keys.
         group = heads // kv_heads
-        keys = pad_sequence(keys, batch_first=True).repeat_interleave(group, dim=2).transpose(1, 2)
-        values = pad_sequence(values, batch_first=True).repeat_interleave(group, dim=2).transpose(1, 2)
-        queries = pad_sequence(q.view(-1, heads, dim).split(batch.steps), batch_first=True).transpose(1, 2)
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=batch.visible(keys.shape[2]),
-                                             scale=dim**-0.5)
-        return out.transpose(1, 2)[batch.real].reshape(-1, self.q_size)
+        queries = pad_sequence(q.view(-1, heads, dim).split(batch.steps), batch_first=True)
+        seqs, steps = queries.shape[:2]
+        queries = queries.view(seqs, steps, kv_heads, group, dim).transpose(1, 2).reshape(seqs, kv_heads, -1, dim)
+        visible = batch.visible(keys.shape[2]).repeat_interleave(group, dim=2)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=dim**-0.5)
+        out = out.view(seqs, kv_heads, steps, group, dim).transpose(1, 2)  # (seqs, steps, KV heads, group, dim)
+        return out[batch.real].reshape(-1, self.q_size)
 
 
 class ChameleonDecoderLayer(nn.Module):
