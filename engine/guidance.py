@@ -13,9 +13,10 @@ whole history after a preemption, when there is more to catch up. The rows' logi
 Why not a companion request: vLLM schedules requests independently (arrival, chunked prefill,
 preemption), so two rows cannot be kept in the same step without patching its scheduler; a twin that
 belongs to the row is in lockstep by construction, is dropped with it (finish, abort, preemption),
-and is rebuilt from the row's history when a preempted request resumes. The cost: the twin's cache
-is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server reports it and can cap
-it) and the twins' forward is eager, beside vLLM's compiled one.
+and is rebuilt from the row's history when a preempted request resumes. Under tensor parallelism every
+rank runs the same twins on its own shard in the same order, so their layers' collectives pair up. The
+cost: the twin's cache is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server
+reports it and can cap it) and the twins' forward is eager, beside vLLM's compiled one.
 """
 
 from __future__ import annotations
