@@ -10,13 +10,14 @@ Structure follows vLLM's ``models/llama.py``; numerics follow transformers'
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
-from itertools import islice
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, islice
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import ChameleonConfig
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
@@ -128,6 +129,34 @@ class PrivateKV:
         return self.keys.nbytes + self.values.nbytes
 
 
+class PrivateBatch:
+    """New tokens of several ``PrivateKV`` sequences run in one forward, packed one sequence after another
+    (``steps[i]`` tokens for ``caches[i]``): a guided step's twins, each a code behind, or catching up."""
+
+    def __init__(self, caches: Sequence[PrivateKV], steps: Sequence[int], device: torch.device) -> None:
+        self.caches, self.steps = list(caches), list(steps)
+        self.starts = [c.length for c in self.caches]
+        lengths = torch.tensor(self.steps, device=device)
+        self.real = torch.arange(max(self.steps), device=device) < lengths.unsqueeze(1)  # (seqs, padded steps)
+        self.query_positions = torch.tensor(self.starts, device=device).unsqueeze(1) + \
+            torch.arange(max(self.steps), device=device)
+
+    def visible(self, padded_length: int) -> torch.Tensor:
+        """(seqs, 1, padded steps, padded length): key j is seen by query s when j <= its position. Real
+        queries never reach the padding; padded ones (dropped) see some zeros, which keeps them finite."""
+        keys = torch.arange(padded_length, device=self.real.device)
+        return (keys <= self.query_positions.unsqueeze(-1)).unsqueeze(1)
+
+    def advance(self) -> None:
+        for cache, n in zip(self.caches, self.steps, strict=True):
+            cache.length += n
+
+    @property
+    def last_tokens(self) -> list[int]:
+        """Index in the packed tokens of each sequence's last new token."""
+        return list(accumulate(self.steps, initial=-1))[1:]
+
+
 class ChameleonAttention(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -164,26 +193,36 @@ class ChameleonAttention(nn.Module):
         )
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
-                private: PrivateKV | None = None) -> torch.Tensor:
+                private: PrivateBatch | None = None) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.rotary_emb(positions, self.q_norm(q), self.k_norm(k))  # norm before rotary
         out, _ = self.o_proj(self.attn(q, k, v) if private is None else self._attend_private(q, k, v, private))
         return out
 
-    def _attend_private(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
-        """Causal attention of ``q`` (new tokens) over the cached sequence plus these tokens."""
-        steps, start = q.shape[0], cache.length
-        end = start + steps
-        cache.keys[self.layer_index, start:end] = k.view(steps, self.num_kv_heads, self.head_dim)
-        cache.values[self.layer_index, start:end] = v.view(steps, self.num_kv_heads, self.head_dim)
-        group = self.num_heads // self.num_kv_heads
-        keys = cache.keys[self.layer_index, :end].repeat_interleave(group, dim=1).transpose(0, 1)
-        values = cache.values[self.layer_index, :end].repeat_interleave(group, dim=1).transpose(0, 1)
-        queries = q.view(steps, self.num_heads, self.head_dim).transpose(0, 1)
-        visible = torch.arange(end, device=q.device) <= torch.arange(start, end, device=q.device).unsqueeze(1)
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=self.head_dim**-0.5)
-        return out.transpose(0, 1).reshape(steps, self.q_size)
+    def _attend_private(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
+        """Causal attention of ``q`` (each sequence's new tokens, packed) over its cached sequence plus
+        these tokens: one padded attention over all sequences of ``batch``."""
+        layer, heads, kv_heads, dim = self.layer_index, self.num_heads, self.num_kv_heads, self.head_dim
+        keys, values = [], []
+        for cache, start, new_k, new_v in zip(batch.caches, batch.starts, k.split(batch.steps), v.split(batch.steps),
+                                              strict=True):
+            end = start + new_k.shape[0]
+            cache.keys[layer, start:end] = new_k.view(-1, kv_heads, dim)
+            cache.values[layer, start:end] = new_v.view(-1, kv_heads, dim)
+            keys.append(cache.keys[layer, :end])
+            values.append(cache.values[layer, :end])
+        keys = pad_sequence(keys, batch_first=True).transpose(1, 2)  # (seqs, KV heads, padded length, dim)
+        values = pad_sequence(values, batch_first=True).transpose(1, 2)
+        # The query heads of one KV head attend as extra query rows of it: no copies of repeated keys.
+        group = heads // kv_heads
+        queries = pad_sequence(q.view(-1, heads, dim).split(batch.steps), batch_first=True)
+        seqs, steps = queries.shape[:2]
+        queries = queries.view(seqs, steps, kv_heads, group, dim).transpose(1, 2).reshape(seqs, kv_heads, -1, dim)
+        visible = batch.visible(keys.shape[2]).repeat_interleave(group, dim=2)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=dim**-0.5)
+        out = out.view(seqs, kv_heads, steps, group, dim).transpose(1, 2)  # (seqs, steps, KV heads, group, dim)
+        return out[batch.real].reshape(-1, self.q_size)
 
 
 class ChameleonDecoderLayer(nn.Module):
@@ -205,7 +244,7 @@ class ChameleonDecoderLayer(nn.Module):
 
     def forward(
         self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
-        private: PrivateKV | None = None,
+        private: PrivateBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.swin_norm:
             h = hidden_states if residual is None else hidden_states + residual
@@ -270,13 +309,13 @@ class ChameleonModel(nn.Module):
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
-    def forward_private(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
-        """Final hidden states of ``input_ids`` appended to ``cache``'s sequence; eager, all layers here
-        (guidance needs pipeline parallelism off)."""
+    def forward_private(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
+        """Final hidden states of ``input_ids`` (packed as ``batch`` says) appended to their caches' sequences;
+        eager, all layers here (guidance needs pipeline parallelism off)."""
         hidden_states, residual = self.embed_input_ids(input_ids), None
         for layer in islice(self.layers, self.start_layer, self.end_layer):
-            hidden_states, residual = layer(positions, hidden_states, residual, cache)
-        cache.length += input_ids.shape[0]
+            hidden_states, residual = layer(positions, hidden_states, residual, batch)
+        batch.advance()
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -338,10 +377,10 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         return PrivateKV(len(self.model.layers), capacity, attn.num_kv_heads, attn.head_dim, weight.dtype,
                          weight.device)
 
-    def private_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: PrivateKV) -> torch.Tensor:
-        """Logits after the last of ``input_ids``, run on ``cache``'s sequence (float32, one row)."""
-        hidden = self.model.forward_private(input_ids, positions, cache)
-        return self.compute_logits(hidden[-1:])[0].float()
+    def private_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
+        """Logits after the last new token of each sequence of ``batch`` (float32, one row per sequence)."""
+        hidden = self.model.forward_private(input_ids, positions, batch)
+        return self.compute_logits(hidden[batch.last_tokens]).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the transformer from HF names; ``model.vqmodel.*`` is skipped and not reported.

@@ -3,17 +3,20 @@
 A guided request is one vLLM request. Its unconditional twin (the negative prompt, or an empty turn,
 followed by the same tokens the request writes) is not a second request: it lives here, beside the
 request's batch row, with its keys and values in a preallocated cache of the model's own
-(``engine.chameleon.PrivateKV``). At every step that samples an image code, the twin is brought up
-to date with the tokens the request committed since the last such step (one forward over them, so
-text before an image costs one chunked pass) and the row's logits become
-``uncond + scale * (cond - uncond)``. The span grammar then samples the row as usual.
+(``engine.chameleon.PrivateKV``). At every step that samples an image code, the twins of all guided
+rows are brought up to date in one forward (``engine.chameleon.PrivateBatch``: each twin's new tokens
+packed one twin after another, attention padded over their caches): one code per twin in the steady
+state, the prompt and BOI at an image's first code, and the text written since the last image, or the
+whole history after a preemption, when there is more to catch up. The rows' logits become
+``uncond + scale * (cond - uncond)``; the span grammar then samples them as usual.
 
 Why not a companion request: vLLM schedules requests independently (arrival, chunked prefill,
 preemption), so two rows cannot be kept in the same step without patching its scheduler; a twin that
 belongs to the row is in lockstep by construction, is dropped with it (finish, abort, preemption),
-and is rebuilt from the row's history when a preempted request resumes. The cost: the twin's cache
-is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server reports it) and
-twins are run one request at a time.
+and is rebuilt from the row's history when a preempted request resumes. Under tensor parallelism every
+rank runs the same twins on its own shard in the same order, so their layers' collectives pair up. The
+cost: the twin's cache is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server
+reports it and can cap it) and the twins' forward is eager, beside vLLM's compiled one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.chameleon import PrivateKV, live_model
+from engine.chameleon import PrivateBatch, PrivateKV, live_model
 from engine.span_grammar import SpanParams
 
 
@@ -58,23 +61,29 @@ class Guidance:
     def apply(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
               outputs: Sequence[Sequence[int]], committed: Sequence[int]) -> None:
         """Guide row ``rows[i]`` (request in ``slots[i]``, ``committed[i]`` real tokens in
-        ``outputs[i]``) in place, for the rows whose request is guided."""
-        model = None
-        for row, slot, output, n in zip(rows, slots, outputs, committed, strict=True):
-            twin = self._twins[slot]
-            if twin is None:
-                continue
-            if model is None:
-                model = live_model()
+        ``outputs[i]``) in place, for the rows whose request is guided: one forward over all their twins."""
+        guided = [(row, self._twins[slot], output[:n])
+                  for row, slot, output, n in zip(rows, slots, outputs, committed, strict=True)
+                  if self._twins[slot] is not None]
+        if not guided:
+            return
+        model = live_model()
+        ids: list[int] = []
+        positions: list[int] = []
+        for _, twin, output in guided:
             if twin.cache is None:
                 twin.cache = model.new_private_kv(twin.capacity)
-            history = [*twin.prompt, *output[:n]]
-            start = twin.cache.length
-            ids = torch.tensor(history[start:], dtype=torch.long, device=logits.device)
-            positions = torch.arange(start, len(history), device=logits.device)
-            uncond = model.private_logits(ids, positions, twin.cache)
-            cond = logits[row].float()
-            logits[row] = (uncond + twin.scale * (cond - uncond)).to(logits.dtype)
+            history = [*twin.prompt, *output]
+            ids += history[twin.cache.length :]
+            positions += range(twin.cache.length, len(history))
+        device = logits.device
+        batch = PrivateBatch([t.cache for _, t, _ in guided],
+                             [len(t.prompt) + len(o) - t.cache.length for _, t, o in guided], device)
+        uncond = model.private_logits(torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch)
+        index = torch.tensor([row for row, _, _ in guided], device=device)
+        scale = torch.tensor([t.scale for _, t, _ in guided], device=device).unsqueeze(1)
+        cond = logits[index].float()
+        logits[index] = (uncond + scale * (cond - uncond)).to(logits.dtype)
 
     def nbytes(self) -> int:
         return sum(t.cache.nbytes for t in self._twins if t is not None and t.cache is not None)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,12 +140,23 @@ def _codes_as_special(tokenizer, layout: TokenLayout):
     return output_side
 
 
+class GuidanceMemoryFull(Exception):
+    """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
+
+    Refused, not queued: vLLM already queues what it cannot run, and a second, hidden queue in
+    front of it would hold connections open with no sign of progress; the client retries instead.
+    """
+
+
 class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
-                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int) -> None:
+                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int,
+                 max_guidance_bytes: int | None = None) -> None:
         self.llm = llm
+        self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
+        self._guidance_in_flight = 0
         self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
@@ -157,9 +169,10 @@ class ChameleonEngine:
         self.image_grid = painter.grid if painter else None  # (rows, codes per row) of a generated image
 
     @classmethod
-    def start(cls, engine_args, vqgan: Path | None = None) -> ChameleonEngine:
+    def start(cls, engine_args, vqgan: Path | None = None, max_guidance_bytes: int | None = None) -> ChameleonEngine:
         """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and the painter
-        of ``vqgan`` (as ``engine.checkpoint.preflight`` found it; None: no image output)."""
+        of ``vqgan`` (as ``engine.checkpoint.preflight`` found it; None: no image output), with guided
+        requests admitted while their twins' memory stays under ``max_guidance_bytes``."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -183,7 +196,7 @@ class ChameleonEngine:
         kv_bytes = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \
             * model_config.dtype.itemsize
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
-                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes)
+                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, max_guidance_bytes)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)
@@ -220,6 +233,34 @@ class ChameleonEngine:
         if not span.guided:
             return 0
         return params.n * (len(span.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
+
+    def check_guidance(self, params) -> int:
+        """The twins' memory of ``params`` if it fits beside the guided requests in flight, under
+        ``max_guidance_bytes``; else GuidanceMemoryFull, or VLLMValidationError when it could never fit."""
+        from vllm.exceptions import VLLMValidationError
+
+        kv_bytes = self.guidance_kv_bytes(params)
+        limit = self.max_guidance_bytes
+        if not kv_bytes or limit is None:
+            return kv_bytes
+        if kv_bytes > limit:
+            raise VLLMValidationError(
+                f"guidance needs {kv_bytes} bytes for this request's unconditional twins, over the server's "
+                f"limit of {limit}: lower max_tokens or n", parameter="max_tokens")
+        if self._guidance_in_flight + kv_bytes > limit:
+            raise GuidanceMemoryFull(f"guided requests in flight hold {self._guidance_in_flight} of the server's "
+                                     f"{limit} bytes of guidance memory; this one needs {kv_bytes}: retry shortly")
+        return kv_bytes
+
+    @contextmanager
+    def guidance_held(self, params) -> Iterator[int]:
+        """Admit ``params``'s twins (``check_guidance``) and count their memory in flight until exit."""
+        kv_bytes = self.check_guidance(params)
+        self._guidance_in_flight += kv_bytes
+        try:
+            yield kv_bytes
+        finally:
+            self._guidance_in_flight -= kv_bytes
 
     @property
     def is_alive(self) -> bool:

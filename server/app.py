@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from engine.runner import ChameleonEngine
+from server import metrics
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
@@ -28,7 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
         # The socket opens at once and the engine loads in a thread beside it (AsyncLLM supports being
         # built outside the event loop), so probes get answers (503 until loaded) during a long load.
         load = asyncio.create_task(asyncio.to_thread(ChameleonEngine.start, settings.engine_args,
-                                                     vqgan=settings.vqgan))
+                                                     vqgan=settings.vqgan,
+                                                     max_guidance_bytes=settings.max_guidance_bytes))
         watch = asyncio.create_task(_serve_when_loaded(app, load))
         try:
             yield
@@ -46,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False  # set by the CLI's server when a shutdown signal arrives
     app.state.started_at = int(time.time())
     install_error_handlers(app)
+    metrics.set_guidance_limit(settings.max_guidance_bytes)
     for router in (health.router, models.router, chat.router, completions.router, images.router,
                    responses.router):
         app.include_router(router)

@@ -17,6 +17,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from engine.images import ImageInputError
+from engine.runner import GuidanceMemoryFull
 from schemas.common import ErrorBody, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def error_body(exc: APIError) -> dict:
 # Known errors raised outside our code, mapped by ``as_api_error``; each gets its own handler so it is
 # answered like an APIError, not by Starlette's server-error path (which also closes the connection).
 CLIENT_ERRORS: tuple[type[Exception], ...] = (VLLMValidationError, ImageInputError)
-SERVER_ERRORS: tuple[type[Exception], ...] = (EngineDeadError,)
+SERVER_ERRORS: tuple[type[Exception], ...] = (EngineDeadError, GuidanceMemoryFull)
 
 
 def as_api_error(exc: BaseException) -> APIError:
@@ -82,6 +83,8 @@ def as_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, CLIENT_ERRORS):
         return BadRequest(str(exc), param=getattr(exc, "parameter", None))
+    if isinstance(exc, GuidanceMemoryFull):
+        return TooManyRequests(str(exc), code="guidance_memory_full")
     if isinstance(exc, EngineDeadError):
         return Unavailable("the inference engine has stopped; the server is restarting", code="engine_dead")
     logger.error("unhandled error", exc_info=exc)
@@ -98,7 +101,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
         err = as_api_error(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}}.get(err.status)
         return JSONResponse(error_body(err), status_code=err.status, headers=headers)
 
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -81,7 +81,7 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
     # Stop strings that vLLM reports without holding text back (image replies: see StopTextHold).
     holds = {i: StopTextHold(params.stop) for i in range(params.n)} if params.include_stop_str_in_output else {}
     try:
-        with metrics.guided_request(engine.guidance_kv_bytes(params)):
+        with engine.guidance_held(params) as kv_bytes, metrics.guided_request(kv_bytes):
             async for out in engine.generate(prompt_ids, params, request_id):
                 yield [await _delta(engine, o, splitters, previews, partial_images, holds.get(o.index))
                        for o in out.outputs]

@@ -18,6 +18,8 @@ DECODE_SECONDS = Histogram(
 GUIDED = Counter("chameleon:guided_requests_total", "Requests with classifier-free guidance (cfg_scale != 1)")
 GUIDANCE_KV = Gauge("chameleon:guidance_kv_bytes",
                     "Memory reserved for unconditional twins of guided requests, outside vLLM's KV cache")
+GUIDANCE_KV_LIMIT = Gauge("chameleon:guidance_kv_bytes_limit",
+                          "Cap on chameleon:guidance_kv_bytes (--max-guidance-memory-gib); +Inf when uncapped")
 HTTP_REQUESTS = Counter("chameleon:http_requests_total", "HTTP requests answered, by route, method and status",
                         ["route", "method", "status"])
 HTTP_IN_FLIGHT = Gauge("chameleon:http_requests_in_flight", "HTTP requests being answered, streams included",
@@ -39,6 +41,10 @@ def record_images_generated(count: int, seconds: float) -> None:
 
 def record_image_tokens(count: int) -> None:
     IMAGE_TOKENS.inc(count)
+
+
+def set_guidance_limit(limit_bytes: int | None) -> None:
+    GUIDANCE_KV_LIMIT.set(float("inf") if limit_bytes is None else limit_bytes)
 
 
 @contextmanager

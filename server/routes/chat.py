@@ -59,6 +59,7 @@ async def chat_completions(
     log = request.state.log
     log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
     if req.stream:
+        engine.check_guidance(params)  # a 429 as a status line; once streaming, it could only be in-band
         events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name,
                          log, shape)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")

@@ -126,6 +126,28 @@ def test_guided_image_equals_two_forward_reference(engine, model_dir):
     assert got != unguided  # guidance changed the image
 
 
+def test_guided_rows_at_different_points_are_each_exact(engine, model_dir):
+    """One twin forward per step over twins at different points (one catching up on its prompt while the
+    other writes codes), with different unconditional prompts and scales: each equals its reference."""
+    from vllm import SamplingParams
+
+    llm, layout = engine
+    core = llm.llm_engine
+    ps = prompts(layout, 2)
+    unconds, scales = ([0, layout.sep], [0, *ps[1]["prompt_token_ids"][1:4], layout.sep]), (3.0, 1.5)
+    params = [SamplingParams(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                             extra_args=guided_args(u, s)) for u, s in zip(unconds, scales)]
+    core.add_request("early", ps[0], params[0])
+    done: dict[str, list[int]] = {}
+    for _ in range(5):  # the early one is a few codes in when the late one arrives
+        done |= {o.request_id: list(o.outputs[0].token_ids) for o in core.step() if o.finished}
+    core.add_request("late", ps[1], params[1])
+    while core.has_unfinished_requests():
+        done |= {o.request_id: list(o.outputs[0].token_ids) for o in core.step() if o.finished}
+    for name, p, u, s in zip(("early", "late"), ps, unconds, scales):
+        assert done[name] == guided_image_reference(model_dir, p["prompt_token_ids"], u, s)
+
+
 def test_cfg_scale_one_is_the_unguided_path(engine):
     llm, layout = engine
     common = dict(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi], seed=7)

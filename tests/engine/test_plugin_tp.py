@@ -1,4 +1,4 @@
-"""Tensor parallelism on the CPU build: TP=2 gives the same greedy tokens as TP=1.
+"""Tensor parallelism on the CPU build: TP=2 gives the same greedy tokens as TP=1, guided images included.
 
 Two CPU workers need an explicit thread binding, one core each ("0|1"); without it vLLM
 refuses ("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers").
@@ -7,6 +7,7 @@ refuses ("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers").
 from operator import attrgetter
 
 import torch
+from guidance_reference import guided_image_reference
 
 from engine.tiny import TinySpec
 from engine.vocab import TokenLayout
@@ -48,3 +49,26 @@ def test_tp2_matches_tp1(engine_env, tiny_checkpoint):
     tp2, classes = greedy(model_dir, prompts, tp=2)
     assert classes == ["engine.chameleon.ChameleonForConditionalGeneration"] * 2
     assert tp2 == tp1
+
+
+def test_tp2_guided_image_equals_two_forward_reference(engine_env, tiny_checkpoint):
+    """Each rank runs the twins on its own shard, in the same order (their projections all-reduce)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
+
+    model_dir = tiny_checkpoint(SPEC)
+    layout = TokenLayout.from_checkpoint(model_dir)
+    prompt, uncond = [*prompts_for(layout)[0], layout.sep], [0, layout.sep]
+    engine_env.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=4096, seed=0,
+              tensor_parallel_size=2, distributed_executor_backend="mp",
+              logits_processors=[ChameleonSpanLogitsProcessorV1])
+    try:
+        params = SamplingParams(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi], extra_args={
+            "modalities": ["image"], "image_temperature": 0.0, "cfg_scale": 3.0, "cfg_uncond_prompt": uncond})
+        [out] = llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert list(out.outputs[0].token_ids) == guided_image_reference(model_dir, prompt, uncond, 3.0)

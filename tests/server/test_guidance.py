@@ -1,4 +1,5 @@
-"""Classifier-free guidance over HTTP on the tiny checkpoint: chat and images routes, metrics, abort."""
+"""Classifier-free guidance over HTTP on the tiny checkpoint: chat and images routes, metrics, abort, the
+memory cap."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import re
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, MODEL
+from conftest import API_KEY, MODEL, start_server, stop_server
 from guidance_reference import guided_image_reference
+
+from engine.tiny import TinySpec
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -71,3 +74,55 @@ def test_bad_guidance_is_400(client, body, param):
                                        extra_body=body)
     error = refused.value.body
     assert error["message"] and (param is None or error["param"] == param)
+
+
+IMAGE_TOKENS = TinySpec().grid ** 2 + 2  # BOI, codes, EOI
+
+
+def settle(server, name: str, done) -> float:
+    """The metric once ``done(value)`` holds (or after a bounded number of looks)."""
+    for _ in range(2000):
+        if done(value := metric(server, name)):
+            break
+        httpx.get(f"{server.url}/health")
+    return value
+
+
+@pytest.fixture(scope="module")
+def capped(tiny_dir, tmp_path_factory):
+    """A server whose guidance memory cap holds one guided image request, not two."""
+    spec = TinySpec()
+    per_token = 2 * spec.num_layers * spec.num_kv_heads * (spec.hidden_size // spec.num_heads) * 4  # float32
+    cap_gib = 1.5 * (IMAGE_TOKENS + 16) * per_token / 2**30  # 16: room for the unconditional prompt
+    live = start_server(tiny_dir, tmp_path_factory.mktemp("capped-logs") / "server.log",
+                        "--max-guidance-memory-gib", str(cap_gib))
+    yield live
+    stop_server(live)
+
+
+def _guided(client: openai.OpenAI, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a boat"}],
+                                          modalities=["image"], max_tokens=IMAGE_TOKENS,
+                                          extra_body={"cfg_scale": 3.0}, **kw)
+
+
+def test_guidance_memory_cap_refuses_then_admits(capped):
+    client = capped.client()
+    assert metric(capped, "chameleon:guidance_kv_bytes_limit") > 0
+    with pytest.raises(openai.BadRequestError) as never:  # two images' twins: over the cap even alone
+        _guided(client, n=2)
+    assert never.value.body["param"] == "max_tokens"
+    first = _guided(client, stream=True)
+    chunks = iter(first)
+    next(chunks)
+    assert settle(capped, "chameleon:guidance_kv_bytes", bool)  # the first one holds its twin
+    for refused in (lambda: _guided(client), lambda: _guided(client, stream=True)):
+        with pytest.raises(openai.RateLimitError) as full:
+            refused()
+        assert full.value.body["code"] == "guidance_memory_full"
+        assert full.value.response.headers["retry-after"] == "1"
+    assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=4).choices  # unguided requests are not held back
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert settle(capped, "chameleon:guidance_kv_bytes", lambda v: not v) == 0
+    assert _guided(client).choices[0].finish_reason == "stop"  # the first one done: admitted again
