@@ -84,8 +84,10 @@ class StopTextHold:
         self._hold = max(len(s) for s in stops) - 1
         self._text = ""
 
-    def feed(self, pieces: list[Piece], stop_reason: int | str | None = None, finished: bool = False) -> list[Piece]:
-        """Pieces safe to send now; ``stop_reason`` is vLLM's (the matched string, when a string stopped it)."""
+    def feed(self, pieces: list[Piece], stop_reason: int | str | None = None, finished: bool = False,
+             image_open: bool = False) -> list[Piece]:
+        """Pieces safe to send now; ``stop_reason`` is vLLM's (the matched string, when a string stopped it).
+        While an image is being written (``image_open``) the text before it is sent: previews follow it."""
         out: list[Piece] = []
         for piece in pieces:
             if isinstance(piece, str):
@@ -100,8 +102,9 @@ class StopTextHold:
             if isinstance(stop_reason, str) and text.endswith(stop_reason):
                 text = text[: len(text) - len(stop_reason)]
             return out + ([text] if text else [])
-        if len(self._text) > self._hold:
-            cut = len(self._text) - self._hold
+        keep = 0 if image_open else self._hold
+        if len(self._text) > keep:
+            cut = len(self._text) - keep
             out.append(self._text[:cut])
             self._text = self._text[cut:]
         return out

@@ -102,7 +102,7 @@ async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
     if o.finish_reason is not None:
         pieces += splitter.finish()
     if hold is not None:
-        pieces = hold.feed(pieces, o.stop_reason, finished=o.finish_reason is not None)
+        pieces = hold.feed(pieces, o.stop_reason, finished=o.finish_reason is not None, image_open=splitter.in_span)
     metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
     # Previews belong to the span open when this delta began, so they come before its pieces.
     early = await previews[o.index].follow(splitter.open_span) if o.index in previews else []

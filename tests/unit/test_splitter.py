@@ -68,6 +68,12 @@ def test_stop_hold_flushes_text_before_an_image_in_order():
     assert hold.feed([], stop_reason=LAYOUT.eoi, finished=True) == ["z"]  # a stop token: nothing to drop
 
 
+def test_stop_hold_sends_the_text_before_an_image_once_the_image_begins():
+    hold = StopTextHold(["END"])
+    assert hold.feed(["ab"]) == []
+    assert hold.feed(["c"], image_open=True) == ["abc"]  # previews of the image come after it
+
+
 def test_stop_hold_drops_nothing_when_the_text_does_not_end_with_the_reason():
     hold = StopTextHold(["END"])
     assert hold.feed(["abcdef"], stop_reason=None, finished=True) == ["abcdef"]
