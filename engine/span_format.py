@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-LUMINA_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
+from engine.plugin import LUMINA_ARCHITECTURE
+
 EOL_NAME = "<reserved08799>"
 CODES_PER_PATCH = 2  # a Lumina size token counts patches of two codes (32 px at Chameleon's 16 px per code)
 _MAX_ASPECT = 4.0

@@ -175,7 +175,7 @@ def _convert_cli(argv: list[str]) -> None:
 
 
 def _make_tiny_cli(argv: list[str]) -> None:
-    from engine.tiny import TinySpec, make_tiny, make_tiny_meta
+    from engine.tiny import FAMILIES, TinySpec, make_tiny, make_tiny_meta
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
     defaults = TinySpec()
@@ -187,8 +187,13 @@ def _make_tiny_cli(argv: list[str]) -> None:
     parser.add_argument("--shards", type=int, default=1, help="tensor-parallel files (with --meta-layout)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", default=defaults.family, choices=FAMILIES,
+                        help="lumina: Lumina-mGPT's config, size and end-of-line tokens (Hugging Face layout)")
     a = parser.parse_args(argv)
-    spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed)
+    if a.meta_layout and a.family != "chameleon":
+        parser.error("--meta-layout writes Chameleon's release layout only")
+    spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed,
+                    family=a.family)
     print(make_tiny_meta(a.dst, spec, a.shards) if a.meta_layout else make_tiny(a.dst, spec))
 
 
