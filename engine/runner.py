@@ -110,10 +110,12 @@ class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
-                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "") -> None:
+                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
+                 can_guide: bool = True) -> None:
         self.llm = llm
         self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
+        self.can_guide = can_guide  # classifier-free guidance runs on the V1 model runner only (engine/guidance.py)
         self.model_class = model_class
         self.layout = image_tokenizer.layout
         self.tokenizer = llm.get_tokenizer()
@@ -151,7 +153,8 @@ class ChameleonEngine:
         kv_bytes = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \
             * model_config.dtype.itemsize
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
-                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model)
+                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
+                   not vllm_config.use_v2_model_runner)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

@@ -85,6 +85,9 @@ class ChatCompletionRequest(SamplingFields, GuidanceFields):
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # --- extension: "WxH" pixels of the images written ("auto" or None: the model's default); Lumina-mGPT
+    # checkpoints write several sizes, Chameleon's one (400 otherwise, listing them) ---
+    image_size: str | None = None
     # --- extension: the reply's image shape; None = the server's --image-output-format ---
     image_output_format: ImageOutputFormat | None = None
 

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from engine.families import recognize
+
     if args.model is None:
         args.model = _tiny_default()
         args.enforce_eager = True  # the tiny model starts in ~25 s eager vs ~85 s compiled
@@ -119,7 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=Path(args.vqgan) if args.vqgan else None,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
         shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
-        playground=not args.no_playground,
+        playground=not args.no_playground, family=recognize(given, args.model),
         remote_images=RemoteImagePolicy(
             allowed_hosts=frozenset(h.strip().lower() for h in args.allowed_image_hosts.split(",") if h.strip()),
             max_bytes=args.max_image_bytes, timeout_s=args.image_fetch_timeout_seconds),
