@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = dataclasses.replace(settings, vqgan=preflight(settings.model, settings.vqgan))
     except CheckpointError as e:
         sys.exit(f"chameleon-serve: error: {e}")
+    logging.getLogger(__name__).info("checkpoint family %s: sampling defaults %s", settings.family.name,
+                                     settings.family)
 
     from server.app import create_app
 
