@@ -14,6 +14,11 @@ belongs to the row is in lockstep by construction, is dropped with it (finish, a
 and is rebuilt from the row's history when a preempted request resumes. The cost: the twin's cache
 is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server reports it) and
 twins are run one request at a time.
+
+Lumina-mGPT's authors guide from the image alone: their unconditional sequence is the open span from its
+BOI on, started afresh for every image (Alpha-VLLM/Lumina-mGPT@104abe4 ``inference_solver.py``,
+``LLMImageStartTriggeredUnbatchedClassifierFreeGuidanceLogitsProcessor``). With ``span_boi`` set, a twin is
+its prompt (empty unless a negative prompt is given) followed by the open span only.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ class _Twin:
     scale: float
     capacity: int
     cache: PrivateKV | None = None  # allocated at the first guided step
+    anchor: int = 0  # output index where the twin's own tokens start (span-only twins: the open span's BOI)
+    seen: int = 0  # output tokens scanned for a new BOI
 
 
 class Guidance:
     """Per-slot unconditional twins, and the guided logits of the rows that sample an image code."""
 
-    def __init__(self, max_slots: int) -> None:
+    def __init__(self, max_slots: int, span_boi: int | None = None) -> None:
         self._twins: list[_Twin | None] = [None] * max_slots
+        self._span_boi = span_boi  # Lumina-mGPT: twins follow the open span only, from this BOI token on
 
     def add(self, slot: int, params: SpanParams, max_tokens: int) -> None:
         self._twins[slot] = _Twin(params.uncond_prompt, params.cfg_scale, len(params.uncond_prompt) + max_tokens) \
@@ -68,13 +76,24 @@ class Guidance:
                 model = live_model()
             if twin.cache is None:
                 twin.cache = model.new_private_kv(twin.capacity)
-            history = [*twin.prompt, *output[:n]]
+            if self._span_boi is not None:
+                self._follow_span(twin, output, n)
+            history = [*twin.prompt, *output[twin.anchor:n]]
             start = twin.cache.length
             ids = torch.tensor(history[start:], dtype=torch.long, device=logits.device)
             positions = torch.arange(start, len(history), device=logits.device)
             uncond = model.private_logits(ids, positions, twin.cache)
             cond = logits[row].float()
             logits[row] = (uncond + twin.scale * (cond - uncond)).to(logits.dtype)
+
+    def _follow_span(self, twin: _Twin, output: Sequence[int], n: int) -> None:
+        """Restart ``twin`` at a BOI committed since the last guided step (a new image)."""
+        new = output[twin.seen:n]
+        if self._span_boi in new:
+            twin.anchor = twin.seen + len(new) - 1 - list(reversed(new)).index(self._span_boi)
+            if twin.cache is not None:
+                twin.cache.length = 0
+        twin.seen = n
 
     def nbytes(self) -> int:
         return sum(t.cache.nbytes for t in self._twins if t is not None and t.cache is not None)

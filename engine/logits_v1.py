@@ -42,7 +42,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
-        self.guidance = Guidance(max_slots)
+        self.guidance = Guidance(max_slots, layout.boi if layout.span.rows_framed else None)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)

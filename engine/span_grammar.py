@@ -77,8 +77,9 @@ class SpanParams:
         if scale != 1.0 and mode == TEXT_ONLY:
             raise ValueError("cfg_scale guides image codes: it needs image output (modalities with \"image\")")
         if not isinstance(uncond, Sequence) or not all(isinstance(t, int) and t >= 0 for t in uncond) or \
-                (scale != 1.0 and not uncond):
-            raise ValueError("cfg_uncond_prompt must be a non-empty list of token ids when cfg_scale is set")
+                (scale != 1.0 and "cfg_uncond_prompt" not in xa):
+            raise ValueError("cfg_uncond_prompt must be a list of token ids when cfg_scale is set (empty: "
+                             "the image alone, as Lumina-mGPT guides)")
         grid = xa.get("image_grid")
         if grid is not None and (isinstance(grid, str) or not isinstance(grid, Sequence) or len(grid) != 2 or
                                  not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):

@@ -61,6 +61,8 @@ async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, setting
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
                              param="negative_prompt")
         return {}
+    if engine.layout.span.rows_framed and fields.negative_prompt is None:
+        return {"cfg_scale": scale, "cfg_uncond_prompt": []}  # Lumina-mGPT: the image alone (engine/guidance.py)
     turn = ChatMessage(role="user", content=fields.negative_prompt or "")
     uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
     return {"cfg_scale": scale, "cfg_uncond_prompt": uncond.token_ids}

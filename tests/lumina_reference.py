@@ -17,24 +17,32 @@ from engine.vocab import TokenLayout
 
 
 @torch.inference_mode()
-def lumina_greedy_image(model_dir: Path, prompt: list[int], rows: int, cols: int) -> list[int]:
-    """BOI, the size tokens, the greedy codes row by row with their EOLs, EOI."""
+def lumina_greedy_image(model_dir: Path, prompt: list[int], rows: int, cols: int, cfg_scale: float = 1.0) -> list[int]:
+    """BOI, the size tokens, the greedy codes row by row with their EOLs, EOI. With ``cfg_scale``, each code
+    from ``uncond + scale * (cond - uncond)``, the unconditional sequence being the image alone from its BOI,
+    with a cache of its own, as the authors' guidance processor runs it."""
     layout = TokenLayout.from_checkpoint(model_dir)
     vocab = _vocabulary(model_dir)
     eol = vocab[EOL_NAME]
     height, width = vocab[size_token_name(rows // 2)], vocab[size_token_name(cols // 2)]
     codes = torch.tensor(layout.code_to_id)
     model = ChameleonForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    caches: list = [None, None]
+
+    def head(row: int, ids: list[int]) -> torch.Tensor:  # the raw lm head: transformers' forward masks codes
+        out = model.model(input_ids=torch.tensor([ids]), past_key_values=caches[row], use_cache=True)
+        caches[row] = out.past_key_values
+        return model.lm_head(out.last_hidden_state[0, -1])
+
     written: list[int] = []
-    cache = None
     pending = [*prompt]
-    # the model reads every forced token too; only code positions take its argmax
     plan = [layout.boi, height, width, *([None] * cols + [eol]) * rows, layout.eoi]
     for forced in plan:
-        out = model.model(input_ids=torch.tensor([pending]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cond = head(0, pending)
+        if written and cfg_scale != 1.0:  # the unconditional sequence reads from BOI on
+            free = head(1, written if caches[1] is None else written[-1:])
         if forced is None:
-            logits = model.lm_head(out.last_hidden_state[0, -1])  # raw head: transformers' forward masks codes
+            logits = free + cfg_scale * (cond - free) if cfg_scale != 1.0 else cond
             token = int(codes[logits[codes].argmax()])
         else:
             token = forced

@@ -53,6 +53,17 @@ def test_non_square_image_token_equal_to_the_reference(lumina):
     assert png_size(part["image_url"]["url"].split(",", 1)[1]) == (12, 16)
 
 
+def test_guided_image_equals_the_authors_guidance(lumina):
+    """Lumina's default guidance (3.0) from the image alone, as its authors run it: the unconditional sequence
+    is the image from its BOI on, without the prompt."""
+    resp = lumina.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "a blue house"}], modalities=["image"],
+        extra_body={"image_size": "20x8", "image_temperature": 0.0, "return_token_ids": True})
+    reference = lumina_greedy_image(lumina.model_dir, resp.prompt_token_ids, 4, 10, cfg_scale=3.0)
+    assert resp.choices[0].token_ids == reference
+    assert reference != lumina_greedy_image(lumina.model_dir, resp.prompt_token_ids, 4, 10)
+
+
 def test_images_route_sizes(lumina):
     client = lumina.client()
     wide = client.images.generate(model=MODEL, prompt="a lighthouse", size="32x8", n=2)
