@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.runner import ImagePainter
+from engine.splitter import ImageCodes
 from engine.vqgan import load_meta_vqgan
 
 
@@ -26,9 +27,10 @@ def batched_vs_single(model_dir: str | Path, batch: int = 8, repeats: int = 3) -
     """Images/s of ``paint`` on ``batch`` random images at once and as ``batch`` calls of one."""
     vqmodel = load_meta_vqgan(Path(model_dir) / "vqgan.ckpt")
     grid = vqmodel.config.grid
-    painter = ImagePainter(vqmodel=vqmodel, grid=(grid, grid), device=torch.device("cpu"))
+    painter = ImagePainter(vqmodel=vqmodel, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, vqmodel.config.n_embed, (batch, grid * grid), generator=gen).tolist()
+    images = [ImageCodes(codes, (grid, grid)) for codes in
+              torch.randint(0, vqmodel.config.n_embed, (batch, grid * grid), generator=gen).tolist()]
     batched = _median_s(lambda: painter.paint(images), repeats)
     single = _median_s(lambda: [painter.paint([img]) for img in images], repeats)
     return {"batch": batch, "resolution": vqmodel.config.resolution, "grid": grid,

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.images import to_png
 from engine.runner import ImagePainter
+from engine.splitter import ImageCodes
 from engine.vqgan import VQGANConfig, VQModel
 
 CHAMELEON = VQGANConfig(embed_dim=256, n_embed=8192, z_channels=256, resolution=512)
@@ -111,8 +112,9 @@ def time_decodes(cfg: VQGANConfig, device: torch.device, dtype: torch.dtype, cha
 
 def painter_figures(cfg: VQGANConfig, device: torch.device, batch: int) -> dict:
     """The server's own path (``ImagePainter.paint``: fp32 decode in bounded slices, then PNG on the CPU)."""
-    painter = ImagePainter(VQModel(cfg).to(device), (cfg.grid, cfg.grid), device)
-    images = torch.randint(0, cfg.n_embed, (batch, cfg.grid * cfg.grid)).tolist()
+    painter = ImagePainter(VQModel(cfg).to(device), device)
+    images = [ImageCodes(codes, (cfg.grid, cfg.grid))
+              for codes in torch.randint(0, cfg.n_embed, (batch, cfg.grid * cfg.grid)).tolist()]
     painter.paint(images[:2])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

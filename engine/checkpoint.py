@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 from engine.images import ImagePreprocessor
-from engine.plugin import ARCHITECTURE
+from engine.plugin import ARCHITECTURE, LUMINA_ARCHITECTURE
 from engine.vocab import CheckpointError, TokenLayout
 from engine.vqgan import VQGANConfig
 
-# Chameleon-family architectures that need a serving path we do not have yet.
-_NOT_YET = {"ChameleonXLLMXForConditionalGeneration": "Lumina-mGPT (variable-resolution image spans)"}
+_SERVED = {ARCHITECTURE: "Chameleon or Anole", LUMINA_ARCHITECTURE: "Lumina-mGPT"}
 
 
 def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
@@ -31,7 +30,10 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
     _check_architecture(config, config_path)
-    layout = TokenLayout.from_checkpoint(model_dir)
+    try:
+        layout = TokenLayout.from_checkpoint(model_dir)
+    except CheckpointError as e:  # name the file where the message does not
+        raise CheckpointError(str(e) if str(config_path) in str(e) else f"{config_path}: {e}") from None
     ImagePreprocessor.from_checkpoint(model_dir)
     if not config.get("vq_config"):
         raise CheckpointError(f"{config_path} has no vq_config: the image tokenizer's shape is unknown")
@@ -48,13 +50,11 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
 
 def _check_architecture(config: dict, config_path: Path) -> None:
     architectures = config.get("architectures") or []
-    if ARCHITECTURE in architectures:
+    if any(name in _SERVED for name in architectures):
         return
-    for name in architectures:
-        if name in _NOT_YET:
-            raise CheckpointError(f"{config_path}: {name} ({_NOT_YET[name]}) is not supported yet")
+    served = ", ".join(f"{name} ({family})" for name, family in _SERVED.items())
     raise CheckpointError(f"{config_path}: architectures {architectures} is not a Chameleon checkpoint; "
-                          f"this server serves {ARCHITECTURE}")
+                          f"this server serves {served}")
 
 
 def _check_decoder(model_dir: Path, vqgan: str | Path | None, encoder: VQGANConfig) -> Path | None:

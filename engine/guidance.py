@@ -17,6 +17,11 @@ and is rebuilt from the row's history when a preempted request resumes. Under te
 rank runs the same twins on its own shard in the same order, so their layers' collectives pair up. The
 cost: the twin's cache is outside vLLM's KV budget (``PrivateKV.nbytes`` per guided request; the server
 reports it and can cap it) and the twins' forward is eager, beside vLLM's compiled one.
+
+Lumina-mGPT's authors guide from the image alone: their unconditional sequence is the open span from its
+BOI on, started afresh for every image (Alpha-VLLM/Lumina-mGPT@104abe4 ``inference_solver.py``,
+``LLMImageStartTriggeredUnbatchedClassifierFreeGuidanceLogitsProcessor``). With ``span_boi`` set, a twin is
+its prompt (empty unless a negative prompt is given) followed by the open span only.
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ class _Twin:
     scale: float
     capacity: int
     cache: PrivateKV | None = None  # allocated at the first guided step
+    anchor: int = 0  # output index where the twin's own tokens start (span-only twins: the open span's BOI)
+    seen: int = 0  # output tokens scanned for a new BOI
 
 
 class Guidance:
     """Per-slot unconditional twins, and the guided logits of the rows that sample an image code."""
 
-    def __init__(self, max_slots: int) -> None:
+    def __init__(self, max_slots: int, span_boi: int | None = None) -> None:
         self._twins: list[_Twin | None] = [None] * max_slots
+        self._span_boi = span_boi  # Lumina-mGPT: twins follow the open span only, from this BOI token on
 
     def add(self, slot: int, params: SpanParams, max_tokens: int) -> None:
         self._twins[slot] = _Twin(params.uncond_prompt, params.cfg_scale, len(params.uncond_prompt) + max_tokens) \
@@ -70,20 +78,32 @@ class Guidance:
         model = live_model()
         ids: list[int] = []
         positions: list[int] = []
+        steps: list[int] = []
         for _, twin, output in guided:
             if twin.cache is None:
                 twin.cache = model.new_private_kv(twin.capacity)
-            history = [*twin.prompt, *output]
+            if self._span_boi is not None:
+                self._follow_span(twin, output, len(output))
+            history = [*twin.prompt, *output[twin.anchor:]]
             ids += history[twin.cache.length :]
             positions += range(twin.cache.length, len(history))
+            steps.append(len(history) - twin.cache.length)
         device = logits.device
-        batch = PrivateBatch([t.cache for _, t, _ in guided],
-                             [len(t.prompt) + len(o) - t.cache.length for _, t, o in guided], device)
+        batch = PrivateBatch([t.cache for _, t, _ in guided], steps, device)
         uncond = model.private_logits(torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch)
         index = torch.tensor([row for row, _, _ in guided], device=device)
         scale = torch.tensor([t.scale for _, t, _ in guided], device=device).unsqueeze(1)
         cond = logits[index].float()
         logits[index] = (uncond + scale * (cond - uncond)).to(logits.dtype)
+
+    def _follow_span(self, twin: _Twin, output: Sequence[int], n: int) -> None:
+        """Restart ``twin`` at a BOI committed since the last guided step (a new image)."""
+        new = output[twin.seen:n]
+        if self._span_boi in new:
+            twin.anchor = twin.seen + len(new) - 1 - list(reversed(new)).index(self._span_boi)
+            if twin.cache is not None:
+                twin.cache.length = 0
+        twin.seen = n
 
     def nbytes(self) -> int:
         return sum(t.cache.nbytes for t in self._twins if t is not None and t.cache is not None)

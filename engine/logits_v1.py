@@ -42,7 +42,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
-        self.guidance = Guidance(max_slots)
+        self.guidance = Guidance(max_slots, layout.boi if layout.span.rows_framed else None)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)
@@ -61,7 +61,8 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             self._prompts[slot], self._outputs[slot] = prompt or (), output
             n = _committed(output)
             span_params = SpanParams.from_sampling_params(params)
-            self.grammar.add(slot, span_params, self._tail(slot, n), n)
+            self.grammar.add(slot, span_params)
+            self.grammar.resync(slot, self._tail(slot, n), n)
             self.guidance.add(slot, span_params, params.max_tokens)
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
@@ -91,7 +92,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
 
     def _tail(self, slot: int, n: int) -> list[int]:
         """The last ``tail_length`` tokens of prompt + the first ``n`` output tokens."""
-        want = self.grammar.tail_length
+        want = self.grammar.tail_length(slot)
         out = list(self._outputs[slot][max(0, n - want) : n])
         need = want - len(out)
         return [*(self._prompts[slot][-need:] if need else ()), *out]

@@ -47,7 +47,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         params = SpanParams.from_sampling_params(sampling_params)
-        self.grammar.add(req_idx, params, (), 0)  # placed from the device history at its first apply
+        self.grammar.add(req_idx, params)  # placed from the device history at its first apply
         self._unplaced[req_idx] = params.mode != TEXT_ONLY
         return True
 
@@ -72,6 +72,6 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         grammar.advance(slots[step], last_np[step])
         for slot, length, n_out in zip(slots[~step], lens_np[~step], num_output[~step]):
             if self._unplaced[slot] or n_out != grammar.num_output[slot]:  # entry, resumption
-                start = max(0, int(length) - grammar.tail_length)
+                start = max(0, int(length) - grammar.tail_length(int(slot)))
                 grammar.resync(slot, rs.all_token_ids.gpu[slot, start:length].tolist(), int(n_out))
                 self._unplaced[slot] = False

@@ -26,7 +26,9 @@ from PIL import Image
 
 from engine.batching import MicroBatcher
 from engine.images import ImagePreprocessor, to_png
+from engine.span_format import image_sizes, target_resolution
 from engine.span_grammar import SpanParams
+from engine.splitter import ImageCodes
 from engine.vocab import CheckpointError, TokenLayout
 from engine.vqgan import (
     MAX_PIXELS_PER_PASS,
@@ -72,7 +74,6 @@ class ImagePainter:
     """Codebook indices of generated images -> PNG bytes: decoder passes of bounded pixels, PNGs on threads."""
 
     vqmodel: VQModel
-    grid: tuple[int, int]
     device: torch.device
     max_decode_pixels: int = MAX_PIXELS_PER_PASS
     # PNG encoding costs ~130 ms per 512×512 image on one core (more than its decode on a GPU); Pillow's zlib
@@ -91,15 +92,24 @@ class ImagePainter:
         if mismatch := encoder_mismatch(vqmodel, encoder):
             logger.warning("%s: encoder weights differ from the model's model.vqmodel.* (%s, ...)",
                            vqgan, ", ".join(mismatch[:3]))
-        return cls(vqmodel=vqmodel, grid=(vqmodel.config.grid, vqmodel.config.grid), device=device)
+        return cls(vqmodel=vqmodel, device=device)
 
-    def paint(self, images: list[list[int]]) -> list[bytes]:
+    def paint(self, images: list[ImageCodes]) -> list[bytes]:
         """Whole images, or previews: whole rows known so far, drawn with the rest of the picture mid-grey.
 
         A preview's missing rows repeat its last row before decoding, so the convolutions near the
         edge see plausible codes, then their pixels are set to grey: the picture fills in top-down.
+        Images of one grid decode as one batch (Lumina-mGPT's grids differ per request).
         """
-        height, width = self.grid
+        out: list[bytes] = [b""] * len(images)
+        for grid in dict.fromkeys(im.grid for im in images):
+            index = [i for i, im in enumerate(images) if im.grid == grid]
+            for i, png in zip(index, self._paint_grid([images[i].codes for i in index], grid), strict=True):
+                out[i] = png
+        return out
+
+    def _paint_grid(self, images: list[list[int]], grid: tuple[int, int]) -> list[bytes]:
+        height, width = grid
         full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
         codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
         scale = self.vqmodel.config.resolution // self.vqmodel.config.grid  # pixels per code, each way
@@ -152,21 +162,24 @@ class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
-                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int,
-                 max_guidance_bytes: int | None = None) -> None:
+                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
+                 can_guide: bool = True, max_guidance_bytes: int | None = None) -> None:
         self.llm = llm
         self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
         self._guidance_in_flight = 0
         self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
+        self.can_guide = can_guide  # classifier-free guidance runs on the V1 model runner only (engine/guidance.py)
         self.model_class = model_class
         self.layout = image_tokenizer.layout
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)
         self._painter = MicroBatcher(painter.paint) if painter else None
-        self.image_resolution = painter.vqmodel.config.resolution if painter else None  # PNG side, pixels
-        self.image_grid = painter.grid if painter else None  # (rows, codes per row) of a generated image
+        vq = image_tokenizer.vqmodel.config
+        # "WxH" -> (rows, codes per row) of the images this checkpoint writes, the default first; {} without a decoder
+        self.image_sizes = image_sizes(self.layout.span, vq.resolution // vq.grid,
+                                       target_resolution(model_dir, vq.resolution)) if painter else {}
 
     @classmethod
     def start(cls, engine_args, vqgan: Path | None = None, max_guidance_bytes: int | None = None) -> ChameleonEngine:
@@ -196,7 +209,8 @@ class ChameleonEngine:
         kv_bytes = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \
             * model_config.dtype.itemsize
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
-                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, max_guidance_bytes)
+                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
+                   not vllm_config.use_v2_model_runner, max_guidance_bytes)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)
@@ -204,22 +218,27 @@ class ChameleonEngine:
     @property
     def can_paint(self) -> bool:
         """Whether image output is possible: a VQGAN decoder was found."""
-        return self.image_resolution is not None
+        return bool(self.image_sizes)
 
-    async def paint_images(self, images: list[list[int]]) -> list[bytes]:
-        """PNG bytes for each generated image (codebook indices in raster order)."""
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        """(rows, codes per row) of an image written without an asked size."""
+        return next(iter(self.image_sizes.values()), None)
+
+    async def paint_images(self, images: list[ImageCodes]) -> list[bytes]:
+        """PNG bytes for each generated image."""
         if self._painter is None:
             raise CheckpointError("no VQGAN decoder loaded")
         return await self._painter.submit(images)
 
-    async def paint_preview(self, codes: list[int]) -> bytes:
-        """A PNG of an unfinished image from its whole rows (at least one) so far; the rest mid-grey."""
-        if self._painter is None or self.image_grid is None:
+    async def paint_preview(self, codes: list[int], grid: tuple[int, int]) -> bytes:
+        """A PNG of an unfinished ``grid`` image from its whole rows (at least one) so far; the rest mid-grey."""
+        if self._painter is None:
             raise CheckpointError("no VQGAN decoder loaded")
-        width = self.image_grid[1]
+        width = grid[1]
         if len(codes) < width:
             raise ValueError(f"a preview needs a whole row of {width} codes, got {len(codes)}")
-        [png] = await self._painter.submit([codes[:len(codes) // width * width]])
+        [png] = await self._painter.submit([ImageCodes(codes[:len(codes) // width * width], grid)])
         return png
 
     def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:

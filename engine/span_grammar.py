@@ -1,7 +1,10 @@
 """The image-span grammar and image sampling, once, as batched tensor work over per-slot state.
 
 Outside a span image codes and EOI are forbidden (BOI too unless the request
-may write images); after BOI exactly ``image_seq_length`` codes, then EOI. Rows
+may write images); after BOI the checkpoint family's span (``engine/span_format.py``):
+Chameleon's ``image_seq_length`` codes then EOI, or Lumina-mGPT's size tokens and
+EOL-closed rows of the request's grid then EOI, every forced step chosen per row by
+array arithmetic on its position. Rows
 inside a span are sampled here with the request's image temperature/top-k/top-p
 (Anole's inference code: 0.7 / off / 0.9), because vLLM's own temperature and
 top-k/top-p run after logits processors; the row is left with that one token
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.span_format import CODES_PER_PATCH
 from engine.vocab import TokenLayout
 
 TEXT_ONLY, INTERLEAVED, IMAGE_ONLY = 0, 1, 2
@@ -41,6 +45,7 @@ class SpanParams:
     seed: int | None = None
     cfg_scale: float = 1.0  # classifier-free guidance of image codes; 1.0 = off
     uncond_prompt: tuple[int, ...] = ()  # the unconditional sequence's prompt (engine/guidance.py)
+    image_grid: tuple[int, int] | None = None  # (rows, codes per row); None: the checkpoint's native square
 
     @property
     def guided(self) -> bool:
@@ -72,9 +77,15 @@ class SpanParams:
         if scale != 1.0 and mode == TEXT_ONLY:
             raise ValueError("cfg_scale guides image codes: it needs image output (modalities with \"image\")")
         if not isinstance(uncond, Sequence) or not all(isinstance(t, int) and t >= 0 for t in uncond) or \
-                (scale != 1.0 and not uncond):
-            raise ValueError("cfg_uncond_prompt must be a non-empty list of token ids when cfg_scale is set")
-        return cls(mode, float(temp), top_k, float(top_p), seed, float(scale), tuple(uncond))
+                (scale != 1.0 and "cfg_uncond_prompt" not in xa):
+            raise ValueError("cfg_uncond_prompt must be a list of token ids when cfg_scale is set (empty: "
+                             "the image alone, as Lumina-mGPT guides)")
+        grid = xa.get("image_grid")
+        if grid is not None and (isinstance(grid, str) or not isinstance(grid, Sequence) or len(grid) != 2 or
+                                 not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+            raise ValueError(f"image_grid must be [rows, codes per row] of positive integers, got {grid!r}")
+        return cls(mode, float(temp), top_k, float(top_p), seed, float(scale), tuple(uncond),
+                   None if grid is None else (grid[0], grid[1]))
 
     @classmethod
     def from_sampling_params(cls, sampling_params: Any) -> SpanParams:
@@ -87,15 +98,14 @@ def validate_params(sampling_params: Any) -> None:
 
 
 def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
-    """Codes written since an unclosed BOI at the end of ``tail``, or -1 outside a span.
+    """Tokens written since an unclosed BOI at the end of ``tail``, or -1 outside a span.
 
-    ``tail`` needs only the last ``image_seq_length + 1`` tokens of the history.
+    ``tail`` needs only the span's length + 1 last tokens of the history.
     """
-    codes = frozenset(layout.code_to_id)
-    for count, tok in enumerate(reversed(tail[-(layout.image_seq_length + 1):])):
+    for count, tok in enumerate(reversed(tail)):
         if tok == layout.boi:
             return count
-        if tok not in codes:
+        if tok == layout.eoi or not layout.is_span_token(tok):
             return -1
     return -1
 
@@ -118,7 +128,7 @@ class SpanGrammar:
     MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback
 
     def __init__(self, layout: TokenLayout, max_slots: int, device: torch.device | str = "cpu") -> None:
-        self.layout, self.n = layout, layout.image_seq_length
+        self.layout, self.format = layout, layout.span
         self.device = torch.device(device)
         codes = layout.code_ids()
         self._code_ids = codes.to(self.device)
@@ -127,23 +137,38 @@ class SpanGrammar:
         # Chameleon's codes are one id block: slicing it is far cheaper than gathering
         self._code_cols: slice | torch.Tensor = slice(lo, lo + layout.codebook_size) if contiguous \
             else self._code_ids
-        self._is_code = np.zeros(max(layout.vocab_size, int(codes.max()) + 1), dtype=bool)
-        self._is_code[codes.numpy()] = True
+        inner = self.format.inner_ids()
+        self._inner_cols = torch.tensor(inner, dtype=torch.long, device=self.device)
+        self._is_inner = np.zeros(max(layout.vocab_size, int(codes.max()) + 1, *(t + 1 for t in inner)), dtype=bool)
+        self._is_inner[codes.numpy()] = True
+        self._is_inner[inner] = True
         self.mode = np.zeros(max_slots, dtype=np.int8)
-        self.pos = np.full(max_slots, -1, dtype=np.int64)  # codes since BOI; -1 outside a span
+        self.pos = np.full(max_slots, -1, dtype=np.int64)  # tokens since BOI; -1 outside a span
+        native = self.format.native_grid
+        self.rows = np.full(max_slots, native, dtype=np.int64)  # the grid this slot's images are written in
+        self.cols = np.full(max_slots, native, dtype=np.int64)
         self.num_output = np.zeros(max_slots, dtype=np.int64)  # output tokens accounted for
         self.temperature = np.zeros(max_slots, dtype=np.float32)
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
         self.seed = np.full(max_slots, -1, dtype=np.int64)  # -1: unseeded (torch's global RNG)
 
-    @property
-    def tail_length(self) -> int:
-        """History tokens :meth:`add`/:meth:`resync` need to place a slot."""
-        return self.n + 1
+    def tail_length(self, slot: int) -> int:
+        """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
+        return self.format.span_length((int(self.rows[slot]), int(self.cols[slot]))) + 1
 
-    def add(self, slot: int, params: SpanParams, tail: Sequence[int], num_output: int) -> None:
-        """(Re)initialise ``slot`` for a request whose history ends with ``tail``."""
+    def add(self, slot: int, params: SpanParams, tail: Sequence[int] = (), num_output: int = 0) -> None:
+        """(Re)initialise ``slot`` for a request whose history ends with ``tail`` (``()``: place it later with
+        :meth:`resync`, which needs :meth:`tail_length` tokens, known once the grid is set here).
+
+        A grid the checkpoint cannot write (the server refuses those with a 400) falls back to the native one.
+        """
+        grid = params.image_grid or (self.format.native_grid, self.format.native_grid)
+        try:
+            self.format.check_grid(grid)
+        except ValueError:
+            grid = (self.format.native_grid, self.format.native_grid)
+        self.rows[slot], self.cols[slot] = grid
         self.mode[slot] = params.mode
         self.temperature[slot] = params.image_temperature
         self.top_k[slot] = params.image_top_k
@@ -161,15 +186,29 @@ class SpanGrammar:
 
     def move(self, src: int, dst: int, swap: bool) -> None:
         """``dst`` takes ``src``'s state; with ``swap`` the two exchange."""
-        for a in (self.mode, self.pos, self.num_output, self.temperature, self.top_k, self.top_p, self.seed):
+        for a in (self.mode, self.pos, self.rows, self.cols, self.num_output, self.temperature, self.top_k,
+                  self.top_p, self.seed):
             a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
         if not swap:
             self.remove(src)
 
     def sampling_code(self, slots: np.ndarray) -> np.ndarray:
         """Per slot of ``slots``: whether this step samples one of its image codes."""
-        pos = self.pos[slots]
-        return (pos >= 0) & (pos < self.n)
+        return (self.pos[slots] >= 0) & (self._span_step(slots) < 0)
+
+    def _span_step(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot inside a span: the token its grammar forces next, or -1 where it samples a code."""
+        pos, rows, cols = self.pos[slots], self.rows[slots], self.cols[slots]
+        eoi = self.layout.eoi
+        if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
+            return np.where(pos >= rows * cols, eoi, -1)
+        # BOI, height, width, rows x (cols codes + EOL), EOI
+        size_ids = np.asarray(self.format.size_ids, dtype=np.int64)
+        q = pos - 2
+        step = np.where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
+        step = np.where(q >= rows * (cols + 1), eoi, step)
+        step = np.where(pos == 1, size_ids[cols // CODES_PER_PATCH], step)
+        return np.where(pos == 0, size_ids[rows // CODES_PER_PATCH], step)
 
     def tracked(self, slots: np.ndarray) -> np.ndarray:
         """Those of ``slots`` whose state follows their tokens (text-only rows never change)."""
@@ -180,8 +219,8 @@ class SpanGrammar:
         if not len(slots):
             return
         lay, pos = self.layout, self.pos[slots]
-        is_code = self._is_code[np.clip(tokens, 0, len(self._is_code) - 1)] & (tokens >= 0)
-        self.pos[slots] = np.where(tokens == lay.boi, 0, np.where(is_code & (pos >= 0), pos + 1, -1))
+        inner = self._is_inner[np.clip(tokens, 0, len(self._is_inner) - 1)] & (tokens >= 0)
+        self.pos[slots] = np.where(tokens == lay.boi, 0, np.where(inner & (pos >= 0), pos + 1, -1))
         self.num_output[slots] += 1
 
     def apply(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
@@ -192,9 +231,9 @@ class SpanGrammar:
         text = ~(in_span | force_boi)
         forced = np.flatnonzero(~text)  # rows left with one finite token: BOI, a code, or EOI
         if len(forced):
-            tokens = torch.from_numpy(np.where(pos[forced] >= self.n, self.layout.eoi, self.layout.boi))
-            tokens = tokens.to(self.device)
-            sample = np.flatnonzero(in_span[forced] & (pos[forced] < self.n))
+            step = np.where(in_span[forced], self._span_step(slots[forced]), self.layout.boi)
+            tokens = torch.from_numpy(step).to(self.device)
+            sample = np.flatnonzero(step < 0)
             if len(sample):
                 tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
         rows_text = slice(None) if not len(forced) else self._rows(np.flatnonzero(text))
@@ -203,6 +242,11 @@ class SpanGrammar:
         else:
             logits[rows_text, self._code_cols] = float("-inf")
         logits[rows_text, self.layout.eoi] = float("-inf")
+        if len(self._inner_cols):  # EOL and size tokens belong to spans only
+            if isinstance(rows_text, torch.Tensor):
+                logits[rows_text.unsqueeze(1), self._inner_cols] = float("-inf")
+            else:
+                logits[rows_text, self._inner_cols] = float("-inf")
         no_boi = text & (mode != INTERLEAVED)
         if no_boi.any():
             logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \

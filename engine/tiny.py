@@ -5,7 +5,10 @@ own ``save_pretrained`` (``config.json`` with ``vocabulary_map``,
 ``model.safetensors`` holding the transformer and ``model.vqmodel.*`` encoder,
 ``tokenizer.json``, ``processor_config.json``) plus a VQGAN in Meta's release
 format (``vqgan.ckpt`` + ``vqgan.yaml``) for decoding generated images. It is the
-embedded default model of ``make serve`` and the fixture of the tests.
+embedded default model of ``make serve`` and the fixture of the tests. ``family="lumina"``
+writes a Lumina-mGPT checkpoint the same way, as its authors' config names it
+(``ChameleonXLLMXForConditionalGeneration``, ``z_loss_weight``), its vocabulary with the
+end-of-line and size tokens (``engine/span_format.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from engine.span_format import EOL_NAME, LUMINA_ARCHITECTURE, size_token_name
 from engine.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
 # A fixed corpus makes the byte-level BPE merges (and so the token ids) reproducible.
@@ -29,6 +33,7 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Colors: red, green, blue, yellow, purp
 User: can you generate an image? Assistant: yes, here it is. Thank you very much.
 """
 _TEXT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+FAMILIES = ("chameleon", "lumina")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,11 @@ class TinySpec:
     dtype: str = "float32"
     seed: int = 0
     max_position_embeddings: int = 4096
+    family: str = "chameleon"  # or "lumina"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.hidden_size // self.num_heads < 32:
             raise ValueError("head_dim must be >= 32 (vLLM's CPU attention rejects smaller heads)")
         if self.grid < 2 or self.codebook_size < 2:
@@ -77,7 +85,7 @@ def _build_tokenizer(spec: TinySpec):
               json.loads(trainer_tok.to_str())["model"]["merges"]]
 
     fixed = [*_TEXT_SPECIALS, *(code_name(i) for i in range(spec.codebook_size)),
-             EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME]
+             EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
     vocab = {name: i for i, name in enumerate(fixed)}
     for name, _ in sorted(learned.items(), key=lambda kv: kv[1]):
         vocab.setdefault(name, len(vocab))
@@ -85,12 +93,19 @@ def _build_tokenizer(spec: TinySpec):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [*_TEXT_SPECIALS, EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME]
+    specials = [*_TEXT_SPECIALS, EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
     )
     return tok, vocab
+
+
+def _family_specials(spec: TinySpec) -> list[str]:
+    """Lumina's end-of-line token and size tokens for up to 2 * grid patches a side (aspect 4 at the target)."""
+    if spec.family != "lumina":
+        return []
+    return [EOL_NAME, *(size_token_name(n) for n in range(2 * spec.grid + 1))]
 
 
 def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
@@ -120,11 +135,15 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
         bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"],
         swin_norm=spec.swin_norm, vq_config=vq_config, vocabulary_map=vocab,
         initializer_range=0.1, architectures=["ChameleonForConditionalGeneration"],
+        **({"z_loss_weight": 1e-5} if spec.family == "lumina" else {}),
     )
     torch.manual_seed(spec.seed)
     model = ChameleonForConditionalGeneration(config).eval()
     _spread_weights(model, spec.seed)
     model.to(getattr(torch, spec.dtype)).save_pretrained(dst)
+    if spec.family == "lumina":  # save_pretrained names transformers' class; the authors' config names theirs
+        saved = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**saved, "architectures": [LUMINA_ARCHITECTURE]}, indent=2))
 
     image_processor = ChameleonImageProcessorPil(
         size={"shortest_edge": spec.resolution},

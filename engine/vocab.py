@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from engine.span_format import SpanFormat
+
 BOI_NAME = "<racm3:break>"
 EOI_NAME = "<eoss>"
 IMAGE_PLACEHOLDER_NAME = "<image>"
@@ -47,14 +49,20 @@ class TokenLayout:
     vocab_size: int
     image_seq_length: int
     code_to_id: tuple[int, ...]  # vocabulary id of codebook index i
+    span: SpanFormat = field(default=SpanFormat(0), compare=False)  # the family's span grammar (Chameleon's)
     code_of: Mapping[int, int] = field(init=False, repr=False, compare=False)  # vocabulary id -> codebook index
+    _inner: frozenset[int] = field(init=False, repr=False, compare=False)  # EOL and size tokens
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_of", {tid: i for i, tid in enumerate(self.code_to_id)})
+        if self.span.native_grid == 0:  # Chameleon's square span of image_seq_length codes
+            object.__setattr__(self, "span", SpanFormat(round(self.image_seq_length ** 0.5)))
+        object.__setattr__(self, "_inner", frozenset(self.span.inner_ids()))
 
     @classmethod
     def from_vocabulary_map(
-        cls, vocabulary_map: dict[str, int], vocab_size: int, image_seq_length: int
+        cls, vocabulary_map: dict[str, int], vocab_size: int, image_seq_length: int,
+        architectures: list[str] | None = None,
     ) -> TokenLayout:
         names = (BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME)
         missing = [n for n in names if n not in vocabulary_map]
@@ -67,6 +75,10 @@ class TokenLayout:
         }
         if sorted(codes) != list(range(len(codes))) or not codes:
             raise CheckpointError("vocabulary_map image codes IMGIMG...Z are not a contiguous 0..N-1 codebook")
+        try:
+            span = SpanFormat.for_checkpoint(architectures or [], vocabulary_map, round(image_seq_length ** 0.5))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
         return cls(
             boi=vocabulary_map[BOI_NAME],
             eoi=vocabulary_map[EOI_NAME],
@@ -75,6 +87,7 @@ class TokenLayout:
             vocab_size=vocab_size,
             image_seq_length=image_seq_length,
             code_to_id=tuple(codes[i] for i in range(len(codes))),
+            span=span,
         )
 
     @classmethod
@@ -91,7 +104,8 @@ class TokenLayout:
             vq = config.get("vq_config") or {}
             grid = vq.get("resolution", 512) // 2 ** (len(vq.get("channel_multiplier", [1, 1, 2, 2, 4])) - 1)
             seq_len = grid * grid
-        return cls.from_vocabulary_map(config["vocabulary_map"], config["vocab_size"], int(seq_len))
+        return cls.from_vocabulary_map(config["vocabulary_map"], config["vocab_size"], int(seq_len),
+                                       config.get("architectures"))
 
     @property
     def codebook_size(self) -> int:
@@ -112,13 +126,18 @@ class TokenLayout:
         return table.to(ids.device)[ids.long()]
 
     def image_span(self, codes: torch.Tensor) -> list[int]:
-        """BOI + vocabulary ids of one image's codes + EOI, as placed in a prompt."""
-        return [self.boi, *self.codes_to_ids(codes.flatten()).tolist(), self.eoi]
+        """BOI + one image's codes ([rows, cols] codebook indices) as its family writes them + EOI."""
+        ids = self.codes_to_ids(codes)
+        if not self.span.rows_framed:
+            return [self.boi, *ids.flatten().tolist(), self.eoi]
+        rows, cols = ids.shape[-2:]
+        body = torch.cat([ids.reshape(rows, cols), torch.full((rows, 1), self.span.eol, dtype=ids.dtype)], dim=1)
+        return [self.boi, *self.span.size_tokens((rows, cols)), *body.flatten().tolist(), self.eoi]
 
     def is_span_token(self, tid: int) -> bool:
-        """BOI, EOI or an image code: a token that belongs to an image, not to text."""
-        return tid in self.code_of or tid == self.boi or tid == self.eoi
+        """BOI, EOI, an image code or a span's framing token: a token that belongs to an image, not to text."""
+        return tid in self.code_of or tid == self.boi or tid == self.eoi or tid in self._inner
 
     def forbidden_outside_span(self) -> torch.Tensor:
-        """Ids no text-only request may ever sample: every image code, BOI and EOI."""
-        return torch.cat([self.code_ids(), torch.tensor([self.boi, self.eoi])])
+        """Ids no text-only request may ever sample: every image code, BOI, EOI and span framing tokens."""
+        return torch.cat([self.code_ids(), torch.tensor([self.boi, self.eoi, *self.span.inner_ids()])])

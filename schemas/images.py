@@ -14,7 +14,7 @@ class ImageGenerationRequest(GuidanceFields):
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
     response_format: Literal["b64_json", "url"] = "b64_json"
-    size: str | None = None  # "auto" or the model's native "WxH"
+    size: str | None = None  # "auto" or a "WxH" the model writes (one native size; several for Lumina-mGPT)
     quality: str | None = None
     style: str | None = None
     user: str | None = None

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from engine.families import recognize
+
     if args.model is None:
         args.model = _tiny_default()
         args.enforce_eager = True  # the tiny model starts in ~25 s eager vs ~85 s compiled
@@ -124,7 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
         max_guidance_bytes=None if args.max_guidance_memory_gib is None else int(args.max_guidance_memory_gib * 2**30),
         shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
-        playground=not args.no_playground,
+        playground=not args.no_playground, family=recognize(given, args.model),
         remote_images=RemoteImagePolicy(
             allowed_hosts=frozenset(h.strip().lower() for h in args.allowed_image_hosts.split(",") if h.strip()),
             max_bytes=args.max_image_bytes, timeout_s=args.image_fetch_timeout_seconds),
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = dataclasses.replace(settings, vqgan=preflight(settings.model, settings.vqgan))
     except CheckpointError as e:
         sys.exit(f"chameleon-serve: error: {e}")
+    logging.getLogger(__name__).info("checkpoint family %s: sampling defaults %s", settings.family.name,
+                                     settings.family)
 
     from server.app import create_app
 
@@ -180,7 +184,7 @@ def _convert_cli(argv: list[str]) -> None:
 
 
 def _make_tiny_cli(argv: list[str]) -> None:
-    from engine.tiny import TinySpec, make_tiny, make_tiny_meta
+    from engine.tiny import FAMILIES, TinySpec, make_tiny, make_tiny_meta
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
     defaults = TinySpec()
@@ -192,8 +196,13 @@ def _make_tiny_cli(argv: list[str]) -> None:
     parser.add_argument("--shards", type=int, default=1, help="tensor-parallel files (with --meta-layout)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", default=defaults.family, choices=FAMILIES,
+                        help="lumina: Lumina-mGPT's config, size and end-of-line tokens (Hugging Face layout)")
     a = parser.parse_args(argv)
-    spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed)
+    if a.meta_layout and a.family != "chameleon":
+        parser.error("--meta-layout writes Chameleon's release layout only")
+    spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed,
+                    family=a.family)
     print(make_tiny_meta(a.dst, spec, a.shards) if a.meta_layout else make_tiny(a.dst, spec))
 
 

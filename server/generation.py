@@ -7,6 +7,7 @@ frees its KV blocks (AsyncLLM.generate aborts on cancellation).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ def _finish(reason: str | None) -> str | None:
 
 async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> list[Piece]:
     """Replace finished image spans by their PNGs (one batched decode for all of them)."""
-    spans = [p.codes for p in pieces if isinstance(p, ImageCodes)]
+    spans = [p for p in pieces if isinstance(p, ImageCodes)]
     if not spans:
         return list(pieces)  # type: ignore[arg-type]
     start = time.perf_counter()
@@ -80,10 +81,13 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
     previews: dict[int, ImagePreviews] = {}
     # Stop strings that vLLM reports without holding text back (image replies: see StopTextHold).
     holds = {i: StopTextHold(params.stop) for i in range(params.n)} if params.include_stop_str_in_output else {}
+    asked = (params.extra_args or {}).get("image_grid")
+    grid = tuple(asked) if asked else engine.image_grid
+    previewing = (partial_images, grid) if partial_images and grid else None
     try:
         with engine.guidance_held(params) as kv_bytes, metrics.guided_request(kv_bytes):
             async for out in engine.generate(prompt_ids, params, request_id):
-                yield [await _delta(engine, o, splitters, previews, partial_images, holds.get(o.index))
+                yield [await _delta(engine, o, splitters, previews, previewing, holds.get(o.index))
                        for o in out.outputs]
     finally:
         for p in previews.values():
@@ -91,12 +95,15 @@ async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, 
 
 
 async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
-                 previews: dict[int, ImagePreviews], partial_images: int, hold: StopTextHold | None) -> ChoiceDelta:
-    """One choice's new tokens as pieces (text, finished images as PNG, and previews first)."""
+                 previews: dict[int, ImagePreviews], partial_images: tuple[int, tuple[int, int]] | None,
+                 hold: StopTextHold | None) -> ChoiceDelta:
+    """One choice's new tokens as pieces (text, finished images as PNG, and previews first);
+    ``partial_images``: how many previews of each image, and the grid it is written in."""
     if o.index not in splitters:  # one splitter per choice, built once, not per token
         splitters[o.index] = SpanSplitter(engine.layout, engine.tokenizer.decode)
-        if partial_images and engine.image_grid:
-            previews[o.index] = ImagePreviews(engine.paint_preview, engine.image_grid, partial_images)
+        if partial_images:
+            count, grid = partial_images
+            previews[o.index] = ImagePreviews(functools.partial(engine.paint_preview, grid=grid), grid, count)
     splitter = splitters[o.index]
     pieces = splitter.feed(o.token_ids, o.text)
     if o.finish_reason is not None:

@@ -49,16 +49,23 @@ async def build_chat_prompt(
 
 
 async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, settings: Settings) -> dict:
-    """``extra_args`` of classifier-free guidance: the scale, and the unconditional prompt, which is the
+    """``extra_args`` of classifier-free guidance: the scale (the request's; for image output else the
+    checkpoint family's, where the model runner can guide), and the unconditional prompt, which is the
     negative prompt (or an empty turn) in the same chat format as the request's."""
-    if fields.cfg_scale == 1.0:
+    scale = fields.cfg_scale
+    if "cfg_scale" not in fields.model_fields_set and "image" in getattr(fields, "modalities", ["image"]) \
+            and engine.can_guide:
+        scale = settings.family.cfg_scale
+    if scale == 1.0:
         if fields.negative_prompt is not None:
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
                              param="negative_prompt")
         return {}
+    if engine.layout.span.rows_framed and fields.negative_prompt is None:
+        return {"cfg_scale": scale, "cfg_uncond_prompt": []}  # Lumina-mGPT: the image alone (engine/guidance.py)
     turn = ChatMessage(role="user", content=fields.negative_prompt or "")
     uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
-    return {"cfg_scale": fields.cfg_scale, "cfg_uncond_prompt": uncond.token_ids}
+    return {"cfg_scale": scale, "cfg_uncond_prompt": uncond.token_ids}
 
 
 def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]]) -> list[int]:

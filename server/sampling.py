@@ -5,6 +5,7 @@ from __future__ import annotations
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
+from engine.families import Family
 from engine.runner import ChameleonEngine
 from engine.span_grammar import SpanParams
 from schemas.common import SamplingFields
@@ -13,25 +14,44 @@ from server.errors import BadRequest
 IMAGE_ARGS = ("image_temperature", "image_top_k", "image_top_p")
 
 
-def span_args(modalities: list[str], fields: object) -> dict:
-    """``extra_args`` for the span logits processor: modalities and the image sampling fields that are set."""
-    args = {"modalities": list(modalities)}
+def span_args(modalities: list[str], fields: object, engine: ChameleonEngine, family: Family,
+              size_param: str = "image_size") -> dict:
+    """``extra_args`` for the span logits processor: modalities, the image sampling fields (the request's, else
+    the checkpoint family's), and the grid of the image size asked for (``fields.image_size``; a 400 naming
+    ``size_param`` for one it cannot do)."""
+    args: dict = {"modalities": list(modalities), **family.image_defaults()}
     args.update({k: getattr(fields, k) for k in IMAGE_ARGS if getattr(fields, k, None) is not None})
+    if "image" in modalities and engine.can_paint:
+        args.update(_grid_args(engine, getattr(fields, "image_size", None), size_param))
     return args
+
+
+def _grid_args(engine: ChameleonEngine, size: str | None, param: str) -> dict:
+    """``image_grid`` for a checkpoint whose images vary in size (Lumina-mGPT), from a ``"WxH"`` size."""
+    if size in (None, "auto"):
+        grid = engine.image_grid
+    elif size in engine.image_sizes:
+        grid = engine.image_sizes[size]
+    else:
+        raise BadRequest(f"{param} {size!r} is not a size this model writes: 'auto' or one of "
+                         f"{', '.join(engine.image_sizes)}", param=param)
+    return {"image_grid": list(grid)} if engine.layout.span.rows_framed and grid else {}
 
 
 def sampling_params(
     req: SamplingFields, engine: ChameleonEngine, prompt_len: int, max_new_tokens: int | None,
-    *, end_of_turn: bool, extra_args: dict | None = None,
+    *, end_of_turn: bool, family: Family, extra_args: dict | None = None,
 ) -> SamplingParams:
-    """One request's params; ``end_of_turn`` makes the chat separator a stop token."""
+    """One request's params; ``end_of_turn`` makes the chat separator a stop token; ``family`` gives the
+    text top-k where the request sets none."""
     extra_args = extra_args or {"modalities": ["text"]}
     try:
         SpanParams.from_extra_args(extra_args)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     modalities = set(extra_args["modalities"])
-    image_len = engine.layout.image_seq_length + 2  # BOI + codes + EOI
+    grid = extra_args.get("image_grid") or engine.image_grid or (engine.layout.span.native_grid,) * 2
+    image_len = 1 + engine.layout.span.span_length(tuple(grid))  # BOI + the family's span + EOI
     if "image" in modalities and not engine.can_paint:
         raise BadRequest("this server has no VQGAN decoder, so it cannot write images: start it with --vqgan",
                          param="modalities", code="image_output_unavailable")
@@ -58,7 +78,7 @@ def sampling_params(
         n=req.n,
         temperature=req.temperature,
         top_p=req.top_p,
-        top_k=req.top_k,
+        top_k=req.top_k if family.text_top_k is None or "top_k" in req.model_fields_set else family.text_top_k,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
         logit_bias=bias or None,

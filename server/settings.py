@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from engine.families import CHAMELEON, Family
 from schemas.chat import ImageOutputFormat
 from server.image_urls import RemoteImagePolicy
 
@@ -31,6 +32,7 @@ class Settings:
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
     playground: bool = True  # the browser page at GET /
+    family: Family = CHAMELEON  # the checkpoint's family: its authors' sampling defaults (engine/families.py)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -36,7 +36,7 @@ async def completions(
     else:
         prompt_text = req.prompt
     prompt_ids = build_text_prompt(engine, prompt_text)
-    params = sampling_params(req, engine, len(prompt_ids), req.max_tokens, end_of_turn=False)
+    params = sampling_params(req, engine, len(prompt_ids), req.max_tokens, end_of_turn=False, family=settings.family)
     request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     request.state.log["prompt_tokens"] = len(prompt_ids)
     echo = prompt_text if req.echo and isinstance(prompt_text, str) else ""

@@ -30,17 +30,14 @@ async def generate_images(
         check_model(req.model, settings)
     if req.response_format != "b64_json":
         raise BadRequest("only response_format 'b64_json' is supported", param="response_format")
-    native = f"{engine.image_resolution}x{engine.image_resolution}" if engine.can_paint else None
-    if req.size not in (None, "auto", native):
-        raise BadRequest(f"size must be 'auto' or this model's native {native}", param="size")
     # The prompt is one user turn, exactly as a chat request with modalities ["image"] would send it.
     chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, seed=req.seed, modalities=["image"],
                                  messages=[ChatMessage(role="user", content=req.prompt)],
                                  image_temperature=req.image_temperature, image_top_k=req.image_top_k,
-                                 image_top_p=req.image_top_p)
+                                 image_top_p=req.image_top_p, image_size=req.size)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=0)
-    params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True,
-                             extra_args=span_args(chat.modalities, chat) | await guidance_args(engine, req, settings))
+    params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True, family=settings.family,
+                             extra_args=span_args(chat.modalities, chat, engine, settings.family, "size") | await guidance_args(engine, req, settings))
     request_id = f"img-{uuid.uuid4().hex}"
     choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
     pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]

@@ -1,11 +1,14 @@
 """Meta's original release layout served directly: converted once into the cache, then greedy parity with
-transformers on the converted checkpoint (text, and an image in), and image output with its VQGAN."""
+transformers on the converted checkpoint (text, and an image in), and image output with its VQGAN. The release
+is named as GAIR's Anole is (which ships in this layout), so it is also served as Anole, with Anole's defaults."""
 
 from __future__ import annotations
 
 import base64
 import io
+import re
 
+import httpx
 import pytest
 from conftest import MODEL, start_server, stop_server
 from oracle import HFOracle
@@ -20,7 +23,7 @@ SPEC = TinySpec(grid=8, codebook_size=256, swin_norm=True)
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    meta = make_tiny_meta(tmp_path_factory.mktemp("meta"), SPEC, shards=2)
+    meta = make_tiny_meta(tmp_path_factory.mktemp("meta") / "Anole-7b-v0.1", SPEC, shards=2)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CHAMELEON_CACHE", str(cache))
         live = start_server(meta, tmp_path_factory.mktemp("meta-logs") / "server.log")
@@ -49,3 +52,26 @@ def test_meta_release_writes_images(release):
     resp = live.client().images.generate(model=MODEL, prompt="a boat", n=1, response_format="b64_json")
     png = base64.b64decode(resp.data[0].b64_json)
     assert Image.open(io.BytesIO(png)).size == (SPEC.resolution, SPEC.resolution)
+
+
+def test_anole_is_recognized_and_its_defaults_apply_unless_a_request_overrides_them(release):
+    live, _ = release
+    client = live.client()
+
+    def image_ids(**fields) -> list[int]:
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "a dog"}], modalities=["image"], seed=3,
+            extra_body={"return_token_ids": True, **fields}).choices[0].token_ids
+
+    assert "checkpoint family anole" in live.log()
+    before = guided(live)
+    default = image_ids()
+    assert guided(live) == before + 1  # Anole's guidance at 3.0 by default
+    assert default == image_ids(cfg_scale=3.0, image_temperature=0.7, image_top_p=0.9)
+    assert default != image_ids(cfg_scale=1.0)
+    assert guided(live) == before + 2
+
+
+def guided(live) -> float:
+    found = re.search(r"^chameleon:guided_requests_total (\S+)$", httpx.get(f"{live.url}/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -46,10 +46,20 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_architectures(copy):
-    edit_config(copy, architectures=["ChameleonXLLMXForConditionalGeneration"])
-    assert "Lumina-mGPT" in refused(copy) and "not supported yet" in refused(copy)
     edit_config(copy, architectures=["LlamaForCausalLM"])
     assert "is not a Chameleon checkpoint" in refused(copy)
+    assert "ChameleonXLLMXForConditionalGeneration (Lumina-mGPT)" in refused(copy)
+
+
+def test_lumina_checkpoint_and_one_without_its_span_tokens(tmp_path):
+    lumina = make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64, family="lumina"))
+    assert preflight(lumina, None) == lumina / "vqgan.ckpt"
+    config = json.loads((lumina / "config.json").read_text())
+    assert config["architectures"] == ["ChameleonXLLMXForConditionalGeneration"] and config["z_loss_weight"] > 0
+    vocab = {k: v for k, v in config["vocabulary_map"].items() if k != "<reserved08799>"}
+    edit_config(lumina, vocabulary_map=vocab)
+    assert refused(lumina).startswith(f"{lumina / 'config.json'}: a Lumina-mGPT vocabulary_map needs its "
+                                      "end-of-line token <reserved08799>")
 
 
 def test_missing_vocabulary_map(copy):

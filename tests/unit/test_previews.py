@@ -101,15 +101,16 @@ def test_painter_draws_known_rows_and_greys_the_rest(tmp_path):
 
     from engine.images import to_png
     from engine.runner import ImagePainter
+    from engine.splitter import ImageCodes
     from engine.tiny import TinySpec, make_tiny
     from engine.vqgan import load_meta_vqgan
 
     model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
     vqmodel = load_meta_vqgan(model_dir / "vqgan.ckpt")
-    painter = ImagePainter(vqmodel, (8, 8), torch.device("cpu"))
+    painter = ImagePainter(vqmodel, torch.device("cpu"))
     whole = torch.randint(0, 64, (64,), generator=torch.Generator().manual_seed(1))
-    assert painter.paint([whole.tolist()]) == [to_png(vqmodel.decode(whole.view(1, 8, 8))[0])]
-    [preview] = painter.paint([whole.tolist()[:24]])  # three rows of eight known
+    assert painter.paint([ImageCodes(whole.tolist(), (8, 8))]) == [to_png(vqmodel.decode(whole.view(1, 8, 8))[0])]
+    [preview] = painter.paint([ImageCodes(whole.tolist()[:24], (8, 8))])  # three rows of eight known
     pixels = np.asarray(Image.open(io.BytesIO(preview)).convert("RGB"))
     assert pixels.shape == (16, 16, 3)  # two pixels per code
     assert (pixels[6:] == 128).all() and not (pixels[:6] == 128).all()
@@ -120,14 +121,16 @@ def test_painter_decodes_in_slices_of_bounded_pixels(tmp_path):
     import torch
 
     from engine.runner import ImagePainter
+    from engine.splitter import ImageCodes
     from engine.tiny import TinySpec, make_tiny
     from engine.vqgan import load_meta_vqgan
 
     model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
     vqmodel = load_meta_vqgan(model_dir / "vqgan.ckpt")
-    images = torch.randint(0, 64, (5, 64), generator=torch.Generator().manual_seed(2)).tolist()
-    whole = ImagePainter(vqmodel, (8, 8), torch.device("cpu"))
-    one_at_a_time = ImagePainter(vqmodel, (8, 8), torch.device("cpu"), max_decode_pixels=16 * 16)
+    codes = torch.randint(0, 64, (5, 64), generator=torch.Generator().manual_seed(2)).tolist()
+    images = [ImageCodes(image, (8, 8)) for image in codes]
+    whole = ImagePainter(vqmodel, torch.device("cpu"))
+    one_at_a_time = ImagePainter(vqmodel, torch.device("cpu"), max_decode_pixels=16 * 16)
     decodes = []
     vqmodel.decoder.register_forward_hook(lambda _module, args, _out: decodes.append(args[0].shape[0]))
     sliced = one_at_a_time.paint(images)

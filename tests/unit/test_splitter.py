@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine.splitter import ImageCodes, SpanSplitter, StopTextHold
 from engine.vocab import TokenLayout, code_name
 
-N = 3  # codes per image
+N = 4  # codes per image, a 2x2 grid
 
 
 def _layout() -> TokenLayout:
@@ -25,16 +25,16 @@ def _splitter() -> SpanSplitter:
 def test_text_passes_through_and_spans_become_images():
     s = _splitter()
     out = []
-    for ids, text in [([30], "Hi"), ([BOI], ""), ([11], "IMGIMGBZ"), ([14], "x"), ([10], "y"), ([EOI], ""),
+    for ids, text in [([30], "Hi"), ([BOI], ""), ([11], "IMGIMGBZ"), ([14], "x"), ([10], "y"), ([12], "z"), ([EOI], ""),
                       ([31], " there")]:
         out += s.feed(ids, text)
-    assert out == ["Hi", ImageCodes([1, 4, 0]), " there"]
+    assert out == ["Hi", ImageCodes([1, 4, 0, 2], (2, 2)), " there"]
     assert not s.in_span
 
 
 def test_multi_token_delta_mixing_text_and_span():
     s = _splitter()
-    assert s.feed([30, BOI, 10, 11, 12, EOI, 31], "ignored") == ["<30>", ImageCodes([0, 1, 2]), "<31>"]
+    assert s.feed([30, BOI, 10, 11, 12, 13, EOI, 31], "ignored") == ["<30>", ImageCodes([0, 1, 2, 3], (2, 2)), "<31>"]
 
 
 def test_cut_inside_span_gives_no_image():
@@ -45,8 +45,8 @@ def test_cut_inside_span_gives_no_image():
 
 def test_eoi_as_stop_token_not_in_ids_still_completes():
     s = _splitter()
-    s.feed([BOI, 10, 11, 12], "")
-    assert s.finish() == [ImageCodes([0, 1, 2])]
+    s.feed([BOI, 10, 11, 12, 13], "")
+    assert s.finish() == [ImageCodes([0, 1, 2, 3], (2, 2))]
 
 
 def test_wrong_length_span_is_dropped():
@@ -63,7 +63,7 @@ def test_stop_hold_keeps_back_a_possible_stop_and_drops_the_matched_one():
 
 def test_stop_hold_flushes_text_before_an_image_in_order():
     hold = StopTextHold(["END"])
-    image = ImageCodes([0, 1, 2])
+    image = ImageCodes([0, 1, 2, 3], (2, 2))
     assert hold.feed(["hi", image, "z"]) == ["hi", image]
     assert hold.feed([], stop_reason=LAYOUT.eoi, finished=True) == ["z"]  # a stop token: nothing to drop
 

@@ -1,0 +1,113 @@
+"""A tiny Lumina-mGPT checkpoint (its authors' config and vocabulary, written by ``make-tiny --family lumina``)
+served through the CLI: images of the asked, non-square size, token-equal to a transformers reference loop that
+enforces Lumina's span rule; image input in its span format; text; its authors' sampling defaults."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+from conftest import MODEL, start_server, stop_server
+from lumina_reference import lumina_greedy_image
+from PIL import Image
+from testimages import data_url, noise_image
+
+from engine.vocab import TokenLayout
+
+GRID = 8  # native 8x8 codes at 2 px per code: 16x16 px; Lumina's patch = 2 codes = 4 px
+
+
+@pytest.fixture(scope="module")
+def lumina(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("lumina") / "tiny-lumina"
+    subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(model_dir), "--family", "lumina",
+                    "--grid", str(GRID), "--codebook-size", "256"], check=True, capture_output=True, timeout=600)
+    live = start_server(model_dir, tmp_path_factory.mktemp("lumina-logs") / "server.log")
+    yield live
+    stop_server(live)
+
+
+def png_size(b64: str) -> tuple[int, int]:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).size
+
+
+def guided_total(live) -> float:
+    found = re.search(r"^chameleon:guided_requests_total (\S+)$", httpx.get(f"{live.url}/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_non_square_image_token_equal_to_the_reference(lumina):
+    resp = lumina.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "a red boat"}], modalities=["image"],
+        extra_body={"image_size": "12x16", "image_temperature": 0.0, "cfg_scale": 1.0, "return_token_ids": True})
+    rows, cols = 16 // 2, 12 // 2
+    assert resp.choices[0].token_ids == lumina_greedy_image(lumina.model_dir, resp.prompt_token_ids, rows, cols)
+    assert len(resp.choices[0].token_ids) == 3 + rows * (cols + 1) + 1
+    [part] = resp.choices[0].message.content
+    assert png_size(part["image_url"]["url"].split(",", 1)[1]) == (12, 16)
+
+
+def test_guided_image_equals_the_authors_guidance(lumina):
+    """Lumina's default guidance (3.0) from the image alone, as its authors run it: the unconditional sequence
+    is the image from its BOI on, without the prompt."""
+    resp = lumina.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "a blue house"}], modalities=["image"],
+        extra_body={"image_size": "20x8", "image_temperature": 0.0, "return_token_ids": True})
+    reference = lumina_greedy_image(lumina.model_dir, resp.prompt_token_ids, 4, 10, cfg_scale=3.0)
+    assert resp.choices[0].token_ids == reference
+    assert reference != lumina_greedy_image(lumina.model_dir, resp.prompt_token_ids, 4, 10)
+
+
+def test_images_route_sizes(lumina):
+    client = lumina.client()
+    wide = client.images.generate(model=MODEL, prompt="a lighthouse", size="32x8", n=2)
+    assert [png_size(d.b64_json) for d in wide.data] == [(32, 8), (32, 8)]
+    assert png_size(client.images.generate(model=MODEL, prompt="a lighthouse").data[0].b64_json) == (16, 16)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model=MODEL, prompt="a lighthouse", size="1024x1024")
+    assert info.value.body["param"] == "size" and "16x16, 32x8" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="12x16"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], modalities=["image"],
+                                       extra_body={"image_size": "13x16"})
+    tall = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                          modalities=["image"], extra_body={"image_size": "8x24"})
+    assert png_size(tall.choices[0].message.content[0]["image_url"]["url"].split(",", 1)[1]) == (8, 24)
+
+
+def test_image_input_in_lumina_span_format_and_text_output(lumina):
+    layout = TokenLayout.from_checkpoint(lumina.model_dir)
+    eol, (height, width) = layout.span.eol, layout.span.size_tokens((GRID, GRID))
+    resp = lumina.client().chat.completions.create(
+        model=MODEL, max_tokens=8, temperature=0, extra_body={"return_token_ids": True},
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                               {"type": "image_url", "image_url": {"url": data_url(noise_image(3))}}]}])
+    prompt = resp.prompt_token_ids
+    start = prompt.index(layout.boi)
+    span = prompt[start:start + 3 + GRID * (GRID + 1) + 1]
+    assert span[:3] == [layout.boi, height, width] and span[-1] == layout.eoi
+    rows = [span[3 + r * (GRID + 1): 3 + (r + 1) * (GRID + 1)] for r in range(GRID)]
+    assert all(row[-1] == eol and all(t in layout.code_of for t in row[:-1]) for row in rows)
+    assert isinstance(resp.choices[0].message.content, str)
+    assert not any(layout.is_span_token(t) for t in resp.choices[0].token_ids)
+
+
+def test_authors_defaults_apply_and_requests_override_them(lumina):
+    client = lumina.client()
+
+    def image_ids(**fields) -> list[int]:
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "a cat"}], modalities=["image"], seed=7,
+            extra_body={"return_token_ids": True, **fields}).choices[0].token_ids
+
+    before = guided_total(lumina)
+    default = image_ids()
+    assert guided_total(lumina) == before + 1  # Lumina's cfg 3.0 by default
+    assert default == image_ids(cfg_scale=3.0, image_temperature=1.0, image_top_k=2000, image_top_p=1.0)
+    assert default != image_ids(cfg_scale=1.0, image_temperature=0.7, image_top_k=0, image_top_p=0.9)
+    assert guided_total(lumina) == before + 2
