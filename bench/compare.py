@@ -11,7 +11,6 @@ Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summ
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -27,6 +26,7 @@ from bench import hf_baseline, vqgan_bench
 from bench.interference import text_beside
 from bench.loadgen import client_for, run_level, sweep
 from bench.plot import plot_report
+from bench.runargs import parse_run_args
 from bench.servers import serve
 from bench.stats import summarize
 from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard, text_chat
@@ -103,21 +103,9 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint dir (default: the tiny checkpoint, written to OUT/tiny)")
-    parser.add_argument("--out", default="bench/out")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="levels of the sweep")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from engine.tiny import make_tiny
-
-        model_dir = make_tiny(out / "tiny")
-    result = run(model_dir, out, args.concurrency, out / "logs")
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    args = parse_run_args(__doc__.splitlines()[0], "bench/out")
+    result = run(args.model_dir, args.out, args.levels, args.out / "logs")
+    (args.out / "compare.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("date", "machine", "load_before", "load_after", "ours_start_s",
                                              "vllm_start_s", "image_out_c8_images_per_s", "ratios")}, indent=2))
 

@@ -7,7 +7,6 @@ bench/RESULTS.md. Writes OUT/guided.json and prints it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -21,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the proje
 
 from bench import hf_baseline
 from bench.loadgen import sweep
+from bench.runargs import parse_run_args
 from bench.servers import serve
 from bench.workloads import guided_image_out_chat, image_out_chat
 
@@ -45,21 +45,9 @@ def run(model_dir: Path, out: Path, levels: list[int]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint dir (default: the tiny checkpoint, written to OUT/tiny)")
-    parser.add_argument("--out", default="bench/out/guided")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from engine.tiny import make_tiny
-
-        model_dir = make_tiny(out / "tiny")
-    result = run(model_dir, out, args.concurrency)
-    (out / "guided.json").write_text(json.dumps(result, indent=2))
+    args = parse_run_args(__doc__.splitlines()[0], "bench/out/guided")
+    result = run(args.model_dir, args.out, args.levels)
+    (args.out / "guided.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))
 
 
