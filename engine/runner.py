@@ -131,7 +131,8 @@ def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
 
 
 def _codes_as_special(tokenizer, layout: TokenLayout):
-    """A copy of the tokenizer for vLLM's output detokenizer, in which image codes are special tokens.
+    """A copy of the tokenizer for vLLM's output detokenizer, in which image codes (and Lumina-mGPT's size
+    and end-of-line tokens) are special tokens.
 
     Codes are vocabulary entries that render as text (``IMGIMG...Z``), so vLLM would match stop strings
     inside images ("Z" ends a reply at its first code) and detokenize 1,024 tokens per image for nothing.
@@ -143,7 +144,7 @@ def _codes_as_special(tokenizer, layout: TokenLayout):
     import tokenizers
 
     rust = tokenizers.Tokenizer.from_str(tokenizer._tokenizer.to_str())
-    names = tokenizer.convert_ids_to_tokens(sorted(layout.code_of))
+    names = tokenizer.convert_ids_to_tokens([*sorted(layout.code_of), *layout.span.inner_ids()])
     rust.add_special_tokens([tokenizers.AddedToken(name, special=True, normalized=False) for name in names])
     output_side = copy.copy(tokenizer)
     output_side._tokenizer = rust
