@@ -21,7 +21,7 @@ import torch
 from conftest import MODEL, start_server, stop_server
 from oracle import HFOracle
 from PIL import Image
-from testimages import data_url, noise_image
+from testimages import noise_image, user_message
 from tokenizers import Tokenizer
 from transformers import (
     ChameleonConfig,
@@ -93,10 +93,8 @@ def test_foreign_checkpoint_greedy_parity(foreign, n_images):
     live, oracle = foreign
     images = [noise_image(10 + i, size=(40 + 9 * i, 30)) for i in range(n_images)]
     text = "Compare these pictures."
-    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}}
-                                                for im in images]
     resp = live.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=16,
+        model=MODEL, messages=[user_message(text, images)], temperature=0, max_tokens=16,
         extra_body={"return_token_ids": True})
     prompt = oracle.prompt_ids(text, images)
     assert resp.prompt_token_ids == prompt

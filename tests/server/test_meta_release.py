@@ -13,7 +13,7 @@ import pytest
 from conftest import MODEL, start_server, stop_server
 from oracle import HFOracle
 from PIL import Image
-from testimages import data_url, noise_image
+from testimages import noise_image, user_message
 
 from engine.tiny import TinySpec, make_tiny_meta
 
@@ -37,10 +37,8 @@ def test_meta_release_greedy_parity(release, n_images):
     live, oracle = release
     images = [noise_image(20 + i) for i in range(n_images)]
     text = "What is in the picture?"
-    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}}
-                                                for im in images]
     resp = live.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=12,
+        model=MODEL, messages=[user_message(text, images)], temperature=0, max_tokens=12,
         extra_body={"return_token_ids": True})
     assert resp.prompt_token_ids == oracle.prompt_ids(text, images)
     assert resp.choices[0].token_ids == oracle.greedy(text, images, 12)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from conftest import MODEL
 from oracle import HFOracle
-from testimages import data_url, noise_image
+from testimages import data_url, noise_image, user_message
 
 from engine.vocab import TokenLayout
 
@@ -20,14 +20,9 @@ def oracle(tiny_dir) -> HFOracle:
     return HFOracle(tiny_dir)
 
 
-def _user(text: str, images=()) -> list[dict]:
-    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in images]
-    return [{"role": "user", "content": parts}]
-
-
 def _greedy_chat(client, text: str, images=(), **kw):
     return client.chat.completions.create(
-        model=MODEL, messages=_user(text, images), temperature=0, max_tokens=MAX_NEW,
+        model=MODEL, messages=[user_message(text, images)], temperature=0, max_tokens=MAX_NEW,
         extra_body={"return_token_ids": True}, **kw)
 
 
@@ -71,7 +66,7 @@ def test_image_anywhere_in_content(client, oracle):
 def test_stream_concatenates_to_non_stream(client):
     full = _greedy_chat(client, "Tell me a story about the sea.")
     stream = client.chat.completions.create(
-        model=MODEL, messages=_user("Tell me a story about the sea."), temperature=0, max_tokens=MAX_NEW,
+        model=MODEL, messages=[user_message("Tell me a story about the sea.")], temperature=0, max_tokens=MAX_NEW,
         stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -88,7 +83,7 @@ def test_sixteen_concurrent_requests_each_get_their_own_answer(server, client):
     async def all_at_once():
         aclient = server.async_client()
         return await asyncio.gather(*[
-            aclient.chat.completions.create(model=MODEL, messages=_user(p), temperature=0, max_tokens=MAX_NEW,
+            aclient.chat.completions.create(model=MODEL, messages=[user_message(p)], temperature=0, max_tokens=MAX_NEW,
                                             extra_body={"return_token_ids": True}) for p in prompts])
 
     concurrent = [r.choices[0].token_ids for r in asyncio.run(all_at_once())]
@@ -97,20 +92,20 @@ def test_sixteen_concurrent_requests_each_get_their_own_answer(server, client):
 
 
 def test_sampling_knobs(client, oracle):
-    kw = dict(model=MODEL, messages=_user("Hello there"), max_tokens=12, temperature=1.0, top_p=0.9, seed=1234,
+    kw = dict(model=MODEL, messages=[user_message("Hello there")], max_tokens=12, temperature=1.0, top_p=0.9, seed=1234,
               extra_body={"top_k": 50, "return_token_ids": True})
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     assert a.choices[0].token_ids == b.choices[0].token_ids  # seeded sampling is reproducible
     many = client.chat.completions.create(**{**kw, "n": 3, "seed": None})
     assert sorted(c.index for c in many.choices) == [0, 1, 2]
     forced = client.chat.completions.create(
-        model=MODEL, messages=_user("Hi"), temperature=0, max_completion_tokens=10,
+        model=MODEL, messages=[user_message("Hi")], temperature=0, max_completion_tokens=10,
         extra_body={"min_tokens": 10, "ignore_eos": True, "return_token_ids": True})
     assert len(forced.choices[0].token_ids) == 10 and forced.choices[0].finish_reason == "length"
     layout = oracle.layout
     forbidden = set(layout.forbidden_outside_span().tolist())
-    hot = client.chat.completions.create(model=MODEL, messages=_user("Hi"), temperature=2.0, max_tokens=64, n=4,
-                                         extra_body={"return_token_ids": True})
+    hot = client.chat.completions.create(model=MODEL, messages=[user_message("Hi")], temperature=2.0, max_tokens=64,
+                                         n=4, extra_body={"return_token_ids": True})
     assert all(not forbidden & set(c.token_ids) for c in hot.choices)  # text-only never writes image tokens
 
 
@@ -120,7 +115,7 @@ def test_stop_strings(client):
     if len(text) < 4:
         pytest.skip("greedy answer too short to pick a stop string from")
     stop = text[2:4]
-    cut = client.chat.completions.create(model=MODEL, messages=_user("Stop test prompt"), temperature=0,
+    cut = client.chat.completions.create(model=MODEL, messages=[user_message("Stop test prompt")], temperature=0,
                                          max_tokens=MAX_NEW, stop=[stop])
     assert cut.choices[0].message.content == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"

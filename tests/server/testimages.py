@@ -19,3 +19,10 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
     buf = io.BytesIO()
     image.save(buf, format=fmt)
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def user_message(text: str, images=()) -> dict:
+    """One user turn: the text, then each image as a data: URL part."""
+    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(im)}}
+                                                for im in images]
+    return {"role": "user", "content": parts}
