@@ -52,8 +52,9 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     check_model(req.model, settings)
     prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
-    params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True, family=settings.family,
-                             extra_args=span_args(req.modalities, req, engine, settings.family) | await guidance_args(engine, req, settings))
+    extra_args = span_args(req.modalities, req, engine, settings.family) | await guidance_args(engine, req, settings)
+    params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
+                             family=settings.family, extra_args=extra_args)
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     shape = req.image_output_format or settings.image_output_format
     log = request.state.log

@@ -36,8 +36,10 @@ async def generate_images(
                                  image_temperature=req.image_temperature, image_top_k=req.image_top_k,
                                  image_top_p=req.image_top_p, image_size=req.size)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=0)
+    extra_args = span_args(chat.modalities, chat, engine, settings.family, "size") | \
+        await guidance_args(engine, req, settings)
     params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True, family=settings.family,
-                             extra_args=span_args(chat.modalities, chat, engine, settings.family, "size") | await guidance_args(engine, req, settings))
+                             extra_args=extra_args)
     request_id = f"img-{uuid.uuid4().hex}"
     choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
     pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]

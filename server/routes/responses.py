@@ -96,8 +96,8 @@ async def create_response(
     check_model(req.model, settings)
     chat = as_chat_request(req)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=settings.max_images_per_request)
-    params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True, family=settings.family,
-                             extra_args=span_args(chat.modalities, chat, engine, settings.family))
+    params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True,
+                             family=settings.family, extra_args=span_args(chat.modalities, chat, engine, settings.family))
     response_id, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), settings.served_model_name
     request.state.log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
     if req.stream:
