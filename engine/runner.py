@@ -13,6 +13,7 @@ images the model writes (VQGAN decoder + PNG).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -151,6 +152,26 @@ def _codes_as_special(tokenizer, layout: TokenLayout):
     return output_side
 
 
+def _model_in_engine_core(engine_args):
+    """``engine_args`` with the model run inside vLLM's EngineCore process (its ``uni`` executor), on the CPU
+    build at one worker where the user chose no executor.
+
+    That is vLLM's own default on GPUs; its CPU build instead starts a worker process beside the EngineCore
+    (unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the two hand every step over twice through a
+    shared-memory queue that each side polls, each taking most of a core while it waits. On a 2-core box that
+    was a fifth of the image throughput (bench/RESULTS.md). The front end stays in its own process either way
+    (AsyncLLM always runs the EngineCore apart), and the CPU worker still binds its threads in the process it
+    runs in.
+    """
+    from vllm.platforms import current_platform
+
+    world = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size * engine_args.data_parallel_size
+    if not current_platform.is_cpu() or world != 1 or engine_args.distributed_executor_backend is not None:
+        return engine_args
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by the CPU platform when it checks the config
+    return dataclasses.replace(engine_args, distributed_executor_backend="uni")
+
+
 class GuidanceMemoryFull(Exception):
     """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
 
@@ -193,7 +214,7 @@ class ChameleonEngine:
 
         from engine.span_grammar import logits_processor_for_runner
 
-        vllm_config = engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+        vllm_config = _model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
         model_config = vllm_config.model_config
         # The adapter must match the model runner that this config selects (V1 on CPU, V2 on GPU).
         model_config.logits_processors = [*(model_config.logits_processors or []),
