@@ -1,7 +1,8 @@
 """``make bench``: chameleon-serve beside its baselines, same tiny checkpoint, same machine, as ratios.
 
 In order, one thing at a time (2 cores): VQGAN decode batched vs single; the transformers
-loop writing images; our server (engine start, the load generator's full sweep, text on
+loop writing images; vLLM offline writing the same images with our plugin (the engine's
+ceiling, bench/offline.py); our server (engine start, the load generator's full sweep, text on
 /v1/completions, text inter-token latency beside image traffic); vLLM's own OpenAI server
 on the same checkpoint with our plugin (engine start, the same /v1/completions text).
 Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
@@ -22,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import hf_baseline, vqgan_bench
+from bench import hf_baseline, offline, vqgan_bench
 from bench.interference import text_beside
 from bench.loadgen import client_for, run_level, sweep
 from bench.plot import plot_report
@@ -70,6 +71,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     result["vqgan_decode"] = vqgan_bench.batched_vs_single(model_dir)
     result["transformers_loop"] = hf_baseline.images_per_s(model_dir)
     result["transformers_guided_loop"] = hf_baseline.guided_images_per_s(model_dir, CFG_SCALE)
+    result["vllm_offline_image_out"] = offline.images_per_s(model_dir, batch=8, requests=16)
     prompt_ids = _prompt_ids(model_dir)
     with serve("chameleon-serve", model_dir, log_dir / "chameleon-serve.log") as ours:
         result["ours_start_s"] = round(ours.start_s, 1)
@@ -89,6 +91,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     p99 = {k: (v["itl_s"] or {}).get("p99") for k, v in itl.items()}
     result["ratios"] = {
         "image_out_c8_vs_transformers_loop": _ratio(image_c8, result["transformers_loop"]["images_per_s"]),
+        "image_out_c8_vs_vllm_offline_batch8": _ratio(image_c8, result["vllm_offline_image_out"]["images_per_s"]),
         "text_c16_tokens_per_s_vs_vllm": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
         "text_c16_ttft_p50_vs_vllm": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],

@@ -1,0 +1,50 @@
+"""Request fields -> vLLM SamplingParams: what an image-only reply leaves to the span processor."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from engine.families import CHAMELEON
+from engine.tiny import TinySpec, make_tiny
+from engine.vocab import TokenLayout
+from schemas.chat import ChatCompletionRequest
+from server.sampling import sampling_params, span_args
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """The fields of ChameleonEngine that sampling_params reads, from a real tiny checkpoint's layout."""
+    layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
+    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes={"64x64": (4, 4)}, can_paint=True,
+                           max_model_len=4096)
+
+
+def _params(engine, modalities: list[str], **fields):
+    req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "draw"}], modalities=modalities,
+                                **fields)
+    return sampling_params(req, engine, 8, req.max_new_tokens, end_of_turn=True, family=CHAMELEON,
+                           extra_args=span_args(modalities, req, engine, CHAMELEON))
+
+
+def test_an_image_only_reply_is_greedy_for_vllm_and_not_detokenized(engine):
+    """The span processor picks every token of an image-only reply (one finite logit per row), so vLLM's own
+    draw over the vocabulary and its detokenizer would be work for nothing; the image sampling settings
+    travel in extra_args."""
+    params = _params(engine, ["image"], temperature=0.9, top_p=0.5, stop=["Z"], seed=3)
+    assert (params.temperature, params.detokenize, params.stop) == (0.0, False, [])
+    assert engine.layout.eoi in params.stop_token_ids
+    assert params.extra_args["image_temperature"] == 0.7 and params.seed == 3
+
+
+def test_image_only_with_several_choices_keeps_a_random_draw(engine):
+    """vLLM refuses greedy sampling with n > 1; the draw still sees one finite logit per row."""
+    params = _params(engine, ["image"], n=2)
+    assert params.n == 2 and params.temperature > 0 and not params.detokenize
+
+
+@pytest.mark.parametrize("modalities", [["text"], ["text", "image"]])
+def test_replies_that_may_hold_text_keep_the_request_sampling(engine, modalities):
+    params = _params(engine, modalities, temperature=0.9, top_p=0.5, stop=["Z"])
+    assert (params.temperature, params.top_p, params.detokenize, params.stop) == (0.9, 0.5, True, ["Z"])
