@@ -224,7 +224,12 @@ class SpanGrammar:
         self.num_output[slots] += 1
 
     def apply(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """Mask row ``i`` of ``logits`` for the request in ``slots[i]``; sample rows inside spans."""
+        """Mask row ``i`` of ``logits`` for the request in ``slots[i]``; sample rows inside spans.
+
+        Runs once per engine step over the whole batch: every tensor operation here is a pass over rows of
+        the vocabulary, so masks that would touch no row are skipped, and a batch of forced rows only is
+        filled whole.
+        """
         mode, pos = self.mode[slots], self.pos[slots]
         in_span = pos >= 0
         force_boi = ~in_span & (mode == IMAGE_ONLY) & (self.num_output[slots] == 0)
@@ -236,37 +241,41 @@ class SpanGrammar:
             sample = np.flatnonzero(step < 0)
             if len(sample):
                 tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
-        rows_text = slice(None) if not len(forced) else self._rows(np.flatnonzero(text))
-        if isinstance(rows_text, torch.Tensor) and isinstance(self._code_cols, torch.Tensor):
-            logits[rows_text.unsqueeze(1), self._code_cols] = float("-inf")  # rows x columns, not pairs
-        else:
-            logits[rows_text, self._code_cols] = float("-inf")
-        logits[rows_text, self.layout.eoi] = float("-inf")
-        if len(self._inner_cols):  # EOL and size tokens belong to spans only
-            if isinstance(rows_text, torch.Tensor):
-                logits[rows_text.unsqueeze(1), self._inner_cols] = float("-inf")
-            else:
-                logits[rows_text, self._inner_cols] = float("-inf")
+        if len(forced) < len(slots):
+            self._mask_text_rows(logits, slice(None) if not len(forced) else self._rows(np.flatnonzero(text)))
         no_boi = text & (mode != INTERLEAVED)
         if no_boi.any():
             logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
                 float("-inf")
-        if len(forced):
+        if len(forced) == len(slots):
+            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
+        elif len(forced):
             rows_forced = self._rows(forced)
             logits[rows_forced] = float("-inf")
             logits[rows_forced, tokens] = 0.0
         return logits
 
+    def _mask_text_rows(self, logits: torch.Tensor, rows: slice | torch.Tensor) -> None:
+        """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in ``rows``."""
+        pairwise = isinstance(rows, torch.Tensor)  # index rows x columns, not (row, column) pairs
+        for cols in (self._code_cols, self._inner_cols):
+            if isinstance(cols, torch.Tensor) and not len(cols):
+                continue
+            logits[rows.unsqueeze(1) if pairwise and isinstance(cols, torch.Tensor) else rows, cols] = float("-inf")
+        logits[rows, self.layout.eoi] = float("-inf")
+
     def _rows(self, index: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(index).to(self.device)
 
     def _sample_codes(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray) -> torch.Tensor:
-        """Vocabulary ids of one image code per row, under each slot's image sampling settings."""
-        rows_t = self._rows(rows)
-        if isinstance(self._code_cols, slice):
-            x = logits[rows_t, self._code_cols]  # [r, codes]
+        """Vocabulary ids of one image code per row, under each slot's image sampling settings.
+
+        Reads ``logits`` and leaves them as they are (``apply`` overwrites these rows afterwards).
+        """
+        if isinstance(self._code_cols, slice):  # rows ascending: all of them is the whole batch, a view
+            x = logits[:, self._code_cols] if len(rows) == logits.shape[0] else logits[self._rows(rows), self._code_cols]
         else:
-            x = logits[rows_t.unsqueeze(1), self._code_cols]
+            x = logits[self._rows(rows).unsqueeze(1), self._code_cols]
         hot = self.temperature[slots] > 0
         if not hot.any():  # image_temperature 0: greedy
             return self._code_ids[x.argmax(dim=1)]
@@ -281,11 +290,10 @@ class SpanGrammar:
         """Temperature, top-k, then top-p by rejection: draw from the top-k distribution by inverse CDF
         and keep a draw when the mass of strictly likelier codes is below top-p, which samples the
         nucleus exactly without sorting (acceptance >= top-p per round; a sort only after
-        ``MAX_ATTEMPTS`` misses)."""
+        ``MAX_ATTEMPTS`` misses). A row with no finite code, or a NaN, samples uniformly. ``x`` is not
+        written to."""
         dev, width = self.device, x.shape[1]
-        # -inf/NaN to a finite floor: a fully masked row then samples uniformly instead of failing
-        x = torch.nan_to_num(x, nan=-1e30, neginf=-1e30)
-        x.div_(torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1))
+        x = x / torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1)
         top_k = self.top_k[slots]
         k_on = (top_k > 0) & (top_k < width)
         if k_on.any():
@@ -295,6 +303,10 @@ class SpanGrammar:
             x = x.masked_fill((x < kth) & self._rows(k_on).unsqueeze(1), float("-inf"))
         probs = x.softmax(dim=1)
         cdf = probs.cumsum(dim=1)
+        broken = ~(cdf[:, -1] > 0)  # softmax of a row of -inf, or with a NaN or +inf, is all NaN
+        if broken.any():
+            probs[broken] = 1.0 / width
+            cdf[broken] = torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width
         top_p = self.top_p[slots]
         picked = torch.zeros(len(slots), dtype=torch.long, device=dev)
         todo = np.arange(len(slots))
@@ -307,7 +319,10 @@ class SpanGrammar:
             ok = p_draw.squeeze(1) > 0
             nucleus = top_p[todo] < 1
             if nucleus.any():
-                above = torch.where(p > p_draw, p, 0.0).sum(dim=1)
+                # mass of strictly likelier codes: the sum of p - p_draw over them, plus p_draw per code (p - p_draw
+                # > 0 exactly when p > p_draw), in float passes: comparisons into bool tensors cost several times more
+                over = (p - p_draw).relu_()
+                above = over.sum(dim=1) + p_draw.squeeze(1) * over.sign().sum(dim=1)
                 ok &= above < torch.from_numpy(np.where(nucleus, top_p[todo], np.inf)).to(dev)
             picked[idx] = draw.squeeze(1)
             todo = todo[~ok.cpu().numpy()]

@@ -170,6 +170,24 @@ def test_top_k_1_or_tiny_top_p_is_the_argmax(params):
         assert allowed(step(g, [0], logits)[0]) == {best}
 
 
+@pytest.mark.parametrize("bad_codes, value", [(list(CODES), float("-inf")), ([CODES[0]], float("nan"))])
+def test_a_row_without_usable_code_logits_samples_every_code(bad_codes, value):
+    """No finite code logit, or a NaN among them: the row still gets one code, drawn uniformly, and the other
+    rows of the batch are sampled from their own logits."""
+    g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, image_top_p=0.9)] * 2, tails=[[BOI], [BOI]])
+    seen = set()
+    for _ in range(200):
+        logits = torch.randn(2, V)
+        logits[0, bad_codes] = value
+        logits[1, list(CODES)] = -50.0
+        logits[1, CODES[3]] = 50.0
+        out = step(g, [0, 1], logits)
+        [code] = allowed(out[0])
+        seen.add(code)
+        assert allowed(out[1]) == {CODES[3]}
+    assert seen == set(CODES)
+
+
 def test_top_k_limits_the_support():
     logits = torch.zeros(1, V)
     logits[0, [4, 5, 6]] = torch.tensor([3.0, 2.0, 1.0])
