@@ -172,6 +172,26 @@ def _model_in_engine_core(engine_args):
     return dataclasses.replace(engine_args, distributed_executor_backend="uni")
 
 
+@contextmanager
+def _engine_core_threads_bound(vllm_config) -> Iterator[None]:
+    """While the EngineCore process starts (it reads the environment then): the OpenMP binding that vLLM gives
+    its CPU worker process, for an EngineCore that runs the model itself (:func:`_model_in_engine_core`).
+
+    vLLM binds only worker processes; unbound, the EngineCore's OpenMP team takes every core, and its second
+    thread spins on the core the front end needs. Bound, it keeps vLLM's layout: the model's threads on their
+    own cores, one core left to the front end.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or vllm_config.parallel_config.distributed_executor_backend != "uni":
+        yield
+        return
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+        yield
+
+
 class GuidanceMemoryFull(Exception):
     """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
 
@@ -219,8 +239,9 @@ class ChameleonEngine:
         # The adapter must match the model runner that this config selects (V1 on CPU, V2 on GPU).
         model_config.logits_processors = [*(model_config.logits_processors or []),
                                           logits_processor_for_runner(vllm_config)]
-        llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
-                                        disable_log_stats=engine_args.disable_log_stats)
+        with _engine_core_threads_bound(vllm_config):
+            llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
+                                            disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
         llm.output_processor.tokenizer = _codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
