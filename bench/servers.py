@@ -24,13 +24,12 @@ ENGINE_FLAGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "409
 _MODULES = {
     "chameleon-serve": ("server.cli",),
     # Our span logits processor is the engine work our server adds to every request; vLLM's server gets it
-    # too, so the comparison is of the front ends (the plugin model itself comes from the entry point). So does
-    # the executor ours picks on the CPU build (engine.runner._model_in_engine_core): the model inside the
-    # EngineCore process, which vLLM's CPU platform allows only with multiprocessing of the engine core off.
+    # too (the plugin model itself comes from the entry point). Its executor stays vLLM's default, as users
+    # run it: on the CPU build a worker process, where ours runs the model in the EngineCore
+    # (engine.runner._model_in_engine_core), so on CPU the text ratio includes that choice.
     "vllm": ("vllm.entrypoints.openai.api_server", "--logits-processors",
-             "engine.logits_v1:ChameleonSpanLogitsProcessorV1", "--distributed-executor-backend", "uni"),
+             "engine.logits_v1:ChameleonSpanLogitsProcessorV1"),
 }
-_ENV = {"vllm": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +77,7 @@ def serve(kind: str, model_dir: str | Path, log: Path, *extra: str, timeout_s: f
     port = _free_port()
     cmd = [sys.executable, "-m", module, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", SERVED_NAME, *ENGINE_FLAGS, *flags, *extra]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **_ENV.get(kind, {})}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     log.parent.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()

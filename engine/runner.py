@@ -158,10 +158,10 @@ def _model_in_engine_core(engine_args):
 
     That is vLLM's own default on GPUs; its CPU build instead starts a worker process beside the EngineCore
     (unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the two hand every step over twice through a
-    shared-memory queue that each side polls, each taking most of a core while it waits. On a 2-core box that
-    was a fifth of the image throughput (bench/RESULTS.md). The front end stays in its own process either way
-    (AsyncLLM always runs the EngineCore apart), and the CPU worker still binds its threads in the process it
-    runs in.
+    shared-memory queue that each side polls, each taking most of a core while it waits: on 2 cores the
+    in-process model gave 1.4x the image throughput at 8 rows (bench/RESULTS.md). The front end stays in its
+    own process either way (AsyncLLM always runs the EngineCore apart); the EngineCore's threads get the
+    worker's binding (:func:`_engine_core_threads_bound`).
     """
     from vllm.platforms import current_platform
 

@@ -75,6 +75,9 @@ def sampling_params(
     image_only = modalities == {"image"}
     if image_only:
         stop_ids.append(engine.layout.eoi)  # one image, then done
+    # An image-only reply has no text: no stop string can match, and vLLM's incremental detokenizer would
+    # re-decode the whole open span at every code (its window grows while skipped tokens add no text).
+    stop = [] if image_only else req.stop_list
     return SamplingParams(
         n=req.n,
         temperature=_engine_temperature(req) if image_only else req.temperature,
@@ -85,13 +88,11 @@ def sampling_params(
         logit_bias=bias or None,
         repetition_penalty=req.repetition_penalty,
         seed=req.seed,
-        # An image-only reply has no text: no stop string can match, and vLLM's incremental detokenizer would
-        # re-decode the whole open span at every code (its window grows while skipped tokens add no text).
-        stop=None if image_only else req.stop_list,
+        stop=stop,
         detokenize=not image_only,
         # With images in the reply, the stop string's text is held back and dropped by the front end
         # (engine.splitter.StopTextHold), so that text before an image is not released after it.
-        include_stop_str_in_output=bool(req.stop_list) and "image" in modalities,
+        include_stop_str_in_output=bool(stop) and "image" in modalities,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
         max_tokens=max_new_tokens,

@@ -187,6 +187,15 @@ def test_stop_strings_do_not_match_inside_images(client, layout):
     assert _pieces_of_stream(client.chat.completions.create(**stream_kw, stop=["IMGIMG", "Z"], stream=True)) == expected
 
 
+def test_an_image_only_reply_ignores_stop_strings(client):
+    """An image-only reply has no text for a stop string to match: the same image with and without one."""
+    kw = dict(model=MODEL, messages=DRAW, modalities=["image"], seed=11, extra_body={"return_token_ids": True})
+    free = client.chat.completions.create(**kw).choices[0]
+    stopped = client.chat.completions.create(**kw, stop=["Z", "A"]).choices[0]
+    assert stopped.token_ids == free.token_ids and stopped.finish_reason == free.finish_reason == "stop"
+    assert stopped.message.content == free.message.content
+
+
 def test_max_tokens_inside_a_span_gives_no_broken_image(client):
     resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], max_tokens=10)
     assert resp.choices[0].finish_reason == "length"

@@ -33,7 +33,8 @@ def test_an_image_only_reply_is_greedy_for_vllm_and_not_detokenized(engine):
     draw over the vocabulary and its detokenizer would be work for nothing; the image sampling settings
     travel in extra_args."""
     params = _params(engine, ["image"], temperature=0.9, top_p=0.5, stop=["Z"], seed=3)
-    assert (params.temperature, params.detokenize, params.stop) == (0.0, False, [])
+    assert (params.temperature, params.detokenize, params.stop, params.include_stop_str_in_output) == \
+        (0.0, False, [], False)
     assert engine.layout.eoi in params.stop_token_ids
     assert params.extra_args["image_temperature"] == 0.7 and params.seed == 3
 
