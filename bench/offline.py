@@ -40,12 +40,12 @@ def _run(model_dir: Path, batch: int, requests: int) -> dict:
 
     from bench.servers import ENGINE_FLAGS
     from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
-    from engine.runner import _model_in_engine_core
+    from engine.runner import model_in_engine_core
     from engine.vocab import TokenLayout
 
     cli = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
         ["--model", str(model_dir), *ENGINE_FLAGS, "--max-num-seqs", str(batch)])
-    args = _model_in_engine_core(EngineArgs.from_cli_args(cli))  # the servers' flags and executor
+    args = model_in_engine_core(EngineArgs.from_cli_args(cli))  # the servers' flags and executor
     llm = LLM(**{k: getattr(args, k) for k in _ENGINE_FIELDS}, logits_processors=[ChameleonSpanLogitsProcessorV1])
     layout, tokenizer = TokenLayout.from_checkpoint(model_dir), AutoTokenizer.from_pretrained(model_dir)
     span = 1 + layout.span.span_length((layout.span.native_grid,) * 2)

@@ -152,7 +152,7 @@ def _codes_as_special(tokenizer, layout: TokenLayout):
     return output_side
 
 
-def _model_in_engine_core(engine_args):
+def model_in_engine_core(engine_args):
     """``engine_args`` with the model run inside vLLM's EngineCore process (its ``uni`` executor), on the CPU
     build at one worker where the user chose no executor.
 
@@ -175,7 +175,7 @@ def _model_in_engine_core(engine_args):
 @contextmanager
 def _engine_core_threads_bound(vllm_config) -> Iterator[None]:
     """While the EngineCore process starts (it reads the environment then): the OpenMP binding that vLLM gives
-    its CPU worker process, for an EngineCore that runs the model itself (:func:`_model_in_engine_core`).
+    its CPU worker process, for an EngineCore that runs the model itself (:func:`model_in_engine_core`).
 
     vLLM binds only worker processes; unbound, the EngineCore's OpenMP team takes every core, and its second
     thread spins on the core the front end needs. Bound, it keeps vLLM's layout: the model's threads on their
@@ -234,7 +234,7 @@ class ChameleonEngine:
 
         from engine.span_grammar import logits_processor_for_runner
 
-        vllm_config = _model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
+        vllm_config = model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
         model_config = vllm_config.model_config
         # The adapter must match the model runner that this config selects (V1 on CPU, V2 on GPU).
         model_config.logits_processors = [*(model_config.logits_processors or []),

@@ -6,13 +6,13 @@ import os
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 
-from engine.runner import _model_in_engine_core
+from engine.runner import model_in_engine_core
 
 
 def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # restored after the test
     args = AsyncEngineArgs(model="m")
-    chosen = _model_in_engine_core(args)
+    chosen = model_in_engine_core(args)
     assert chosen.distributed_executor_backend == "uni"
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # else vLLM's CPU platform turns uni into mp
     assert args.distributed_executor_backend is None  # the caller's args are left as they were
@@ -22,5 +22,5 @@ def test_parallel_engines_and_a_chosen_executor_are_left_alone(monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     for chosen in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}, {"distributed_executor_backend": "mp"}):
         args = AsyncEngineArgs(model="m", **chosen)
-        assert _model_in_engine_core(args) is args
+        assert model_in_engine_core(args) is args
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
