@@ -247,7 +247,7 @@ class SpanGrammar:
         if no_boi.any():
             logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
                 float("-inf")
-        if len(forced) == len(slots):
+        if len(forced) == len(slots) > 0:
             logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
         elif len(forced):
             rows_forced = self._rows(forced)

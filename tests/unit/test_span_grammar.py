@@ -110,6 +110,11 @@ def test_one_apply_over_a_batch_mixing_every_mode_and_phase():
     assert allowed(rows[4]) == set(TEXT) | {BOI}
 
 
+def test_an_empty_batch_is_left_as_it_is():
+    g = grammar(SpanParams(mode=IMAGE_ONLY), tails=[[BOI]])
+    assert step(g, [], torch.empty(0, V)).shape == (0, V)
+
+
 def test_untouched_text_logits_keep_their_values():
     g = grammar(SpanParams(mode=INTERLEAVED), SpanParams(mode=TEXT_ONLY))
     logits = torch.randn(2, V)
