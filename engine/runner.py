@@ -232,6 +232,7 @@ class ChameleonEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from engine.detokenize import skip_spans_when_detokenizing
         from engine.span_grammar import logits_processor_for_runner
 
         vllm_config = model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
@@ -245,6 +246,7 @@ class ChameleonEngine:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
         llm.output_processor.tokenizer = _codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
+        skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout.span_token_ids())
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"

@@ -138,6 +138,10 @@ class TokenLayout:
         """BOI, EOI, an image code or a span's framing token: a token that belongs to an image, not to text."""
         return tid in self.code_of or tid == self.boi or tid == self.eoi or tid in self._inner
 
+    def span_token_ids(self) -> frozenset[int]:
+        """Every id :meth:`is_span_token` accepts."""
+        return frozenset(self.code_of) | {self.boi, self.eoi} | self._inner
+
     def forbidden_outside_span(self) -> torch.Tensor:
         """Ids no text-only request may ever sample: every image code, BOI, EOI and span framing tokens."""
         return torch.cat([self.code_ids(), torch.tensor([self.boi, self.eoi, *self.span.inner_ids()])])

@@ -1,0 +1,49 @@
+"""vLLM's fast incremental detokenizer with image spans kept out of it: O(1) work per span token.
+
+tokenizers' ``DecodeStream`` re-decodes, at every step, all ids since the last one that produced text.
+Image codes are special tokens on the output side (``runner._codes_as_special``) and produce none, so
+inside a span that window grows by one id per code: a 1,024-code image costs ~half a million id decodes,
+a 4,096-code Lumina-mGPT image ~8 million. Span tokens never are text, so they do not enter the stream:
+the text, and vLLM's stop-string matching on it, stay exactly what they were.
+
+Version-pinned like ``_codes_as_special``: vLLM 0.32's ``OutputProcessor.add_request`` builds each
+request's detokenizer, and its ``FastIncrementalDetokenizer.decode_next`` is the per-token step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection
+
+from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
+
+
+class SpanSkippingDetokenizer(FastIncrementalDetokenizer):
+    """``FastIncrementalDetokenizer`` that renders span tokens (BOI, codes, EOI, size and row tokens) as
+    nothing without stepping the decode stream."""
+
+    def __init__(self, tokenizer, request, span_ids: frozenset[int]) -> None:
+        super().__init__(tokenizer, request)
+        self._span_ids = span_ids
+
+    def decode_next(self, next_token_id: int) -> str:
+        if next_token_id in self._span_ids:
+            return ""
+        return super().decode_next(next_token_id)
+
+
+def skip_spans_when_detokenizing(output_processor, span_ids: Collection[int]) -> None:
+    """Give every request that ``output_processor`` (an AsyncLLM's) adds from now on a
+    :class:`SpanSkippingDetokenizer` where vLLM would build its fast one."""
+    ids = frozenset(span_ids)
+    add = output_processor.add_request
+
+    @functools.wraps(add)
+    def add_request(request, *args, **kwargs) -> None:
+        add(request, *args, **kwargs)
+        state = output_processor.request_states.get(request.request_id)
+        if state is not None and type(state.detokenizer) is FastIncrementalDetokenizer \
+                and not state.detokenizer.token_ids:
+            state.detokenizer = SpanSkippingDetokenizer(output_processor.tokenizer, request, ids)
+
+    output_processor.add_request = add_request
