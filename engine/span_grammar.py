@@ -31,7 +31,7 @@ _MODES = {frozenset({"text"}): TEXT_ONLY, frozenset({"text", "image"}): INTERLEA
 DEFAULT_IMAGE_TEMPERATURE = 0.7  # Anole: image tokens at temperature 0.7, top-p 0.9, no top-k
 DEFAULT_IMAGE_TOP_K = 0  # 0 = off
 DEFAULT_IMAGE_TOP_P = 0.9
-_MASK63, _MASK64 = (1 << 63) - 1, (1 << 64) - 1
+_MASK63 = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +110,22 @@ def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
     return -1
 
 
-def _uniform(seed: int, step: int, attempt: int) -> float:
-    """A uniform in [0, 1) from (request seed, output index, attempt) by splitmix64.
+_SPLITMIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0x8CB92BA72F3D8DD7,
+                                          0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
+    """Uniforms in [0, 1) from (request seed, output index, attempt) by splitmix64, one per row.
 
     Counter-based rather than a stateful generator, so a seeded request draws the same codes
-    whatever its batch and across preemption.
+    whatever its batch and across preemption. uint64 arithmetic wraps, as splitmix64 wants.
     """
-    z = (seed * 0x9E3779B97F4A7C15 + step * 0xD1B54A32D192ED03 + attempt * 0x8CB92BA72F3D8DD7) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return ((z ^ (z >> 31)) >> 11) * 2.0**-53
+    a, b, c, m1, m2 = _SPLITMIX
+    with np.errstate(over="ignore"):
+        z = seeds.astype(np.uint64) * a + steps.astype(np.uint64) * b + np.uint64(attempt) * c
+        z = (z ^ (z >> np.uint64(30))) * m1
+        z = (z ^ (z >> np.uint64(27))) * m2
+    return ((z ^ (z >> np.uint64(31))) >> np.uint64(11)) * 2.0**-53
 
 
 class SpanGrammar:
@@ -345,12 +351,13 @@ class SpanGrammar:
 
     def _uniforms(self, slots: np.ndarray, attempt: int) -> torch.Tensor:
         """One uniform per row: counter-based for seeded requests, torch's RNG otherwise."""
-        u = torch.rand(len(slots), device=self.device)
-        seeded = np.flatnonzero(self.seed[slots] >= 0)
-        if len(seeded):  # Python work only for seeded rows inside a span
-            values = [_uniform(int(self.seed[s]), int(self.num_output[s]), attempt) for s in slots[seeded]]
-            u[self._rows(seeded)] = torch.tensor(values, dtype=u.dtype).to(self.device)
-        return u
+        seeded = self.seed[slots] >= 0
+        if not seeded.any():
+            return torch.rand(len(slots), device=self.device)
+        u = torch.from_numpy(counter_uniforms(self.seed[slots], self.num_output[slots], attempt)).float()
+        if not seeded.all():
+            u = torch.where(torch.from_numpy(seeded), u, torch.rand(len(slots)))
+        return u.to(self.device)
 
 
 def logits_processor_for_runner(vllm_config: Any = None) -> type:

@@ -17,6 +17,7 @@ from engine.span_grammar import (
     TEXT_ONLY,
     SpanGrammar,
     SpanParams,
+    counter_uniforms,
     span_position,
     validate_params,
 )
@@ -244,8 +245,10 @@ def test_image_sampling_matches_the_reference_distribution(monkeypatch, temperat
     assert torch.allclose(got, want, atol=0.015), (got, want)
 
 
-def _image_codes(seed: int | None, slot_order: list[int]) -> list[int]:
-    g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, seed=seed) for _ in slot_order])
+def _image_codes(seed: int | None, slot_order: list[int], others: int | None | str = "same") -> list[int]:
+    """Codes of slot 0's image; the other slots' requests have seed ``others`` (default: slot 0's)."""
+    seeds = [seed if others == "same" or slot == 0 else others for slot in range(len(slot_order))]
+    g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, seed=s) for s in seeds])
     torch.manual_seed(123)
     codes = []
     commit(g, slot_order, [BOI] * len(slot_order))
@@ -261,7 +264,26 @@ def test_seeded_image_sampling_is_reproducible_across_batches():
     first = _image_codes(7, [0])
     assert _image_codes(7, [0]) == first
     assert _image_codes(7, [1, 0, 2]) == first  # batch position and neighbours do not matter
+    assert _image_codes(7, [1, 0, 2], others=None) == first  # unseeded neighbours neither
     assert any(_image_codes(s, [0]) != first for s in (8, 9, 10))
+
+
+def _splitmix64_uniform(seed: int, step: int, attempt: int) -> float:
+    """splitmix64's finalizer over a mix of the three counters, in Python integers."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xD1B54A32D192ED03 + attempt * 0x8CB92BA72F3D8DD7) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return ((z ^ (z >> 31)) >> 11) * 2.0**-53
+
+
+def test_counter_uniforms_are_splitmix64_of_seed_step_and_attempt():
+    seeds = np.array([0, 1, 7, 2**63 - 1, 123456789], dtype=np.int64)
+    steps = np.array([0, 5, 1000, 3, 2**40], dtype=np.int64)
+    for attempt in (0, 1, 15):
+        got = counter_uniforms(seeds, steps, attempt)
+        assert got.tolist() == [_splitmix64_uniform(int(a), int(b), attempt) for a, b in zip(seeds, steps)]
+        assert ((got >= 0) & (got < 1)).all()
 
 
 def test_unseeded_rows_sample_in_one_draw_and_vary():
