@@ -5,7 +5,8 @@ loop writing images; vLLM offline writing the same images with our plugin (the e
 ceiling, bench/offline.py); our server (engine start, the load generator's full sweep, text on
 /v1/completions, text inter-token latency beside image traffic, then image-out at c=8 in pairs
 with the transformers loop, back to back); vLLM's own OpenAI server
-on the same checkpoint with our plugin (engine start, the same /v1/completions text).
+on the same checkpoint with our plugin (engine start, the same /v1/completions text); the output
+detokenizer's cost per image of an interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
 Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
 
     python bench/compare.py [--model DIR] [--out bench/out] [--concurrency 1 8 32]
@@ -26,7 +27,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import hf_baseline, offline, vqgan_bench
+from bench import detokenize_bench, hf_baseline, offline, vqgan_bench
 from bench.interference import text_beside
 from bench.loadgen import client_for, run_level, sweep
 from bench.plot import plot_report
@@ -109,6 +110,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     with serve("vllm", model_dir, log_dir / "vllm.log") as theirs:
         result["vllm_start_s"] = round(theirs.start_s, 1)
         result["vllm_completions"] = asyncio.run(_completions(theirs.url, prompt_ids))
+    result["detokenize_per_image_ms"] = detokenize_bench.per_image_ms(model_dir)
     result["load_after"] = os.getloadavg()
     (out / "loadgen.json").write_text(json.dumps(report, indent=2))
     plot_report(report, out / "loadgen.png")

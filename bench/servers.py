@@ -1,8 +1,7 @@
 """Start a server on a checkpoint for a benchmark run (ours, or vLLM's own OpenAI server), timed to ready.
 
-Both get the same engine flags (fp32, the same context length, vLLM's defaults otherwise: compiled
-graphs, as a deployment runs, not ``--enforce-eager`` as the test suite does to start faster), so a
-side-by-side figure measures the front end, not a configuration difference.
+Both get the same engine flags (fp32, eager, the same context length and vLLM defaults),
+so a side-by-side figure measures the front end, not a configuration difference.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 SERVED_NAME = "tiny"
-ENGINE_FLAGS = ("--dtype", "float32", "--max-model-len", "4096")
+ENGINE_FLAGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "4096")
 _MODULES = {
     "chameleon-serve": ("server.cli",),
     # Our span logits processor is the engine work our server adds to every request; vLLM's server gets it
