@@ -2,11 +2,12 @@
 
 In order, one thing at a time (2 cores): VQGAN decode batched vs single; the transformers
 loop writing images; vLLM offline writing the same images with our plugin (the engine's
-ceiling, bench/offline.py); our server (engine start, the load generator's full sweep, text on
-/v1/completions, text inter-token latency beside image traffic, then image-out at c=8 in pairs
-with the transformers loop, back to back); vLLM's own OpenAI server
-on the same checkpoint with our plugin (engine start, the same /v1/completions text); the output
+ceiling, bench/offline.py); our server and vLLM's own OpenAI server on the same checkpoint with our
+plugin, both up (engine starts; the load generator's full sweep on ours; /v1/completions text on
+theirs then ours, in pairs; text inter-token latency beside image traffic on ours; image-out at c=8
+on ours in pairs with the transformers loop, back to back; guided image-out); the output
 detokenizer's cost per image of an interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
+Pairs, because this box's speed drifts by 15-25% over minutes: each ratio is the median of its pairs'.
 Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
 
     python bench/compare.py [--model DIR] [--out bench/out] [--concurrency 1 8 32]
@@ -87,6 +88,19 @@ def _paired_image_out(url: str, model_dir: Path) -> dict:
     return {"pairs": pairs, "median_ratio": float(np.median([p["ratio"] for p in pairs]))}
 
 
+def _paired_text(ours: str, theirs: str, prompt_ids: list[int]) -> dict:
+    """Target b) as pairs: vLLM's server then ours on the same /v1/completions load, ``PAIRED_ROUNDS`` times."""
+    pairs = []
+    for _ in range(PAIRED_ROUNDS):
+        vllm_c = asyncio.run(_completions(theirs, prompt_ids))
+        ours_c = asyncio.run(_completions(ours, prompt_ids))
+        pairs.append({"vllm": vllm_c, "ours": ours_c,
+                      "tokens_per_s_ratio": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
+                      "ttft_p50_ratio": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"])})
+    return {"pairs": pairs, **{f"median_{k}": float(np.median([p[k] for p in pairs]))
+                               for k in ("tokens_per_s_ratio", "ttft_p50_ratio")}}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -99,30 +113,29 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     result["transformers_guided_loop"] = hf_baseline.guided_images_per_s(model_dir, CFG_SCALE)
     result["vllm_offline_image_out"] = offline.images_per_s(model_dir, batch=8, requests=16)
     prompt_ids = _prompt_ids(model_dir)
-    with serve("chameleon-serve", model_dir, log_dir / "chameleon-serve.log") as ours:
-        result["ours_start_s"] = round(ours.start_s, 1)
+    # Both servers stay up (an idle one takes ~1% of a core) so that text runs in pairs, side by side in time.
+    with serve("chameleon-serve", model_dir, log_dir / "chameleon-serve.log") as ours, \
+            serve("vllm", model_dir, log_dir / "vllm.log") as theirs:
+        result["ours_start_s"], result["vllm_start_s"] = round(ours.start_s, 1), round(theirs.start_s, 1)
         report = asyncio.run(sweep(ours.url, "bench", "tiny", list(standard(TEXT_TOKENS).values()), levels))
-        result["ours_completions"] = asyncio.run(_completions(ours.url, prompt_ids))
+        result["text_c16_paired"] = _paired_text(ours.url, theirs.url, prompt_ids)
         result["ours_itl"] = asyncio.run(_interference(ours.url))
         result["image_out_c8_paired"] = _paired_image_out(ours.url, model_dir)
         guided = asyncio.run(sweep(ours.url, "bench", "tiny", [guided_image_out_chat(CFG_SCALE)], levels))
         result["ours_guided"] = guided["workloads"]["guided-image-out"]
-    with serve("vllm", model_dir, log_dir / "vllm.log") as theirs:
-        result["vllm_start_s"] = round(theirs.start_s, 1)
-        result["vllm_completions"] = asyncio.run(_completions(theirs.url, prompt_ids))
     result["detokenize_per_image_ms"] = detokenize_bench.per_image_ms(model_dir)
     result["load_after"] = os.getloadavg()
     (out / "loadgen.json").write_text(json.dumps(report, indent=2))
     plot_report(report, out / "loadgen.png")
     image_c8 = report["workloads"]["image-out"].get("8", {}).get("images_per_s")
-    ours_c, vllm_c, itl = result["ours_completions"], result["vllm_completions"], result["ours_itl"]
+    text, itl = result["text_c16_paired"], result["ours_itl"]
     p99 = {k: (v["itl_s"] or {}).get("p99") for k, v in itl.items()}
     result["ratios"] = {
         "image_out_c8_vs_transformers_loop": _ratio(image_c8, result["transformers_loop"]["images_per_s"]),
         "image_out_c8_vs_transformers_loop_paired_median": result["image_out_c8_paired"]["median_ratio"],
         "image_out_c8_vs_vllm_offline_batch8": _ratio(image_c8, result["vllm_offline_image_out"]["images_per_s"]),
-        "text_c16_tokens_per_s_vs_vllm": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
-        "text_c16_ttft_p50_vs_vllm": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
+        "text_c16_tokens_per_s_vs_vllm_paired_median": text["median_tokens_per_s_ratio"],
+        "text_c16_ttft_p50_vs_vllm_paired_median": text["median_ttft_p50_ratio"],
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
         "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
         "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),
