@@ -44,11 +44,11 @@ def per_image_ms(model_dir: str | Path, code_counts: tuple[int, ...] = (1024, 40
     from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
 
     from engine.detokenize import SpanSkippingDetokenizer
-    from engine.runner import _codes_as_special
+    from engine.runner import codes_as_special
     from engine.vocab import TokenLayout
 
     layout = TokenLayout.from_checkpoint(model_dir)
-    tokenizer = _codes_as_special(get_tokenizer(str(model_dir)), layout)
+    tokenizer = codes_as_special(get_tokenizer(str(model_dir)), layout)
     text = tokenizer.encode(TEXT, add_special_tokens=False)
     rng = random.Random(0)
     figures = {}

@@ -131,7 +131,7 @@ def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
     return to_png(picture)
 
 
-def _codes_as_special(tokenizer, layout: TokenLayout):
+def codes_as_special(tokenizer, layout: TokenLayout):
     """A copy of the tokenizer for vLLM's output detokenizer, in which image codes (and Lumina-mGPT's size
     and end-of-line tokens) are special tokens.
 
@@ -245,7 +245,7 @@ class ChameleonEngine:
                                             disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
-        llm.output_processor.tokenizer = _codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
+        llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
         skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout.span_token_ids())
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)

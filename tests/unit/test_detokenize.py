@@ -12,7 +12,7 @@ from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
 from vllm.v1.engine.output_processor import OutputProcessor
 
 from engine.detokenize import SpanSkippingDetokenizer, skip_spans_when_detokenizing
-from engine.runner import _codes_as_special
+from engine.runner import codes_as_special
 from engine.tiny import TinySpec, make_tiny
 from engine.vocab import TokenLayout
 
@@ -21,7 +21,7 @@ from engine.vocab import TokenLayout
 def setup(tmp_path_factory):
     model = make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64))
     layout = TokenLayout.from_checkpoint(model)
-    return _codes_as_special(get_tokenizer(str(model)), layout), layout
+    return codes_as_special(get_tokenizer(str(model)), layout), layout
 
 
 def _request(tokenizer, request_id: str = "r", **params) -> EngineCoreRequest:
@@ -99,4 +99,3 @@ def test_an_output_processor_builds_it_for_new_requests(setup):
     processor.add_request(_request(tokenizer, "q", detokenize=False), None)
     assert type(processor.request_states["r"].detokenizer) is SpanSkippingDetokenizer
     assert type(processor.request_states["q"].detokenizer) is not SpanSkippingDetokenizer  # no text asked for
-
