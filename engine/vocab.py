@@ -51,13 +51,14 @@ class TokenLayout:
     code_to_id: tuple[int, ...]  # vocabulary id of codebook index i
     span: SpanFormat = field(default=SpanFormat(0), compare=False)  # the family's span grammar (Chameleon's)
     code_of: Mapping[int, int] = field(init=False, repr=False, compare=False)  # vocabulary id -> codebook index
-    _inner: frozenset[int] = field(init=False, repr=False, compare=False)  # EOL and size tokens
+    _span_ids: frozenset[int] = field(init=False, repr=False, compare=False)  # BOI, EOI, codes, EOL, sizes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_of", {tid: i for i, tid in enumerate(self.code_to_id)})
         if self.span.native_grid == 0:  # Chameleon's square span of image_seq_length codes
             object.__setattr__(self, "span", SpanFormat(round(self.image_seq_length ** 0.5)))
-        object.__setattr__(self, "_inner", frozenset(self.span.inner_ids()))
+        object.__setattr__(self, "_span_ids",
+                           frozenset(self.code_to_id) | {self.boi, self.eoi} | frozenset(self.span.inner_ids()))
 
     @classmethod
     def from_vocabulary_map(
@@ -136,11 +137,11 @@ class TokenLayout:
 
     def is_span_token(self, tid: int) -> bool:
         """BOI, EOI, an image code or a span's framing token: a token that belongs to an image, not to text."""
-        return tid in self.code_of or tid == self.boi or tid == self.eoi or tid in self._inner
+        return tid in self._span_ids
 
     def span_token_ids(self) -> frozenset[int]:
         """Every id :meth:`is_span_token` accepts."""
-        return frozenset(self.code_of) | {self.boi, self.eoi} | self._inner
+        return self._span_ids
 
     def forbidden_outside_span(self) -> torch.Tensor:
         """Ids no text-only request may ever sample: every image code, BOI, EOI and span framing tokens."""
