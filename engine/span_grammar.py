@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.nucleus import draw_nucleus
 from engine.span_format import CODES_PER_PATCH
 from engine.vocab import TokenLayout
 
@@ -114,15 +115,15 @@ _SPLITMIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03,
                                           0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
-def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
-    """Uniforms in [0, 1) from (request seed, output index, attempt) by splitmix64, one per row.
+def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempts: np.ndarray | int) -> np.ndarray:
+    """Uniforms in [0, 1) from (request seed, output index, attempt) by splitmix64, broadcast together.
 
     Counter-based rather than a stateful generator, so a seeded request draws the same codes
     whatever its batch and across preemption. uint64 arithmetic wraps, as splitmix64 wants.
     """
     a, b, c, m1, m2 = _SPLITMIX
     with np.errstate(over="ignore"):
-        z = seeds.astype(np.uint64) * a + steps.astype(np.uint64) * b + np.uint64(attempt) * c
+        z = seeds.astype(np.uint64) * a + steps.astype(np.uint64) * b + np.asarray(attempts).astype(np.uint64) * c
         z = (z ^ (z >> np.uint64(30))) * m1
         z = (z ^ (z >> np.uint64(27))) * m2
     return ((z ^ (z >> np.uint64(31))) >> np.uint64(11)) * 2.0**-53
@@ -131,7 +132,7 @@ def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.n
 class SpanGrammar:
     """Per-slot span state (host numpy) and the batched masking/sampling of one logits tensor."""
 
-    MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback
+    MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback (engine/nucleus.py)
 
     def __init__(self, layout: TokenLayout, max_slots: int, device: torch.device | str = "cpu") -> None:
         self.layout, self.format = layout, layout.span
@@ -293,11 +294,8 @@ class SpanGrammar:
         return self._code_ids[choice]
 
     def _sample_hot(self, x: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """Temperature, top-k, then top-p by rejection: draw from the top-k distribution by inverse CDF
-        and keep a draw when the mass of strictly likelier codes is below top-p, which samples the
-        nucleus exactly without sorting (acceptance >= top-p per round; a sort only after
-        ``MAX_ATTEMPTS`` misses). A row with no finite code, or a NaN, samples uniformly. ``x`` is not
-        written to."""
+        """Temperature, top-k, then top-p (``engine/nucleus.py``: rejection rounds, ``MAX_ATTEMPTS`` of them
+        before a sort). ``x`` is not written to."""
         dev, width = self.device, x.shape[1]
         x = x / torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1)
         top_k = self.top_k[slots]
@@ -307,56 +305,19 @@ class SpanGrammar:
             kth_index = self._rows(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
             kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
             x = x.masked_fill((x < kth) & self._rows(k_on).unsqueeze(1), float("-inf"))
-        probs = x.softmax(dim=1)
-        cdf = probs.cumsum(dim=1)
-        broken = ~(cdf[:, -1] > 0)  # softmax of a row of -inf, or with a NaN or +inf, is all NaN
-        if broken.any():
-            probs[broken] = 1.0 / width
-            cdf[broken] = torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width
-        top_p = self.top_p[slots]
-        picked = torch.zeros(len(slots), dtype=torch.long, device=dev)
-        todo = np.arange(len(slots))
-        for attempt in range(self.MAX_ATTEMPTS):
-            idx = self._rows(todo)
-            c, p = (cdf, probs) if attempt == 0 else (cdf[idx], probs[idx])
-            u = self._uniforms(slots[todo], attempt) * c[:, -1]
-            draw = torch.searchsorted(c, u.unsqueeze(1), right=True).clamp_(max=width - 1)
-            p_draw = p.gather(1, draw)
-            ok = p_draw.squeeze(1) > 0
-            nucleus = top_p[todo] < 1
-            if nucleus.any():
-                # mass of strictly likelier codes: the sum of p - p_draw over them, plus p_draw per code (p - p_draw
-                # > 0 exactly when p > p_draw), in float passes: comparisons into bool tensors cost several times more
-                over = (p - p_draw).relu_()
-                above = over.sum(dim=1) + p_draw.squeeze(1) * over.sign().sum(dim=1)
-                ok &= above < torch.from_numpy(np.where(nucleus, top_p[todo], np.inf)).to(dev)
-            picked[idx] = draw.squeeze(1)
-            todo = todo[~ok.cpu().numpy()]
-            if not len(todo):
-                return picked
-        return self._sample_sorted(probs, picked, todo, slots)
+        return draw_nucleus(x.softmax(dim=1), self._uniforms(slots), self.top_p[slots])
 
-    def _sample_sorted(self, probs: torch.Tensor, picked: torch.Tensor, todo: np.ndarray,
-                       slots: np.ndarray) -> torch.Tensor:
-        """Nucleus by sorting, for rows whose rejection rounds all missed (tiny top-p)."""
-        idx = self._rows(todo)
-        p, order = probs[idx].sort(dim=1, descending=True)
-        top_p = torch.from_numpy(self.top_p[slots[todo]]).to(self.device).unsqueeze(1)
-        p = p.masked_fill(p.cumsum(dim=1) - p >= top_p, 0.0)  # keeps at least the top code
-        c = p.cumsum(dim=1)
-        u = self._uniforms(slots[todo], self.MAX_ATTEMPTS) * c[:, -1]
-        draw = torch.searchsorted(c, u.unsqueeze(1), right=True).clamp_(max=p.shape[1] - 1)
-        picked[idx] = order.gather(1, draw).squeeze(1)
-        return picked
-
-    def _uniforms(self, slots: np.ndarray, attempt: int) -> torch.Tensor:
-        """One uniform per row: counter-based for seeded requests, torch's RNG otherwise."""
+    def _uniforms(self, slots: np.ndarray) -> torch.Tensor:
+        """Uniforms per row, one per rejection round and one for the sorted fallback (float32): counter-based
+        for seeded requests, torch's RNG otherwise."""
         seeded = self.seed[slots] >= 0
+        shape = (len(slots), self.MAX_ATTEMPTS + 1)
         if not seeded.any():
-            return torch.rand(len(slots), device=self.device)
-        u = torch.from_numpy(counter_uniforms(self.seed[slots], self.num_output[slots], attempt)).float()
+            return torch.rand(shape, device=self.device)
+        attempts = np.arange(shape[1])
+        u = torch.from_numpy(counter_uniforms(self.seed[slots, None], self.num_output[slots, None], attempts)).float()
         if not seeded.all():
-            u = torch.where(torch.from_numpy(seeded), u, torch.rand(len(slots)))
+            u = torch.where(torch.from_numpy(seeded).unsqueeze(1), u, torch.rand(shape))
         return u.to(self.device)
 
 

@@ -1,0 +1,143 @@
+"""Top-p sampling of image codes by rejection, as tensor rounds (accelerators) or compiled loops (CPUs).
+
+Draw by inverse CDF from the (top-k) distribution and keep the draw when the mass of strictly likelier
+codes is below top-p: that samples the nucleus exactly without sorting, each round accepting with
+probability >= top-p; rows that miss every round draw from a sorted nucleus. On a CPU the tensor form
+costs a dozen passes and dispatches per round over rows of the codebook, so there the same draw runs as
+numba loops (numba is already a vLLM dependency), one call per engine step: per row, one vectorized pass
+for block sums, a walk over blocks then within one block per round, one vectorized pass for the mass
+above the draw. The loops sum in another order than torch's ``cumsum``, so the two forms pick the same
+code from the same uniforms up to float rounding.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+_BLOCK = 64  # codes per block sum: the inverse-CDF walk visits width / 64 sums, then at most one block
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _block_sums(p: np.ndarray, out: np.ndarray) -> float:
+    """``out[b]``: the sum of ``p``'s block b; returns the total."""
+    total = 0.0
+    for b in range(out.shape[0]):
+        acc = 0.0
+        for j in range(b * _BLOCK, min((b + 1) * _BLOCK, p.shape[0])):
+            acc += p[j]
+        out[b] = acc
+        total += acc
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _inverse_cdf(p: np.ndarray, blocks: np.ndarray, target: float) -> int:
+    """The first index where the running sum of ``p`` exceeds ``target``, else the last index."""
+    acc, start = 0.0, 0
+    for b in range(blocks.shape[0]):
+        if acc + blocks[b] > target:
+            break
+        acc += blocks[b]
+        start += _BLOCK
+    for j in range(min(start, p.shape[0]), p.shape[0]):  # past the block only where rounding disagrees
+        acc += p[j]
+        if acc > target:
+            return j
+    return p.shape[0] - 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _mass_above(p: np.ndarray, level: float) -> float:
+    """The sum of the entries of ``p`` greater than ``level``."""
+    above = 0.0
+    for j in range(p.shape[0]):
+        above += p[j] if p[j] > level else 0.0
+    return above
+
+
+def draw_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray) -> torch.Tensor:
+    """One index per row of ``probs`` (float32 softmax rows; one with NaNs, from a row without a finite
+    logit, draws uniformly) under that row's ``top_p``.
+
+    ``uniforms[r, a]`` is row r's uniform for round a; the last column draws from the sorted nucleus of
+    rows that missed every round. ``probs`` may be written to.
+    """
+    if probs.device.type == "cpu":
+        return torch.from_numpy(_draw_host(probs.numpy(), uniforms.numpy(), top_p))
+    return _draw_tensor(probs, uniforms, top_p)
+
+
+def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray) -> torch.Tensor:
+    """Rounds over the rows still undrawn, as tensor passes."""
+    dev, width = probs.device, probs.shape[1]
+
+    def rows(index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(index).to(dev)
+
+    cdf = probs.cumsum(dim=1)
+    broken = ~(cdf[:, -1] > 0)
+    if broken.any():
+        probs[broken] = 1.0 / width
+        cdf[broken] = torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width
+    picked = torch.zeros(len(probs), dtype=torch.long, device=dev)
+    todo = np.arange(len(probs))
+    for attempt in range(uniforms.shape[1] - 1):
+        idx = rows(todo)
+        c, p = (cdf, probs) if attempt == 0 else (cdf[idx], probs[idx])
+        draw = torch.searchsorted(c, (uniforms[idx, attempt] * c[:, -1]).unsqueeze(1), right=True)
+        p_draw = p.gather(1, draw.clamp_(max=width - 1))
+        ok = p_draw.squeeze(1) > 0
+        nucleus = top_p[todo] < 1
+        if nucleus.any():
+            # mass of strictly likelier codes: the sum of p - p_draw over them, plus p_draw per code (p - p_draw
+            # > 0 exactly when p > p_draw), in float passes: comparisons into bool tensors cost several times more
+            over = (p - p_draw).relu_()
+            above = over.sum(dim=1) + p_draw.squeeze(1) * over.sign().sum(dim=1)
+            ok &= above < torch.from_numpy(np.where(nucleus, top_p[todo], np.inf)).to(dev) * c[:, -1]
+        picked[idx] = draw.squeeze(1)
+        todo = todo[~ok.cpu().numpy()]
+        if not len(todo):
+            return picked
+    idx = rows(todo)  # the sorted nucleus
+    p, order = probs[idx].sort(dim=1, descending=True, stable=True)
+    total = p.sum(dim=1, keepdim=True)
+    p = p.masked_fill(p.cumsum(dim=1) - p >= torch.from_numpy(top_p[todo]).to(dev).unsqueeze(1) * total, 0.0)
+    c = p.cumsum(dim=1)
+    draw = torch.searchsorted(c, (uniforms[idx, -1] * c[:, -1]).unsqueeze(1), right=True).clamp_(max=width - 1)
+    picked[idx] = order.gather(1, draw).squeeze(1)
+    return picked
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_host(probs: np.ndarray, uniforms: np.ndarray, top_p: np.ndarray) -> np.ndarray:
+    """:func:`draw_nucleus` as loops over each row."""
+    rows, width = probs.shape
+    rounds = uniforms.shape[1] - 1
+    blocks = np.empty((width + _BLOCK - 1) // _BLOCK, dtype=np.float64)
+    out = np.empty(rows, dtype=np.int64)
+    for r in range(rows):
+        p = probs[r]
+        total = _block_sums(p, blocks)
+        if not total > 0:  # softmax of all -inf, or with a NaN or +inf
+            out[r] = min(int(uniforms[r, 0] * width), width - 1)
+            continue
+        found = False
+        for a in range(rounds):
+            pick = _inverse_cdf(p, blocks, uniforms[r, a] * total)
+            if p[pick] > 0 and (top_p[r] >= 1 or _mass_above(p, p[pick]) < top_p[r] * total):
+                out[r], found = pick, True
+                break
+        if not found:
+            order = np.argsort(-p, kind="mergesort")
+            kept = np.zeros(width, dtype=np.float32)
+            before = 0.0
+            for i in range(width):  # the smallest prefix reaching top-p; the top code always stays
+                if before >= top_p[r] * total:
+                    break
+                kept[i] = p[order[i]]
+                before += kept[i]
+            _block_sums(kept, blocks)
+            out[r] = order[_inverse_cdf(kept, blocks, uniforms[r, rounds] * before)]
+    return out
