@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.nucleus import draw_nucleus
 from engine.span_format import CODES_PER_PATCH
 from engine.vocab import TokenLayout
 
@@ -159,6 +158,13 @@ class SpanGrammar:
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
         self.seed = np.full(max_slots, -1, dtype=np.int64)  # -1: unseeded (torch's global RNG)
+        # Imported here, not with this module: once numba's llvmlite is imported, the scan of module namespaces
+        # that vLLM's CPU platform runs as its worker starts fails on it (vLLM 0.32); processors are built after.
+        from engine.nucleus import draw_nucleus
+
+        self._draw_nucleus = draw_nucleus
+        half = torch.full((1, self.MAX_ATTEMPTS + 1), 0.5, device=self.device)
+        draw_nucleus(half[:, :2].clone(), half, self.top_p[:1])  # compiles (or loads numba's cache) now, not in a step
 
     def tail_length(self, slot: int) -> int:
         """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
@@ -305,7 +311,7 @@ class SpanGrammar:
             kth_index = self._rows(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
             kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
             x = x.masked_fill((x < kth) & self._rows(k_on).unsqueeze(1), float("-inf"))
-        return draw_nucleus(x.softmax(dim=1), self._uniforms(slots), self.top_p[slots])
+        return self._draw_nucleus(x.softmax(dim=1), self._uniforms(slots), self.top_p[slots])
 
     def _uniforms(self, slots: np.ndarray) -> torch.Tensor:
         """Uniforms per row, one per rejection round and one for the sorted fallback (float32): counter-based

@@ -1,5 +1,8 @@
 """The compiled host draw against the tensor rounds, on the same rows and uniforms, at Chameleon's width."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -39,3 +42,10 @@ def test_rows_without_a_finite_logit_draw_uniformly_in_both_forms():
     top_p = np.ones(2, dtype=np.float32)
     assert draw_nucleus(probs.clone(), uniforms, top_p).tolist() == [2, 7]
     assert _draw_tensor(probs.clone(), uniforms, top_p).tolist() == [2, 7]
+
+
+def test_the_processor_modules_leave_numba_unimported():
+    """vLLM 0.32's CPU worker scans every module namespace as it starts and fails on llvmlite's; the processor
+    class is unpickled before that scan, the processor itself built after it."""
+    code = "import sys, engine.logits_v1, engine.logits_v2; assert 'llvmlite' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
