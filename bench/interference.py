@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import openai
+import httpx
 
 from bench.loadgen import run_level, send
 from bench.stats import summarize
 from bench.workloads import Workload
 
 
-async def _background(client: openai.AsyncOpenAI, model: str, workload: Workload, concurrency: int,
+async def _background(client: httpx.AsyncClient, model: str, workload: Workload, concurrency: int,
                       stagger_s: float) -> None:
     async def worker(k: int) -> None:
         await asyncio.sleep(k * stagger_s)
@@ -31,7 +31,7 @@ async def _background(client: openai.AsyncOpenAI, model: str, workload: Workload
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
 
 
-async def text_beside(client: openai.AsyncOpenAI, model: str, text: Workload, background: Workload | None,
+async def text_beside(client: httpx.AsyncClient, model: str, text: Workload, background: Workload | None,
                       concurrency: int, requests: int, settle_s: float = 8.0, stagger_s: float = 1.0) -> dict:
     """Figures of ``requests`` text streams at ``concurrency`` while ``background`` runs at the same concurrency."""
     task = None

@@ -1,7 +1,7 @@
 """What each benchmark request asks for: text chat, image-in chat, image-out chat, completions, a mix.
 
 A workload is a name plus a function from the request index to the arguments of one
-streamed ``openai`` call; fixed output lengths (``ignore_eos`` + ``min_tokens``) keep
+streamed request, spelled as the ``openai`` client's keyword arguments; fixed output lengths (``ignore_eos`` + ``min_tokens``) keep
 text figures comparable across servers and runs.
 """
 
@@ -18,7 +18,8 @@ from PIL import Image
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One request: ``route`` is "chat" or "completions"; ``args`` go to the client's ``create``."""
+    """One request: ``route`` is "chat" or "completions"; ``args`` as for the openai client's ``create``
+    (``extra_body`` merged into the body)."""
 
     route: str
     args: dict

@@ -66,5 +66,5 @@ def test_failed_requests_are_counted_not_raised(live) -> None:
                                        [standard(4)["text"]], [1], requests=2, warmup=0))
     level = report["workloads"]["text"]["1"]
     assert level["ok"] == 0 and level["requests"] == 2
-    assert level["errors"] and "NotFound" in level["errors"][0]
+    assert level["errors"] and level["errors"][0].startswith("HTTP 404 not_found_error: ")
     assert level["ttft_s"] is None
