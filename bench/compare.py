@@ -4,7 +4,7 @@ In order, one thing at a time (2 cores): VQGAN decode batched vs single; the tra
 loop writing images; vLLM offline writing the same images with our plugin (the engine's
 ceiling, bench/offline.py); our server and vLLM's own OpenAI server on the same checkpoint with our
 plugin, both up (engine starts; the load generator's full sweep on ours; /v1/completions text on
-theirs then ours, in pairs; text inter-token latency beside image traffic on ours; image-out at c=8
+theirs then ours, in pairs, as a closed loop at c=16 and as bursts of 16 one-token requests; text inter-token latency beside image traffic on ours; image-out at c=8
 on ours in pairs with the transformers loop, back to back; guided image-out); the output
 detokenizer's cost per image of an interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
 Pairs, because this box's speed drifts by 15-25% over minutes: each ratio is the median of its pairs'.
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the proje
 
 from bench import detokenize_bench, hf_baseline, offline, vqgan_bench
 from bench.interference import text_beside
-from bench.loadgen import client_for, run_level, sweep
+from bench.loadgen import client_for, run_level, send, sweep
 from bench.plot import plot_report
 from bench.runargs import parse_run_args
 from bench.servers import serve
@@ -41,6 +41,7 @@ TEXT_TOKENS = 128
 TEXT_CONCURRENCY, TEXT_REQUESTS = 16, 64
 ITL_CONCURRENCY, ITL_REQUESTS = 8, 48
 PAIRED_ROUNDS, PAIRED_LOOP_IMAGES, PAIRED_REQUESTS = 3, 2, 16
+BURSTS = 8
 PROMPT = "Write a short story about the sea, the mountains and the stars at night."
 CFG_SCALE = 3.0
 
@@ -57,6 +58,25 @@ async def _completions(url: str, prompt_ids: list[int]) -> dict:
         work = completions(prompt_ids, TEXT_TOKENS)
         await run_level(client, "tiny", work, 1, 2)  # warm-up
         return summarize(*await run_level(client, "tiny", work, TEXT_CONCURRENCY, TEXT_REQUESTS))
+
+
+async def _burst_ttft(url: str, prompt_ids: list[int]) -> float:
+    """TTFT p50 of ``TEXT_CONCURRENCY`` one-token requests sent at once, the median over ``BURSTS`` bursts.
+
+    The front end's admission of new requests, with no streams to serve beside them: in the closed loop at
+    c=16 a new request's first token also waits behind the other streams' tokens, as many more per second
+    as the server is faster, on a core the load generator shares.
+    """
+    async with client_for(url, "bench") as client:
+        work = completions(prompt_ids, 1)
+        await send(client, "tiny", work.build(0))  # warm-up
+        p50s = []
+        for _ in range(BURSTS):
+            records = await asyncio.gather(*(send(client, "tiny", work.build(i)) for i in range(TEXT_CONCURRENCY)))
+            if not all(r.ok for r in records):
+                raise RuntimeError(f"burst request failed: {next(r.error for r in records if not r.ok)}")
+            p50s.append(float(np.median([r.ttft for r in records])))
+        return float(np.median(p50s))
 
 
 async def _interference(url: str) -> dict:
@@ -89,16 +109,19 @@ def _paired_image_out(url: str, model_dir: Path) -> dict:
 
 
 def _paired_text(ours: str, theirs: str, prompt_ids: list[int]) -> dict:
-    """Target b) as pairs: vLLM's server then ours on the same /v1/completions load, ``PAIRED_ROUNDS`` times."""
+    """Target b) as pairs: vLLM's server then ours on the same /v1/completions load (the closed loop at c=16,
+    then bursts of one-token requests), ``PAIRED_ROUNDS`` times."""
     pairs = []
     for _ in range(PAIRED_ROUNDS):
         vllm_c = asyncio.run(_completions(theirs, prompt_ids))
         ours_c = asyncio.run(_completions(ours, prompt_ids))
-        pairs.append({"vllm": vllm_c, "ours": ours_c,
+        vllm_b, ours_b = asyncio.run(_burst_ttft(theirs, prompt_ids)), asyncio.run(_burst_ttft(ours, prompt_ids))
+        pairs.append({"vllm": vllm_c, "ours": ours_c, "vllm_burst_ttft_p50_s": vllm_b, "ours_burst_ttft_p50_s": ours_b,
                       "tokens_per_s_ratio": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
-                      "ttft_p50_ratio": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"])})
+                      "ttft_p50_ratio": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
+                      "burst_ttft_p50_ratio": _ratio(ours_b, vllm_b)})
     return {"pairs": pairs, **{f"median_{k}": float(np.median([p[k] for p in pairs]))
-                               for k in ("tokens_per_s_ratio", "ttft_p50_ratio")}}
+                               for k in ("tokens_per_s_ratio", "ttft_p50_ratio", "burst_ttft_p50_ratio")}}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -136,6 +159,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         "image_out_c8_vs_vllm_offline_batch8": _ratio(image_c8, result["vllm_offline_image_out"]["images_per_s"]),
         "text_c16_tokens_per_s_vs_vllm_paired_median": text["median_tokens_per_s_ratio"],
         "text_c16_ttft_p50_vs_vllm_paired_median": text["median_ttft_p50_ratio"],
+        "text_burst16_ttft_p50_vs_vllm_paired_median": text["median_burst_ttft_p50_ratio"],
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
         "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
         "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),

@@ -1,7 +1,8 @@
 """Start a server on a checkpoint for a benchmark run (ours, or vLLM's own OpenAI server), timed to ready.
 
-Both get the same engine flags (fp32, eager, the same context length and vLLM defaults),
-so a side-by-side figure measures the front end, not a configuration difference.
+Both get the same engine flags (fp32, the same context length, otherwise vLLM's defaults, compiled
+graphs included, as deployments run), so a side-by-side figure measures the front end, not a
+configuration difference.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 
 SERVED_NAME = "tiny"
-ENGINE_FLAGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "4096")
+ENGINE_FLAGS = ("--dtype", "float32", "--max-model-len", "4096")
 _MODULES = {
     "chameleon-serve": ("server.cli",),
     # Our span logits processor is the engine work our server adds to every request; vLLM's server gets it
