@@ -77,7 +77,7 @@ def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
         return torch.from_numpy(index).to(dev)
 
     cdf = probs.cumsum(dim=1)
-    broken = ~(cdf[:, -1] > 0)
+    broken = ~(cdf[:, -1] > 0)  # softmax of a row of -inf, or with a NaN or +inf, is all NaN
     if broken.any():
         probs[broken] = 1.0 / width
         cdf[broken] = torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width
