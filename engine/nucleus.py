@@ -12,6 +12,8 @@ code from the same uniforms up to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 import torch
@@ -19,7 +21,19 @@ import torch
 _BLOCK = 64  # codes per block sum: the inverse-CDF walk visits width / 64 sums, then at most one block
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+def _compiled(**flags: bool) -> Callable[[Callable], Callable]:
+    """``numba.njit``, cached on disk where numba finds a writable place (the package's ``__pycache__`` or the
+    user's cache directory). Where it finds none, as on a read-only filesystem, numba refuses ``cache=True``;
+    the function then compiles in each process instead, and the engine still starts."""
+    def wrap(fn: Callable) -> Callable:
+        try:
+            return numba.njit(cache=True, nogil=True, **flags)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, **flags)(fn)
+    return wrap
+
+
+@_compiled(fastmath=True)
 def _block_sums(p: np.ndarray, out: np.ndarray) -> float:
     """``out[b]``: the sum of ``p``'s block b; returns the total."""
     total = 0.0
@@ -32,7 +46,7 @@ def _block_sums(p: np.ndarray, out: np.ndarray) -> float:
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _inverse_cdf(p: np.ndarray, blocks: np.ndarray, target: float) -> int:
     """The first index where the running sum of ``p`` exceeds ``target``, else the last index."""
     acc, start = 0.0, 0
@@ -48,7 +62,7 @@ def _inverse_cdf(p: np.ndarray, blocks: np.ndarray, target: float) -> int:
     return p.shape[0] - 1
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@_compiled(fastmath=True)
 def _mass_above(p: np.ndarray, level: float) -> float:
     """The sum of the entries of ``p`` greater than ``level``."""
     above = 0.0
@@ -110,7 +124,7 @@ def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
     return picked
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _draw_host(probs: np.ndarray, uniforms: np.ndarray, top_p: np.ndarray) -> np.ndarray:
     """:func:`draw_nucleus` as loops over each row."""
     rows, width = probs.shape

@@ -1,5 +1,6 @@
 """The compiled host draw against the tensor rounds, on the same rows and uniforms, at Chameleon's width."""
 
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,13 @@ def test_the_processor_modules_leave_numba_unimported():
     class is unpickled before that scan, the processor itself built after it."""
     code = "import sys, engine.logits_v1, engine.logits_v2; assert 'llvmlite' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_draw_compiles_where_numba_can_cache_nothing():
+    """As on a read-only filesystem: no cache locator applies (forced here), and numba refuses ``cache=True``."""
+    code = ("import numpy as np, torch; from engine.nucleus import draw_nucleus; "
+            "print(draw_nucleus(torch.tensor([[0.0, 1.0]]), torch.full((1, 2), 0.5), np.ones(1, np.float32)).item())")
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}  # applies to notebook cells only
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"
