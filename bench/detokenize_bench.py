@@ -23,15 +23,19 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 TEXT = " Once upon a time there was a fox."
 
 
-def _reply_seconds(detokenizer_cls, tokenizer, reply: list[int], *extra) -> float:
+def engine_request(prompt_ids: list[int], request_id: str = "r", **sampling):
+    """The ``EngineCoreRequest`` a detokenizer is built from: a text prompt, ``SamplingParams(**sampling)``."""
     from vllm import SamplingParams
     from vllm.v1.engine import EngineCoreRequest
 
-    request = EngineCoreRequest(request_id="r", prompt_token_ids=[tokenizer.bos_token_id], mm_features=None,
-                                sampling_params=SamplingParams(stop=["\n\n"]), pooling_params=None,
-                                arrival_time=time.time(), lora_request=None, cache_salt=None,
-                                data_parallel_rank=None, external_req_id="r")
-    detokenizer = detokenizer_cls(tokenizer, request, *extra)
+    return EngineCoreRequest(request_id=request_id, prompt_token_ids=prompt_ids, mm_features=None,
+                             sampling_params=SamplingParams(**sampling), pooling_params=None,
+                             arrival_time=time.time(), lora_request=None, cache_salt=None,
+                             data_parallel_rank=None, external_req_id=request_id)
+
+
+def _reply_seconds(detokenizer_cls, tokenizer, reply: list[int], *extra) -> float:
+    detokenizer = detokenizer_cls(tokenizer, engine_request([tokenizer.bos_token_id], stop=["\n\n"]), *extra)
     start = time.perf_counter()
     for token in reply:
         detokenizer.update([token], False)

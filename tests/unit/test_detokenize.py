@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from vllm import SamplingParams
 from vllm.tokenizers import get_tokenizer
-from vllm.v1.engine import EngineCoreRequest
 from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
 from vllm.v1.engine.output_processor import OutputProcessor
 
+from bench.detokenize_bench import engine_request
 from engine.detokenize import SpanSkippingDetokenizer, skip_spans_when_detokenizing
 from engine.runner import codes_as_special
 from engine.tiny import TinySpec, make_tiny
@@ -24,12 +21,9 @@ def setup(tmp_path_factory):
     return codes_as_special(get_tokenizer(str(model)), layout), layout
 
 
-def _request(tokenizer, request_id: str = "r", **params) -> EngineCoreRequest:
-    prompt = [tokenizer.bos_token_id, *tokenizer.encode("Draw", add_special_tokens=False)]
-    return EngineCoreRequest(request_id=request_id, prompt_token_ids=prompt, mm_features=None,
-                             sampling_params=SamplingParams(**params), pooling_params=None,
-                             arrival_time=time.time(), lora_request=None, cache_salt=None, data_parallel_rank=None,
-                             external_req_id=request_id)
+def _request(tokenizer, request_id: str = "r", **params):
+    return engine_request([tokenizer.bos_token_id, *tokenizer.encode("Draw", add_special_tokens=False)], request_id,
+                          **params)
 
 
 def _reply(tokenizer, layout: TokenLayout, images: int = 2) -> list[int]:
