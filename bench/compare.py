@@ -4,9 +4,10 @@ In order, one thing at a time (2 cores): VQGAN decode batched vs single; the tra
 loop writing images; vLLM offline writing the same images with our plugin (the engine's
 ceiling, bench/offline.py); our server and vLLM's own OpenAI server on the same checkpoint with our
 plugin, both up (engine starts; the load generator's full sweep on ours; /v1/completions text on
-theirs then ours, in pairs, as a closed loop at c=16 and as bursts of 16 one-token requests; text inter-token latency beside image traffic on ours; image-out at c=8
-on ours in pairs with the transformers loop, back to back; guided image-out); the output
-detokenizer's cost per image of an interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
+theirs then ours, in pairs, as a closed loop at c=16 and as bursts of 16 one-token requests; text
+inter-token latency beside image traffic on ours; image-out at c=8 on ours in pairs with the
+transformers loop, back to back; guided image-out); the output detokenizer's cost per image of an
+interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
 Pairs, because this box's speed drifts by 15-25% over minutes: each ratio is the median of its pairs'.
 Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
 
