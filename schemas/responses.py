@@ -54,6 +54,7 @@ InputItem = InputMessage | ImageGenerationCallInput  # a message's "type" may be
 class ImageGenerationTool(WireModel):
     type: Literal["image_generation"]
     partial_images: int = Field(0, ge=0, le=3)  # previews of each image while it is written (streams only)
+    size: str | None = None  # "auto" or a "WxH" the model writes, as on /v1/images/generations (400 otherwise)
 
 
 class ImageGenerationChoice(WireModel):
@@ -97,6 +98,11 @@ class ResponsesRequest(WireModel):
     def partial_images(self) -> int:
         """Previews per image: the image tool's ``partial_images``, in a stream (a whole reply has none)."""
         return self.tools[0].partial_images if self.tools and self.stream else 0
+
+    @property
+    def image_size(self) -> str | None:
+        """The image tool's ``size``, None without the tool."""
+        return self.tools[0].size if self.tools else None
 
     @property
     def modalities(self) -> list[str]:

@@ -4,8 +4,10 @@ The request becomes a chat request (same prompt building, sampling and generatio
 reply's pieces become output items in order: text runs as ``message`` items, each image as an
 ``image_generation_call`` item. Nothing is stored: ``store`` is accepted (the reply says
 ``store: false``) and ``previous_response_id`` is refused, so a conversation is sent whole in ``input``.
-A streamed reply sends the image tool's ``partial_images`` previews of each image as
-``response.image_generation_call.partial_image`` events before the image's item is done.
+The image tool's ``size`` picks the images' size where the checkpoint writes several (Lumina-mGPT), as
+``size`` does on /v1/images/generations. A streamed reply sends the image tool's ``partial_images``
+previews of each image as ``response.image_generation_call.partial_image`` events before the image's
+item is done.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest(
             model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens, modalities=req.modalities,
-            **sampling, **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
+            image_size=req.image_size, **sampling, **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
                                                   "image_temperature", "image_top_k", "image_top_p"}))
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -96,8 +98,9 @@ async def create_response(
     check_model(req.model, settings)
     chat = as_chat_request(req)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=settings.max_images_per_request)
+    extra_args = span_args(chat.modalities, chat, engine, settings.family, size_param="tools[0].size")
     params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True,
-                             family=settings.family, extra_args=span_args(chat.modalities, chat, engine, settings.family))
+                             family=settings.family, extra_args=extra_args)
     response_id, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), settings.served_model_name
     request.state.log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
     if req.stream:

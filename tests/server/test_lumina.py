@@ -111,3 +111,14 @@ def test_authors_defaults_apply_and_requests_override_them(lumina):
     assert default == image_ids(cfg_scale=3.0, image_temperature=1.0, image_top_k=2000, image_top_p=1.0)
     assert default != image_ids(cfg_scale=1.0, image_temperature=0.7, image_top_k=0, image_top_p=0.9)
     assert guided_total(lumina) == before + 2
+
+
+def test_responses_image_tool_size(lumina):
+    client = lumina.client()
+    reply = client.responses.create(model=MODEL, input="a lighthouse", tool_choice={"type": "image_generation"},
+                                    tools=[{"type": "image_generation", "size": "32x8"}])
+    [item] = reply.output
+    assert item.type == "image_generation_call" and png_size(item.result) == (32, 8)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL, input="a lighthouse", tools=[{"type": "image_generation", "size": "9x9"}])
+    assert info.value.body["param"] == "tools[0].size" and "16x16, 32x8" in info.value.body["message"]
