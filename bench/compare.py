@@ -5,7 +5,7 @@ loop writing images; vLLM offline writing the same images with our plugin (the e
 ceiling, bench/offline.py); our server and vLLM's own OpenAI server on the same checkpoint with our
 plugin, both up (engine starts; the load generator's full sweep on ours; /v1/completions text on
 theirs then ours, in pairs, as a closed loop at c=16 and as bursts of 16 one-token requests; text
-inter-token latency beside image traffic on ours; image-out at c=8 on ours in pairs with the
+inter-token latency beside text, image rows and image-out on ours; image-out at c=8 on ours in pairs with the
 transformers loop, back to back; guided image-out); the output detokenizer's cost per image of an
 interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
 Pairs, because this box's speed drifts by 15-25% over minutes: each ratio is the median of its pairs'.
@@ -36,7 +36,15 @@ from bench.plot import plot_report
 from bench.runargs import parse_run_args
 from bench.servers import serve
 from bench.stats import summarize
-from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard, text_chat
+from bench.workloads import (
+    completions,
+    guided_image_out_chat,
+    image_out_chat,
+    image_rows_chat,
+    standard,
+    text_chat,
+)
+from engine.vocab import TokenLayout
 
 TEXT_TOKENS = 128
 TEXT_CONCURRENCY, TEXT_REQUESTS = 16, 64
@@ -80,12 +88,17 @@ async def _burst_ttft(url: str, prompt_ids: list[int]) -> float:
         return float(np.median(p50s))
 
 
-async def _interference(url: str) -> dict:
-    text, image = text_chat(TEXT_TOKENS), image_out_chat()
+async def _interference(url: str, image_tokens: int) -> dict:
+    """Text streams alone, then beside text (the batch grows), image rows cut short (the batch grows by image
+    rows, nothing is decoded) and image-out (the same, with every image decoded): ``image_tokens`` from BOI
+    to EOI."""
+    text = text_chat(TEXT_TOKENS)
+    backgrounds = {"alone": None, "with_text": text, "with_image_rows": image_rows_chat(image_tokens),
+                   "with_image_out": image_out_chat()}
     async with client_for(url, "bench") as client:
         await run_level(client, "tiny", text, 1, 1)
         return {name: await text_beside(client, "tiny", text, bg, ITL_CONCURRENCY, ITL_REQUESTS)
-                for name, bg in (("alone", None), ("with_text", text), ("with_image_out", image))}
+                for name, bg in backgrounds.items()}
 
 
 async def _image_out_c8(url: str) -> float:
@@ -143,7 +156,8 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         result["ours_start_s"], result["vllm_start_s"] = round(ours.start_s, 1), round(theirs.start_s, 1)
         report = asyncio.run(sweep(ours.url, "bench", "tiny", list(standard(TEXT_TOKENS).values()), levels))
         result["text_c16_paired"] = _paired_text(ours.url, theirs.url, prompt_ids)
-        result["ours_itl"] = asyncio.run(_interference(ours.url))
+        image_tokens = TokenLayout.from_checkpoint(model_dir).span.image_tokens()
+        result["ours_itl"] = asyncio.run(_interference(ours.url, image_tokens))
         result["image_out_c8_paired"] = _paired_image_out(ours.url, model_dir)
         guided = asyncio.run(sweep(ours.url, "bench", "tiny", [guided_image_out_chat(CFG_SCALE)], levels))
         result["ours_guided"] = guided["workloads"]["guided-image-out"]
@@ -164,6 +178,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
         "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
         "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),
+        "itl_p99_with_image_out_vs_with_image_rows": _ratio(p99["with_image_out"], p99["with_image_rows"]),
         **{f"guided_image_out_c{c}_vs_two_forward_loop": _ratio(
             result["ours_guided"].get(str(c), {}).get("images_per_s"),
             result["transformers_guided_loop"]["images_per_s"]) for c in levels},

@@ -1,10 +1,12 @@
-"""Inter-token latency of text streams alone and beside other traffic (text, or image-out with its decodes).
+"""Inter-token latency of text streams alone and beside other traffic (text, image rows, or image-out with its decodes).
 
 Background workers start staggered and keep sending until the measured text level ends, so
-image decodes (VQGAN + PNG) land all through the measured window. Text beside text is the
-control: it grows the batch as much as image traffic does, without any decode; so
-``with image / with text`` is the decode's own cost to text streams, ``with image / alone``
-what a user sees.
+image decodes (VQGAN + PNG) land all through the measured window. Two controls: text beside
+text grows the batch by text rows; beside image rows cut one code short of an image
+(``workloads.image_rows_chat``) the engine samples image rows as image-out does, but nothing
+is decoded. So ``with image-out / with image rows`` is the decode's own cost to text streams,
+``with image rows / with text`` what image rows cost the engine's step over text rows, and
+``with image-out / alone`` what a user sees.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def _run(model_dir: Path, batch: int, requests: int) -> dict:
     args = model_in_engine_core(EngineArgs.from_cli_args(cli))  # the servers' flags and executor
     llm = LLM(**{k: getattr(args, k) for k in _ENGINE_FIELDS}, logits_processors=[ChameleonSpanLogitsProcessorV1])
     layout, tokenizer = TokenLayout.from_checkpoint(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    span = 1 + layout.span.span_length((layout.span.native_grid,) * 2)
+    span = layout.span.image_tokens()
 
     def prompt(i: int) -> dict:
         text = tokenizer.encode(f"Draw picture {i}.", add_special_tokens=False)

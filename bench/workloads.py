@@ -68,6 +68,16 @@ def image_out_chat() -> Workload:
     return Workload("image-out", build)
 
 
+def image_rows_chat(image_tokens: int) -> Workload:
+    """Image-out stopped three tokens before its EOI (``image_tokens``: BOI to EOI), short of its last code in
+    either span format: the engine samples the same image rows, but no image completes, so none is decoded.
+    The control that tells a decode's cost to other streams from the batch's growth."""
+    def build(i: int) -> Call:
+        call = image_out_chat().build(i)
+        return Call(call.route, {**call.args, "max_tokens": image_tokens - 3})
+    return Workload("image-rows", build)
+
+
 def guided_image_out_chat(cfg_scale: float) -> Workload:
     """Image-out with classifier-free guidance (an empty unconditional turn)."""
     def build(i: int) -> Call:

@@ -48,6 +48,10 @@ class SpanFormat:
         rows, cols = grid
         return 3 + rows * (cols + 1) if self.rows_framed else rows * cols + 1
 
+    def image_tokens(self, grid: tuple[int, int] | None = None) -> int:
+        """One whole image, BOI to EOI, at ``grid`` (None: the native square)."""
+        return 1 + self.span_length(grid or (self.native_grid, self.native_grid))
+
     def check_grid(self, grid: tuple[int, int]) -> None:
         """Raise ValueError for a grid this format cannot write."""
         rows, cols = grid

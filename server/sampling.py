@@ -50,8 +50,8 @@ def sampling_params(
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     modalities = set(extra_args["modalities"])
-    grid = extra_args.get("image_grid") or engine.image_grid or (engine.layout.span.native_grid,) * 2
-    image_len = 1 + engine.layout.span.span_length(tuple(grid))  # BOI + the family's span + EOI
+    grid = extra_args.get("image_grid") or engine.image_grid
+    image_len = engine.layout.span.image_tokens(tuple(grid) if grid else None)
     if "image" in modalities and not engine.can_paint:
         raise BadRequest("this server has no VQGAN decoder, so it cannot write images: start it with --vqgan",
                          param="modalities", code="image_output_unavailable")

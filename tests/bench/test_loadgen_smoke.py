@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench import loadgen
-from bench.workloads import standard
+from bench.workloads import image_out_chat, image_rows_chat, standard
 from engine.tiny import TinySpec, make_tiny
+from engine.vocab import TokenLayout
 
 # tests/server/conftest.py's start_server/stop_server, under a name of its own ("conftest" is ambiguous here).
 _spec = importlib.util.spec_from_file_location("server_fixtures", Path(__file__).parents[1] / "server" / "conftest.py")
@@ -68,3 +69,18 @@ def test_failed_requests_are_counted_not_raised(live) -> None:
     assert level["ok"] == 0 and level["requests"] == 2
     assert level["errors"] and level["errors"][0].startswith("HTTP 404 not_found_error: ")
     assert level["ttft_s"] is None
+
+
+def test_image_rows_control_writes_image_rows_and_no_image(live) -> None:
+    """The interference benchmark's control: as long as image-out, one image short, so nothing is decoded."""
+    image_tokens = TokenLayout.from_checkpoint(live.model_dir).span.image_tokens()
+
+    async def both() -> list:
+        async with loadgen.client_for(live.url, server_fixtures.API_KEY) as client:
+            return [await loadgen.send(client, server_fixtures.MODEL, w.build(0))
+                    for w in (image_out_chat(), image_rows_chat(image_tokens))]
+
+    whole, cut = asyncio.run(both())
+    assert whole.ok and cut.ok, (whole.error, cut.error)
+    assert (whole.output_tokens, len(whole.png)) == (image_tokens, 1)
+    assert (cut.output_tokens, cut.png) == (image_tokens - 3, [])
