@@ -287,9 +287,11 @@ class ChameleonEngine:
         return png
 
     def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
-        from vllm.inputs import TokensPrompt
+        """vLLM's stream of outputs for ``prompt_ids``, handed over as rendered input: a raw prompt would go
+        through vLLM's renderer on a thread of its executor, for ids the front end has already built."""
+        from vllm.inputs import tokens_input
 
-        return self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        return self.llm.generate(tokens_input(prompt_ids), params, request_id)
 
     def guidance_kv_bytes(self, params) -> int:
         """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/guidance.py)."""

@@ -1,4 +1,8 @@
-"""Shared FastAPI dependencies: settings, engine, auth, model-name check."""
+"""Shared FastAPI dependencies: settings, engine, auth, model-name check.
+
+The dependencies are coroutines, though none awaits anything: FastAPI runs a plain ``def`` dependency in
+its thread pool, a round trip between threads (and the GIL) per dependency of every request.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from server.errors import NotFound, Unauthorized, Unavailable
 from server.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> ChameleonEngine:
+async def get_engine(request: Request) -> ChameleonEngine:
     state = request.app.state
     if state.draining:
         raise Unavailable("the server is shutting down; retry on another replica", code="server_draining")
@@ -26,7 +30,7 @@ def get_engine(request: Request) -> ChameleonEngine:
     return state.engine
 
 
-def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
+async def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
     """Bearer token check in constant time; open when no key is configured."""
     if settings.api_key is None:
         return

@@ -47,3 +47,20 @@ def test_http_metrics_by_route_and_status(app):
     assert 'chameleon:http_requests_total{method="GET",route="/ready",status="503"}' in text
     assert 'route="unmatched",status="404"' in text and "/no/such/path" not in text
     assert 'chameleon:http_requests_in_flight{route="/metrics"} 1.0' in text  # itself, while answering
+
+
+def test_request_dependencies_run_on_the_event_loop(app, monkeypatch):
+    """A plain-function dependency would cost every request a round trip through FastAPI's thread pool."""
+    import fastapi.dependencies.utils as dependency_utils
+
+    hops = []
+
+    async def recording(func, *args, **kwargs):
+        hops.append(func)
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(dependency_utils, "run_in_threadpool", recording)
+    client = TestClient(app)
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 503  # auth, settings, engine checked
+    assert client.get("/v1/models").status_code == 503
+    assert hops == []
