@@ -5,9 +5,9 @@ loop writing images; vLLM offline writing the same images with our plugin (the e
 ceiling, bench/offline.py); our server and vLLM's own OpenAI server on the same checkpoint with our
 plugin, both up (engine starts; the load generator's full sweep on ours; /v1/completions text on
 theirs then ours, in pairs, as a closed loop at c=16 and as bursts of 16 one-token requests; text
-inter-token latency beside text, image rows and image-out on ours; image-out at c=8 on ours in pairs with the
-transformers loop, back to back; guided image-out); the output detokenizer's cost per image of an
-interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
+inter-token latency beside text, image rows and image-out on ours; image-out at c=8 on ours in pairs
+with the transformers loop, back to back; guided image-out); the output detokenizer's cost per image
+of an interleaved reply, vLLM's and ours (bench/detokenize_bench.py).
 Pairs, because this box's speed drifts by 15-25% over minutes: each ratio is the median of its pairs'.
 Writes OUT/compare.json, OUT/loadgen.json and OUT/loadgen.png, and prints a summary.
 

@@ -1,4 +1,4 @@
-"""Inter-token latency of text streams alone and beside other traffic (text, image rows, or image-out with its decodes).
+"""Inter-token latency of text streams alone and beside other traffic (text, image rows, image-out and its decodes).
 
 Background workers start staggered and keep sending until the measured text level ends, so
 image decodes (VQGAN + PNG) land all through the measured window. Two controls: text beside

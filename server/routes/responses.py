@@ -67,8 +67,9 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest(
             model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens, modalities=req.modalities,
-            image_size=req.image_size, **sampling, **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
-                                                  "image_temperature", "image_top_k", "image_top_p"}))
+            image_size=req.image_size, **sampling,
+            **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
+                                      "image_temperature", "image_top_k", "image_top_p"}))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadRequest(f"input: {first['msg']}", param="input") from None
