@@ -112,6 +112,18 @@ class ChameleonMLP(nn.Module):
         return x
 
 
+def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
+    """KV heads one tensor-parallel rank holds: a share, or one replicated head when ranks outnumber them."""
+    return max(1, total_kv_heads // tp_size)
+
+
+def kv_bytes_per_token(config: ChameleonConfig, tp_size: int, dtype: torch.dtype) -> int:
+    """Keys and values of one token, all layers and all TP ranks together (replicated heads once per rank)."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    heads = kv_heads_per_rank(config.num_key_value_heads, tp_size) * tp_size
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
+
+
 class PrivateKV:
     """Keys and values of one sequence kept outside vLLM's paged cache, preallocated for ``capacity``
     tokens: the unconditional sequence of a guided request (``engine/guidance.py``), which vLLM's
@@ -167,7 +179,7 @@ class ChameleonAttention(nn.Module):
         if total_heads % tp_size or (total_kv % tp_size and tp_size % total_kv):
             raise ValueError(f"{total_heads} heads / {total_kv} KV heads do not split over TP={tp_size}")
         self.num_heads = total_heads // tp_size
-        self.num_kv_heads = max(1, total_kv // tp_size)
+        self.num_kv_heads = kv_heads_per_rank(total_kv, tp_size)
         self.head_dim = config.hidden_size // total_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim

@@ -232,6 +232,7 @@ class ChameleonEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from engine.chameleon import kv_bytes_per_token
         from engine.detokenize import skip_spans_when_detokenizing
         from engine.span_grammar import logits_processor_for_runner
 
@@ -250,9 +251,8 @@ class ChameleonEngine:
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
-        hf = model_config.hf_config
-        kv_bytes = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) \
-            * model_config.dtype.itemsize
+        kv_bytes = kv_bytes_per_token(model_config.hf_config, vllm_config.parallel_config.tensor_parallel_size,
+                                      model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
                    not vllm_config.use_v2_model_runner, max_guidance_bytes)
