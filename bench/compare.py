@@ -29,21 +29,13 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench.*`` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import detokenize_bench, hf_baseline, offline, vqgan_bench
-from bench.interference import text_beside
+from bench import detokenize_bench, hf_baseline, interference, offline, vqgan_bench
 from bench.loadgen import client_for, run_level, send, sweep
 from bench.plot import plot_report
 from bench.runargs import parse_run_args
 from bench.servers import serve
 from bench.stats import summarize
-from bench.workloads import (
-    completions,
-    guided_image_out_chat,
-    image_out_chat,
-    image_rows_chat,
-    standard,
-    text_chat,
-)
+from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard
 from engine.vocab import TokenLayout
 
 TEXT_TOKENS = 128
@@ -86,19 +78,6 @@ async def _burst_ttft(url: str, prompt_ids: list[int]) -> float:
                 raise RuntimeError(f"burst request failed: {next(r.error for r in records if not r.ok)}")
             p50s.append(float(np.median([r.ttft for r in records])))
         return float(np.median(p50s))
-
-
-async def _interference(url: str, image_tokens: int) -> dict:
-    """Text streams alone, then beside text (the batch grows), image rows cut short (the batch grows by image
-    rows, nothing is decoded) and image-out (the same, with every image decoded): ``image_tokens`` from BOI
-    to EOI."""
-    text = text_chat(TEXT_TOKENS)
-    backgrounds = {"alone": None, "with_text": text, "with_image_rows": image_rows_chat(image_tokens),
-                   "with_image_out": image_out_chat()}
-    async with client_for(url, "bench") as client:
-        await run_level(client, "tiny", text, 1, 1)
-        return {name: await text_beside(client, "tiny", text, bg, ITL_CONCURRENCY, ITL_REQUESTS)
-                for name, bg in backgrounds.items()}
 
 
 async def _image_out_c8(url: str) -> float:
@@ -157,7 +136,8 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         report = asyncio.run(sweep(ours.url, "bench", "tiny", list(standard(TEXT_TOKENS).values()), levels))
         result["text_c16_paired"] = _paired_text(ours.url, theirs.url, prompt_ids)
         image_tokens = TokenLayout.from_checkpoint(model_dir).span.image_tokens()
-        result["ours_itl"] = asyncio.run(_interference(ours.url, image_tokens))
+        result["ours_itl"] = asyncio.run(interference.phases(ours.url, "bench", "tiny", TEXT_TOKENS, image_tokens,
+                                                             ITL_CONCURRENCY, ITL_REQUESTS))
         result["image_out_c8_paired"] = _paired_image_out(ours.url, model_dir)
         guided = asyncio.run(sweep(ours.url, "bench", "tiny", [guided_image_out_chat(CFG_SCALE)], levels))
         result["ours_guided"] = guided["workloads"]["guided-image-out"]
@@ -166,8 +146,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     (out / "loadgen.json").write_text(json.dumps(report, indent=2))
     plot_report(report, out / "loadgen.png")
     image_c8 = report["workloads"]["image-out"].get("8", {}).get("images_per_s")
-    text, itl = result["text_c16_paired"], result["ours_itl"]
-    p99 = {k: (v["itl_s"] or {}).get("p99") for k, v in itl.items()}
+    text = result["text_c16_paired"]
     result["ratios"] = {
         "image_out_c8_vs_transformers_loop": _ratio(image_c8, result["transformers_loop"]["images_per_s"]),
         "image_out_c8_vs_transformers_loop_paired_median": result["image_out_c8_paired"]["median_ratio"],
@@ -176,9 +155,7 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
         "text_c16_ttft_p50_vs_vllm_paired_median": text["median_ttft_p50_ratio"],
         "text_burst16_ttft_p50_vs_vllm_paired_median": text["median_burst_ttft_p50_ratio"],
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
-        "itl_p99_with_image_out_vs_alone": _ratio(p99["with_image_out"], p99["alone"]),
-        "itl_p99_with_image_out_vs_with_text": _ratio(p99["with_image_out"], p99["with_text"]),
-        "itl_p99_with_image_out_vs_with_image_rows": _ratio(p99["with_image_out"], p99["with_image_rows"]),
+        **interference.p99_ratios(result["ours_itl"]),
         **{f"guided_image_out_c{c}_vs_two_forward_loop": _ratio(
             result["ours_guided"].get(str(c), {}).get("images_per_s"),
             result["transformers_guided_loop"]["images_per_s"]) for c in levels},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import loadgen
+from bench import interference, loadgen
 from bench.workloads import image_out_chat, image_rows_chat, standard
 from engine.tiny import TinySpec, make_tiny
 from engine.vocab import TokenLayout
@@ -84,3 +84,18 @@ def test_image_rows_control_writes_image_rows_and_no_image(live) -> None:
     assert whole.ok and cut.ok, (whole.error, cut.error)
     assert (whole.output_tokens, len(whole.png)) == (image_tokens, 1)
     assert (cut.output_tokens, cut.png) == (image_tokens - 3, [])
+
+
+def test_interference_phases_against_a_url(live, tmp_path: Path) -> None:
+    """d)'s four phases as a user runs them against a deployment: text ITL alone and beside each background."""
+    out = tmp_path / "itl.json"
+    image_tokens = TokenLayout.from_checkpoint(live.model_dir).span.image_tokens()
+    interference.main(["--url", live.url, "--api-key", server_fixtures.API_KEY, "--concurrency", "2",
+                       "--requests", "3", "--max-tokens", "8", "--image-tokens", str(image_tokens),
+                       "--settle-s", "0.5", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert list(report["phases"]) == ["alone", "with_text", "with_image_rows", "with_image_out"]
+    for phase in report["phases"].values():
+        assert phase["ok"] == phase["requests"] == 3 and phase["itl_s"]["p99"] > 0
+    assert set(report["ratios"]) == {f"itl_p99_with_image_out_vs_{p}" for p in ("alone", "with_text", "with_image_rows")}
+    assert all(r > 0 for r in report["ratios"].values())
