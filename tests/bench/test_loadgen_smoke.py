@@ -97,5 +97,6 @@ def test_interference_phases_against_a_url(live, tmp_path: Path) -> None:
     assert list(report["phases"]) == ["alone", "with_text", "with_image_rows", "with_image_out"]
     for phase in report["phases"].values():
         assert phase["ok"] == phase["requests"] == 3 and phase["itl_s"]["p99"] > 0
-    assert set(report["ratios"]) == {f"itl_p99_with_image_out_vs_{p}" for p in ("alone", "with_text", "with_image_rows")}
+    others = ("alone", "with_text", "with_image_rows")
+    assert set(report["ratios"]) == {f"itl_p99_with_image_out_vs_{other}" for other in others}
     assert all(r > 0 for r in report["ratios"].values())
