@@ -41,12 +41,15 @@ def test_guided_image_equals_two_forward_reference(server, client):
 
 
 def test_images_route_takes_guidance(client):
-    common = dict(model=MODEL, prompt="a house", n=2, response_format="b64_json")
-    guided = client.images.generate(**common, extra_body={"cfg_scale": 3.0, "seed": 5})
-    again = client.images.generate(**common, extra_body={"cfg_scale": 3.0, "seed": 5})
-    plain = client.images.generate(**common, extra_body={"seed": 5})
-    assert [d.b64_json for d in guided.data] == [d.b64_json for d in again.data]  # seeded: reproducible
-    assert [d.b64_json for d in guided.data] != [d.b64_json for d in plain.data]
+    common = dict(model=MODEL, prompt="a house", response_format="b64_json")
+    guided = client.images.generate(**common, n=2, extra_body={"cfg_scale": 3.0, "seed": 5})
+    plain = client.images.generate(**common, n=2, extra_body={"seed": 5})
+    assert len(guided.data) == 2 and all(g.b64_json != p.b64_json for g, p in zip(guided.data, plain.data))
+    # Seeded: reproducible, for a request whose batches are the same each time. The two choices of one request
+    # reach the engine as two messages, so the second may join the first's first step or the next one; fp32
+    # products over batches of different sizes round differently, and a draw can then land elsewhere.
+    once, again = (client.images.generate(**common, extra_body={"cfg_scale": 3.0, "seed": 5}) for _ in range(2))
+    assert once.data[0].b64_json == again.data[0].b64_json
 
 
 def test_dropped_guided_stream_frees_everything(server, client):
