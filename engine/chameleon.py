@@ -10,8 +10,8 @@ Structure follows vLLM's ``models/llama.py``; numerics follow transformers'
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Sequence
-from itertools import accumulate, islice
+from collections.abc import Iterable
+from itertools import islice
 from typing import ClassVar
 
 import torch
@@ -50,6 +50,8 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
+
+from engine.private_kv import PrivateBatch, PrivateKV, kv_heads_per_rank
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so it reaches vLLM's log handler
 _LIVE_MODEL: weakref.ref[ChameleonForConditionalGeneration] | None = None
@@ -110,63 +112,6 @@ class ChameleonMLP(nn.Module):
         x, _ = self.gate_up_proj(x)
         x, _ = self.down_proj(self.act_fn(x))
         return x
-
-
-def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
-    """KV heads one tensor-parallel rank holds: a share, or one replicated head when ranks outnumber them."""
-    return max(1, total_kv_heads // tp_size)
-
-
-def kv_bytes_per_token(config: ChameleonConfig, tp_size: int, dtype: torch.dtype) -> int:
-    """Keys and values of one token, all layers and all TP ranks together (replicated heads once per rank)."""
-    head_dim = config.hidden_size // config.num_attention_heads
-    heads = kv_heads_per_rank(config.num_key_value_heads, tp_size) * tp_size
-    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
-
-
-class PrivateKV:
-    """Keys and values of one sequence kept outside vLLM's paged cache, preallocated for ``capacity``
-    tokens: the unconditional sequence of a guided request (``engine/guidance.py``), which vLLM's
-    scheduler never sees. Written in place, so a long image costs no re-copying."""
-
-    def __init__(self, num_layers: int, capacity: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        shape = (num_layers, capacity, num_kv_heads, head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0  # tokens written for every layer
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
-
-
-class PrivateBatch:
-    """New tokens of several ``PrivateKV`` sequences run in one forward, packed one sequence after another
-    (``steps[i]`` tokens for ``caches[i]``): a guided step's twins, each a code behind, or catching up."""
-
-    def __init__(self, caches: Sequence[PrivateKV], steps: Sequence[int], device: torch.device) -> None:
-        self.caches, self.steps = list(caches), list(steps)
-        self.starts = [c.length for c in self.caches]
-        lengths = torch.tensor(self.steps, device=device)
-        self.real = torch.arange(max(self.steps), device=device) < lengths.unsqueeze(1)  # (seqs, padded steps)
-        self.query_positions = torch.tensor(self.starts, device=device).unsqueeze(1) + \
-            torch.arange(max(self.steps), device=device)
-
-    def visible(self, padded_length: int) -> torch.Tensor:
-        """(seqs, 1, padded steps, padded length): key j is seen by query s when j <= its position. Real
-        queries never reach the padding; padded ones (dropped) see some zeros, which keeps them finite."""
-        keys = torch.arange(padded_length, device=self.real.device)
-        return (keys <= self.query_positions.unsqueeze(-1)).unsqueeze(1)
-
-    def advance(self) -> None:
-        for cache, n in zip(self.caches, self.steps, strict=True):
-            cache.length += n
-
-    @property
-    def last_tokens(self) -> list[int]:
-        """Index in the packed tokens of each sequence's last new token."""
-        return list(accumulate(self.steps, initial=-1))[1:]
 
 
 class ChameleonAttention(nn.Module):

@@ -3,8 +3,8 @@
 A guided request is one vLLM request. Its unconditional twin (the negative prompt, or an empty turn,
 followed by the same tokens the request writes) is not a second request: it lives here, beside the
 request's batch row, with its keys and values in a preallocated cache of the model's own
-(``engine.chameleon.PrivateKV``). At every step that samples an image code, the twins of all guided
-rows are brought up to date in one forward (``engine.chameleon.PrivateBatch``: each twin's new tokens
+(``engine.private_kv.PrivateKV``). At every step that samples an image code, the twins of all guided
+rows are brought up to date in one forward (``engine.private_kv.PrivateBatch``: each twin's new tokens
 packed one twin after another, attention padded over their caches): one code per twin in the steady
 state, the prompt and BOI at an image's first code, and the text written since the last image, or the
 whole history after a preemption, when there is more to catch up. The rows' logits become
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.chameleon import PrivateBatch, PrivateKV, live_model
+from engine.chameleon import live_model
+from engine.private_kv import PrivateBatch, PrivateKV
 from engine.span_grammar import SpanParams
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from engine.batching import MicroBatcher
 from engine.images import ImagePreprocessor, to_png
+from engine.private_kv import kv_bytes_per_token
 from engine.span_format import image_sizes, target_resolution
 from engine.span_grammar import SpanParams
 from engine.splitter import ImageCodes
@@ -232,7 +233,6 @@ class ChameleonEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from engine.chameleon import kv_bytes_per_token
         from engine.detokenize import skip_spans_when_detokenizing
         from engine.span_grammar import logits_processor_for_runner
 
