@@ -34,7 +34,7 @@ from bench.loadgen import client_for, run_level, send, sweep
 from bench.plot import plot_report
 from bench.runargs import parse_run_args
 from bench.servers import serve
-from bench.stats import summarize
+from bench.stats import ratio, summarize
 from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard
 from engine.vocab import TokenLayout
 
@@ -97,7 +97,7 @@ def _paired_image_out(url: str, model_dir: Path) -> dict:
     for _ in range(PAIRED_ROUNDS):
         loop = hf_baseline.images_per_s(model_dir, count=PAIRED_LOOP_IMAGES)["images_per_s"]
         ours = asyncio.run(_image_out_c8(url))
-        pairs.append({"loop_images_per_s": loop, "ours_images_per_s": ours, "ratio": _ratio(ours, loop)})
+        pairs.append({"loop_images_per_s": loop, "ours_images_per_s": ours, "ratio": ratio(ours, loop)})
     return {"pairs": pairs, "median_ratio": float(np.median([p["ratio"] for p in pairs]))}
 
 
@@ -110,15 +110,11 @@ def _paired_text(ours: str, theirs: str, prompt_ids: list[int]) -> dict:
         ours_c = asyncio.run(_completions(ours, prompt_ids))
         vllm_b, ours_b = asyncio.run(_burst_ttft(theirs, prompt_ids)), asyncio.run(_burst_ttft(ours, prompt_ids))
         pairs.append({"vllm": vllm_c, "ours": ours_c, "vllm_burst_ttft_p50_s": vllm_b, "ours_burst_ttft_p50_s": ours_b,
-                      "tokens_per_s_ratio": _ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
-                      "ttft_p50_ratio": _ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
-                      "burst_ttft_p50_ratio": _ratio(ours_b, vllm_b)})
+                      "tokens_per_s_ratio": ratio(ours_c["output_tokens_per_s"], vllm_c["output_tokens_per_s"]),
+                      "ttft_p50_ratio": ratio(ours_c["ttft_s"]["p50"], vllm_c["ttft_s"]["p50"]),
+                      "burst_ttft_p50_ratio": ratio(ours_b, vllm_b)})
     return {"pairs": pairs, **{f"median_{k}": float(np.median([p[k] for p in pairs]))
                                for k in ("tokens_per_s_ratio", "ttft_p50_ratio", "burst_ttft_p50_ratio")}}
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
 
 
 def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
@@ -148,15 +144,15 @@ def run(model_dir: Path, out: Path, levels: list[int], log_dir: Path) -> dict:
     image_c8 = report["workloads"]["image-out"].get("8", {}).get("images_per_s")
     text = result["text_c16_paired"]
     result["ratios"] = {
-        "image_out_c8_vs_transformers_loop": _ratio(image_c8, result["transformers_loop"]["images_per_s"]),
+        "image_out_c8_vs_transformers_loop": ratio(image_c8, result["transformers_loop"]["images_per_s"]),
         "image_out_c8_vs_transformers_loop_paired_median": result["image_out_c8_paired"]["median_ratio"],
-        "image_out_c8_vs_vllm_offline_batch8": _ratio(image_c8, result["vllm_offline_image_out"]["images_per_s"]),
+        "image_out_c8_vs_vllm_offline_batch8": ratio(image_c8, result["vllm_offline_image_out"]["images_per_s"]),
         "text_c16_tokens_per_s_vs_vllm_paired_median": text["median_tokens_per_s_ratio"],
         "text_c16_ttft_p50_vs_vllm_paired_median": text["median_ttft_p50_ratio"],
         "text_burst16_ttft_p50_vs_vllm_paired_median": text["median_burst_ttft_p50_ratio"],
         "vqgan_batched_vs_single": result["vqgan_decode"]["batched_over_single"],
         **interference.p99_ratios(result["ours_itl"]),
-        **{f"guided_image_out_c{c}_vs_two_forward_loop": _ratio(
+        **{f"guided_image_out_c{c}_vs_two_forward_loop": ratio(
             result["ours_guided"].get(str(c), {}).get("images_per_s"),
             result["transformers_guided_loop"]["images_per_s"]) for c in levels},
     }

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench.*`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import client_for, resolve_model, run_level, send
-from bench.stats import summarize
+from bench.stats import ratio, summarize
 from bench.workloads import Workload, image_out_chat, image_rows_chat, text_chat
 
 CHAMELEON_IMAGE_TOKENS = 1026  # BOI, 32 x 32 codes, EOI: Chameleon's and Anole's images
@@ -80,8 +80,7 @@ async def phases(url: str, api_key: str, model: str | None, text_tokens: int, im
 def p99_ratios(figures: dict) -> dict[str, float | None]:
     """Text ITL p99 beside image-out over each of the other phases of :func:`phases`."""
     p99 = {name: (f["itl_s"] or {}).get("p99") for name, f in figures.items()}
-    mine = p99["with_image_out"]
-    return {f"itl_p99_with_image_out_vs_{other}": round(mine / p99[other], 3) if mine and p99[other] else None
+    return {f"itl_p99_with_image_out_vs_{other}": ratio(p99["with_image_out"], p99[other])
             for other in ("alone", "with_text", "with_image_rows")}
 
 

@@ -46,3 +46,8 @@ def summarize(records: list[Record], duration_s: float) -> dict:
         "e2e_s": percentiles([r.e2e for r in ok]),
         "request_to_png_s": percentiles([t for r in ok for t in r.png]),
     }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to three places; None where either figure is missing (or zero)."""
+    return round(a / b, 3) if a and b else None
