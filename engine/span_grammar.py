@@ -255,7 +255,9 @@ class SpanGrammar:
             if len(sample):
                 tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
         if len(forced) < len(slots):
-            self._mask_text_rows(logits, slice(None) if not len(forced) else self._rows(np.flatnonzero(text)))
+            # Every row, by column slices: forced rows are overwritten below and their codes were read above,
+            # and a slice fill is several times cheaper than indexing the text rows.
+            self._forbid_span_tokens(logits)
         no_boi = text & (mode != INTERLEAVED)
         if no_boi.any():
             logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
@@ -264,18 +266,17 @@ class SpanGrammar:
             logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
         elif len(forced):
             rows_forced = self._rows(forced)
-            logits[rows_forced] = float("-inf")
+            logits.index_fill_(0, rows_forced, float("-inf"))
             logits[rows_forced, tokens] = 0.0
         return logits
 
-    def _mask_text_rows(self, logits: torch.Tensor, rows: slice | torch.Tensor) -> None:
-        """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in ``rows``."""
-        pairwise = isinstance(rows, torch.Tensor)  # index rows x columns, not (row, column) pairs
+    def _forbid_span_tokens(self, logits: torch.Tensor) -> None:
+        """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in every row, as
+        text rows need; :meth:`apply` rewrites forced rows afterwards."""
         for cols in (self._code_cols, self._inner_cols):
-            if isinstance(cols, torch.Tensor) and not len(cols):
-                continue
-            logits[rows.unsqueeze(1) if pairwise and isinstance(cols, torch.Tensor) else rows, cols] = float("-inf")
-        logits[rows, self.layout.eoi] = float("-inf")
+            if not isinstance(cols, torch.Tensor) or len(cols):
+                logits[:, cols] = float("-inf")
+        logits[:, self.layout.eoi] = float("-inf")
 
     def _rows(self, index: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(index).to(self.device)
@@ -286,7 +287,9 @@ class SpanGrammar:
         Reads ``logits`` and leaves them as they are (``apply`` overwrites these rows afterwards).
         """
         if isinstance(self._code_cols, slice):  # rows ascending: all of them is the whole batch, a view
-            x = logits[:, self._code_cols] if len(rows) == logits.shape[0] else logits[self._rows(rows), self._code_cols]
+            x = logits[:, self._code_cols]
+            if len(rows) < logits.shape[0]:  # a row copy: a tensor index beside a slice costs 4x as much
+                x = x.index_select(0, self._rows(rows))
         else:
             x = logits[self._rows(rows).unsqueeze(1), self._code_cols]
         hot = self.temperature[slots] > 0

@@ -36,6 +36,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     server_fixtures.stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def image_tokens(live) -> int:
+    """One image of ``live``'s checkpoint, BOI to EOI."""
+    return TokenLayout.from_checkpoint(live.model_dir).span.image_tokens()
+
+
 def test_loadgen_reports_every_figure(live, tmp_path: Path) -> None:
     out = tmp_path / "report"
     loadgen.main(["--url", live.url, "--api-key", server_fixtures.API_KEY, "--concurrency", "1", "2",
@@ -71,9 +77,8 @@ def test_failed_requests_are_counted_not_raised(live) -> None:
     assert level["ttft_s"] is None
 
 
-def test_image_rows_control_writes_image_rows_and_no_image(live) -> None:
+def test_image_rows_control_writes_image_rows_and_no_image(live, image_tokens: int) -> None:
     """The interference benchmark's control: as long as image-out, one image short, so nothing is decoded."""
-    image_tokens = TokenLayout.from_checkpoint(live.model_dir).span.image_tokens()
 
     async def both() -> list:
         async with loadgen.client_for(live.url, server_fixtures.API_KEY) as client:
@@ -86,10 +91,9 @@ def test_image_rows_control_writes_image_rows_and_no_image(live) -> None:
     assert (cut.output_tokens, cut.png) == (image_tokens - 3, [])
 
 
-def test_interference_phases_against_a_url(live, tmp_path: Path) -> None:
+def test_interference_phases_against_a_url(live, image_tokens: int, tmp_path: Path) -> None:
     """d)'s four phases as a user runs them against a deployment: text ITL alone and beside each background."""
     out = tmp_path / "itl.json"
-    image_tokens = TokenLayout.from_checkpoint(live.model_dir).span.image_tokens()
     interference.main(["--url", live.url, "--api-key", server_fixtures.API_KEY, "--concurrency", "2",
                        "--requests", "3", "--max-tokens", "8", "--image-tokens", str(image_tokens),
                        "--settle-s", "0.5", "--out", str(out)])

@@ -158,13 +158,21 @@ def test_resync_replaces_state():
     assert g.pos[0] == 3 and g.num_output[0] == 7
 
 
-def test_greedy_image_rows_take_the_argmax_among_codes():
-    g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=0.0), tails=[[BOI]])
-    logits = torch.zeros(1, V)
-    logits[0, 1] = 100.0  # a text token would win without the grammar
-    logits[0, 9] = 5.0
-    logits[0, 6] = 4.0
-    assert allowed(step(g, [0], logits)[0]) == {9}
+@pytest.mark.parametrize("beside_text", [False, True])
+def test_greedy_image_rows_take_the_argmax_among_codes(beside_text):
+    """Beside a text row, the image row's codes are read before the text rows' codes are masked."""
+    greedy = SpanParams(mode=INTERLEAVED, image_temperature=0.0)
+    g = grammar(SpanParams(mode=TEXT_ONLY), greedy, tails=[[1], [BOI]]) if beside_text else \
+        grammar(greedy, tails=[[BOI]])
+    slots = [0, 1] if beside_text else [0]
+    logits = torch.zeros(len(slots), V)
+    logits[-1, 1] = 100.0  # a text token would win without the grammar
+    logits[-1, 9] = 5.0
+    logits[-1, 6] = 4.0
+    rows = step(g, slots, logits)
+    assert allowed(rows[-1]) == {9}
+    if beside_text:
+        assert allowed(rows[0]) == set(TEXT)
 
 
 @pytest.mark.parametrize("params", [{"image_top_k": 1}, {"image_top_p": 1e-6}])
