@@ -6,10 +6,13 @@ dead engine are covered over HTTP in tests/server (test_limits, test_engine_deat
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.app import _serve_when_loaded, create_app
 from server.settings import Settings
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -64,3 +67,26 @@ def test_request_dependencies_run_on_the_event_loop(app, monkeypatch):
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 503  # auth, settings, engine checked
     assert client.get("/v1/models").status_code == 503
     assert hops == []
+
+
+def test_the_startup_heap_leaves_the_collector_before_the_engine_serves(app):
+    """A full collection over the front end's startup heap would stall every stream (~0.3 s on the tiny model)."""
+
+    class LiveEngine:
+        is_alive, model_class = True, "ChameleonForConditionalGeneration"
+
+    async def load_then_serve() -> int:
+        load = asyncio.get_running_loop().create_future()
+        load.set_result(LiveEngine())
+        serving = asyncio.create_task(_serve_when_loaded(app, load))
+        while app.state.engine is None:
+            await asyncio.sleep(0)
+        frozen = gc.get_freeze_count()  # when the first request could arrive
+        serving.cancel()
+        return frozen
+
+    gc.unfreeze()
+    try:
+        assert asyncio.run(load_then_serve()) > 10_000
+    finally:
+        gc.unfreeze()
