@@ -6,7 +6,9 @@ text grows the batch by text rows; beside image rows cut one code short of an im
 (``workloads.image_rows_chat``) the engine samples image rows as image-out does, but nothing
 is decoded. So ``with image-out / with image rows`` is the decode's own cost to text streams,
 ``with image rows / with text`` what image rows cost the engine's step over text rows, and
-``with image-out / alone`` what a user sees. Against any server (a GPU deployment too):
+``with image-out / alone`` what a user sees. Text streams are timed per token through vLLM's
+``return_token_ids`` (``workloads.text_chat``), so any server with that extension will do: ours, a GPU
+deployment of it, vLLM's own:
 
     python bench/interference.py --url http://127.0.0.1:8000 --api-key KEY [--image-tokens 1026] [--out FILE]
 """
@@ -67,7 +69,7 @@ async def phases(url: str, api_key: str, model: str | None, text_tokens: int, im
     """Text streams alone, then beside text (the batch grows), image rows cut short (the batch grows by image
     rows, nothing is decoded) and image-out (the same, with every image decoded): ``image_tokens`` from BOI
     to EOI."""
-    text = text_chat(text_tokens)
+    text = text_chat(text_tokens, token_ids=True)
     backgrounds = {"alone": None, "with_text": text, "with_image_rows": image_rows_chat(image_tokens),
                    "with_image_out": image_out_chat()}
     async with client_for(url, api_key) as client:

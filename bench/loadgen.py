@@ -4,6 +4,8 @@ For each workload and concurrency level, ``concurrency`` workers send streamed r
 until ``--requests`` are done, then the level's figures (requests/s, images/s, output
 tokens/s; TTFT, inter-token latency, end-to-end and request-to-PNG at p50/p90/p99) go
 to a JSON report, and a PNG plot of them against concurrency is written beside it.
+Inter-token latency is the gap between chunks that carry text, as in vLLM's ``bench serve``,
+or tokens where a request asks for their ids (``workloads.text_chat``).
 
     python bench/loadgen.py --url http://127.0.0.1:8000 [--api-key KEY] [--model NAME] \\
         [--workloads text image-in image-out mix] [--concurrency 1 8 32] [--requests N] [--out bench/out/loadgen]
@@ -66,7 +68,7 @@ async def send(client: httpx.AsyncClient, model: str, call: Call) -> Record:
     """One streamed request, timed chunk by chunk; a failure is recorded, not raised."""
     rec = Record()
     start = time.perf_counter()
-    last_text: float | None = None
+    last_token: float | None = None
     args = dict(call.args)
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True}, **args.pop("extra_body", {}),
             **args}
@@ -85,17 +87,17 @@ async def send(client: httpx.AsyncClient, model: str, call: Call) -> Record:
                     rec.output_tokens = event["usage"]["completion_tokens"]
                 for choice in event.get("choices") or ():
                     content = choice[field].get("content") if field else choice.get("text")
-                    if not content:
+                    if not content and not choice.get("token_ids"):  # token ids: see workloads.text_chat
                         continue
                     if rec.ttft is None:
                         rec.ttft = now - start
                     if isinstance(content, list):  # a finished image arrives as a one-part list
                         rec.png += [now - start for part in content if _is_image(part)]
-                        last_text = None  # the gap across an image is not an inter-token latency
+                        last_token = None  # the gap across an image is not an inter-token latency
                         continue
-                    if last_text is not None:
-                        rec.itl.append(now - last_text)
-                    last_text = now
+                    if last_token is not None:
+                        rec.itl.append(now - last_token)
+                    last_token = now
         rec.ok = rec.error is None
     except (httpx.HTTPError, ValueError) as e:
         rec.error = f"{type(e).__name__}: {str(e)[:200]}"
