@@ -6,7 +6,7 @@ PORT    ?= 8000
 # vLLM's CPU KV cache size in GiB; small so tests and the tiny model fit anywhere.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install serve test lint bench clean wheelhouse image wheelhouse-gpu image-gpu
+.PHONY: install serve test lint bench clean wheelhouse image-base image wheelhouse-gpu image-gpu
 
 install: $(VENV)/.installed
 
@@ -62,9 +62,12 @@ $(WHEELHOUSE)/cpu/.deps: pyproject.toml
 wheelhouse: $(WHEELHOUSE)/cpu/.deps
 	$(WHEEL_PIP) wheel -q --find-links $(WHEELHOUSE)/cpu --no-deps -w $(WHEELHOUSE)/cpu .
 
-# Without a registry the FROM image is made from Debian's packages (docker/make-base.sh).
-image: wheelhouse
+# The FROM image first, before the wheelhouse: without a registry it is made from Debian's packages by
+# docker/make-base.sh, which needs debootstrap and says so before doing any work.
+image-base:
 	$(DOCKER) image inspect $(CPU_BASE) >/dev/null 2>&1 || DOCKER=$(DOCKER) docker/make-base.sh $(CPU_BASE)
+
+image: image-base wheelhouse
 	$(BUILD_IMAGE) --build-arg FLAVOUR=cpu --build-arg BASE=$(CPU_BASE) \
 		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
 

@@ -5,9 +5,20 @@
 # no network.
 # Usage: docker/make-base.sh [NAME:TAG]   (default debian:bookworm-slim; env MIRROR, DOCKER)
 set -euo pipefail
+# What it needs, checked before any work: debootstrap (Debian's package of that name, run as root) and docker.
+if ! command -v debootstrap >/dev/null 2>&1; then
+    echo "docker/make-base.sh: debootstrap not found on PATH; it builds the base image from Debian's packages." >&2
+    echo "  Install it (Debian/Ubuntu, as root: apt-get install debootstrap) and run this as root, or load a" >&2
+    echo "  Debian bookworm image into Docker another way (docker pull, or docker load -i base.tar)." >&2
+    exit 1
+fi
 name="${1:-debian:bookworm-slim}"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
 docker="${DOCKER:-docker}"
+if ! command -v "$docker" >/dev/null 2>&1; then
+    echo "docker/make-base.sh: $docker not found on PATH; it imports the base image (install Docker)." >&2
+    exit 1
+fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 bookworm "$root" "$mirror" >&2
