@@ -206,8 +206,9 @@ class ChameleonEngine:
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
                  max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
-                 can_guide: bool = True, max_guidance_bytes: int | None = None) -> None:
+                 can_guide: bool = True, max_guidance_bytes: int | None = None, model_runner: str = "v1") -> None:
         self.llm = llm
+        self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
         self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
         self._guidance_in_flight = 0
         self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
@@ -255,7 +256,8 @@ class ChameleonEngine:
                                       model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
-                   not vllm_config.use_v2_model_runner, max_guidance_bytes)
+                   not vllm_config.use_v2_model_runner, max_guidance_bytes,
+                   "v2" if vllm_config.use_v2_model_runner else "v1")
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

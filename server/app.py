@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.exit_code = 0  # set to 1 when the engine fails to load or dies; the CLI exits with it
     app.state.engine = None  # set once loaded
     app.state.model_class = None
+    app.state.model_runner = None  # vLLM's model runner, "v1" or "v2", once loaded
     app.state.draining = False  # set by the CLI's server when a shutdown signal arrives
     app.state.started_at = int(time.time())
     install_error_handlers(app)
@@ -83,7 +84,9 @@ async def _serve_when_loaded(app: FastAPI, load: asyncio.Task) -> None:
     # ~0.3 s (bench/RESULTS.md).
     freeze_gc_heap()
     app.state.engine, app.state.model_class = engine, engine.model_class
-    logger.info("engine loaded; %d startup objects frozen out of garbage collection; serving requests",
+    app.state.model_runner = engine.model_runner
+    logger.info("engine loaded (model %s, vLLM model runner %s); %d startup objects frozen out of garbage "
+                "collection; serving requests", engine.model_class, engine.model_runner.upper(),
                 gc.get_freeze_count())
     await _exit_when_engine_dies(app, engine)
 

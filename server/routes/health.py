@@ -48,10 +48,12 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/version")
 async def server_version(request: Request) -> JSONResponse:
-    """Versions, and the model class vLLM resolves for the checkpoint: ours, through the plugin."""
+    """Versions, the model class vLLM resolves for the checkpoint (ours, through the plugin) and vLLM's model
+    runner in use ("v1" or "v2"); both null while the engine loads."""
     return JSONResponse({
         "version": version("chameleon-serve"),
         "vllm_version": vllm.__version__,
         "model_class": request.app.state.model_class,
+        "model_runner": request.app.state.model_runner,
     })
 

@@ -31,6 +31,8 @@ def test_models_and_version(server, client):
     assert [m.id for m in models.data] == [MODEL]
     version = httpx.get(f"{server.url}/version").json()
     assert version["model_class"] == "engine.chameleon:ChameleonForConditionalGeneration"
+    assert version["model_runner"] == "v1"  # the default everywhere (VLLM_USE_V2_MODEL_RUNNER=0), named at start
+    assert "VLLM_USE_V2_MODEL_RUNNER=0 (default)" in server.log() and "vLLM model runner V1" in server.log()
     assert "chameleon-serve plugin model" in server.log()  # the engine process built our class
 
 

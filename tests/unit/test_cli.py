@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from server.cli import build_parser, settings_from_args
+from server.cli import build_parser, default_to_v1_model_runner, settings_from_args
+
+SET_BY_THE_CLI = ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_CPU_KVCACHE_SPACE")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored(monkeypatch):
+    """settings_from_args sets environment defaults for vLLM; each test's are undone after it."""
+    for name in SET_BY_THE_CLI:
+        original = os.environ.get(name)
+        monkeypatch.setenv(name, original or "")  # records the original, restored after the test
+        if original is None:
+            monkeypatch.delenv(name)
 
 
 def test_make_tiny_defaults(tmp_path):
@@ -57,3 +70,19 @@ def test_convert_and_make_tiny_meta_layout(tmp_path):
     out = cli("convert", release, str(tmp_path / "hf"))
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert out.endswith("hf") and config["model_parallel_size"] == 2 and "<image>" in config["vocabulary_map"]
+
+
+def test_v1_model_runner_is_the_default_and_the_user_may_choose_v2(tmp_path, monkeypatch):
+    import vllm.envs
+
+    env: dict[str, str] = {}
+    assert default_to_v1_model_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    env = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
+    assert not default_to_v1_model_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "1"}
+    # Wired where the server starts, before the engine config exists: vLLM reads it when choosing the runner.
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    settings_from_args(build_parser().parse_args(["--model", str(tmp_path)]))
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0" and vllm.envs.VLLM_USE_V2_MODEL_RUNNER is False
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    settings_from_args(build_parser().parse_args(["--model", str(tmp_path)]))
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1" and vllm.envs.VLLM_USE_V2_MODEL_RUNNER is True

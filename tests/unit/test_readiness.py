@@ -73,7 +73,7 @@ def test_the_startup_heap_leaves_the_collector_before_the_engine_serves(app):
     """A full collection over the front end's startup heap would stall every stream (~0.3 s on the tiny model)."""
 
     class LiveEngine:
-        is_alive, model_class = True, "ChameleonForConditionalGeneration"
+        is_alive, model_class, model_runner = True, "ChameleonForConditionalGeneration", "v1"
 
     async def load_then_serve() -> int:
         load = asyncio.get_running_loop().create_future()
