@@ -309,6 +309,7 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         else:
             self.lm_head = PPMissingLayer()
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+        self.raw_logits: torch.Tensor | None = None  # the last compute_logits output
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -323,8 +324,13 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        """Plain logits over the whole vocabulary: image codes are not masked here."""
-        return self.logits_processor(self.lm_head, hidden_states)
+        """Plain logits over the whole vocabulary: image codes are not masked here.
+
+        The last ones are kept (a reference, no copy) for the span processor on Model Runner V2, which
+        runs custom processors after penalties: it samples image codes from these, as on V1.
+        """
+        self.raw_logits = self.logits_processor(self.lm_head, hidden_states)
+        return self.raw_logits
 
     def new_private_kv(self, capacity: int) -> PrivateKV:
         if get_pp_group().world_size > 1:
@@ -337,7 +343,7 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
     def private_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
         """Logits after the last new token of each sequence of ``batch`` (float32, one row per sequence)."""
         hidden = self.model.forward_private(input_ids, positions, batch)
-        return self.compute_logits(hidden[batch.last_tokens]).float()
+        return self.logits_processor(self.lm_head, hidden[batch.last_tokens]).float()  # raw_logits kept as is
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the transformer from HF names; ``model.vqmodel.*`` is skipped and not reported.

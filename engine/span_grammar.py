@@ -157,7 +157,7 @@ class SpanGrammar:
         self.temperature = np.zeros(max_slots, dtype=np.float32)
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
-        self.seed = np.full(max_slots, -1, dtype=np.int64)  # -1: unseeded (torch's global RNG)
+        self.seed = np.zeros(max_slots, dtype=np.int64)  # every image draw is counter-based on this seed
         # Imported here, not with this module: once numba's llvmlite is imported, the scan of module namespaces
         # that vLLM's CPU platform runs as its worker starts fails on it (vLLM 0.32); processors are built after.
         from engine.nucleus import draw_nucleus
@@ -186,7 +186,7 @@ class SpanGrammar:
         self.temperature[slot] = params.image_temperature
         self.top_k[slot] = params.image_top_k
         self.top_p[slot] = params.image_top_p
-        self.seed[slot] = -1 if params.seed is None else params.seed & _MASK63
+        self.seed[slot] = _request_seed(params.seed) if params.mode != TEXT_ONLY else 0
         self.resync(slot, tail, num_output)
 
     def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
@@ -236,12 +236,13 @@ class SpanGrammar:
         self.pos[slots] = np.where(tokens == lay.boi, 0, np.where(inner & (pos >= 0), pos + 1, -1))
         self.num_output[slots] += 1
 
-    def apply(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """Mask row ``i`` of ``logits`` for the request in ``slots[i]``; sample rows inside spans.
+    def apply(self, logits: torch.Tensor, slots: np.ndarray, code_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask row ``i`` of ``logits`` for the request in ``slots[i]``; sample rows inside spans, from
+        ``code_logits`` where given (rows as ``logits``; Model Runner V2's logits before its penalties).
 
         Runs once per engine step over the whole batch: every tensor operation here is a pass over rows of
         the vocabulary, so masks that would touch no row are skipped, and a batch of forced rows only is
-        filled whole.
+        filled whole. A forced token that an earlier stage set to -inf stays -inf: nothing is re-allowed.
         """
         mode, pos = self.mode[slots], self.pos[slots]
         in_span = pos >= 0
@@ -251,9 +252,15 @@ class SpanGrammar:
         if len(forced):
             step = np.where(in_span[forced], self._span_step(slots[forced]), self.layout.boi)
             tokens = torch.from_numpy(step).to(self.device)
+            rows_forced = slice(None) if len(forced) == len(slots) else self._rows(forced)
+            # read before the masks below; a sampled code (clamped here) is always allowed
+            kept = _zero_unless_forbidden(logits[rows_forced].gather(1, tokens.clamp(min=0).unsqueeze(1)))
             sample = np.flatnonzero(step < 0)
             if len(sample):
-                tokens[self._rows(sample)] = self._sample_codes(logits, forced[sample], slots[forced[sample]])
+                source = logits if code_logits is None else code_logits
+                sample_t = self._rows(sample)
+                tokens[sample_t] = self._sample_codes(source, forced[sample], slots[forced[sample]])
+                kept[sample_t] = 0.0
         if len(forced) < len(slots):
             # Every row, by column slices: forced rows are overwritten below and their codes were read above,
             # and a slice fill is several times cheaper than indexing the text rows.
@@ -263,11 +270,10 @@ class SpanGrammar:
             logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
                 float("-inf")
         if len(forced) == len(slots) > 0:
-            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
+            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept)
         elif len(forced):
-            rows_forced = self._rows(forced)
             logits.index_fill_(0, rows_forced, float("-inf"))
-            logits[rows_forced, tokens] = 0.0
+            logits[rows_forced, tokens] = kept.squeeze(1)
         return logits
 
     def _forbid_span_tokens(self, logits: torch.Tensor) -> None:
@@ -317,17 +323,28 @@ class SpanGrammar:
         return self._draw_nucleus(x.softmax(dim=1), self._uniforms(slots), self.top_p[slots])
 
     def _uniforms(self, slots: np.ndarray) -> torch.Tensor:
-        """Uniforms per row, one per rejection round and one for the sorted fallback (float32): counter-based
-        for seeded requests, torch's RNG otherwise."""
-        seeded = self.seed[slots] >= 0
-        shape = (len(slots), self.MAX_ATTEMPTS + 1)
-        if not seeded.any():
-            return torch.rand(shape, device=self.device)
-        attempts = np.arange(shape[1])
-        u = torch.from_numpy(counter_uniforms(self.seed[slots, None], self.num_output[slots, None], attempts)).float()
-        if not seeded.all():
-            u = torch.where(torch.from_numpy(seeded).unsqueeze(1), u, torch.rand(shape))
-        return u.to(self.device)
+        """Uniforms per row, one per rejection round and one for the sorted fallback (float32), from each
+        request's seed and output index: the same on every tensor-parallel rank and across preemption."""
+        attempts = np.arange(self.MAX_ATTEMPTS + 1)
+        u = counter_uniforms(self.seed[slots, None], self.num_output[slots, None], attempts)
+        return torch.from_numpy(u).float().to(self.device)
+
+
+def _zero_unless_forbidden(values: torch.Tensor) -> torch.Tensor:
+    """0.0 for each forced token's logit, or -inf where an earlier stage forbade it (vLLM's min_tokens, a bad
+    word, a grammar): Model Runner V2's interface forbids re-allowing a token, and both runners then agree."""
+    return torch.where(values == float("-inf"), values, 0.0)
+
+
+def _request_seed(seed: int | None) -> int:
+    """The seed of a request's image draws: its own, else one drawn from numpy's global generator.
+
+    The server draws a seed at admission for every request that may write images
+    (``server/sampling.py``), so the fallback serves only requests made to the engine directly. It
+    agrees across tensor-parallel ranks as vLLM's own Model Runner V2 sampler does for unseeded
+    requests: vLLM seeds every worker's numpy alike and adds requests in the same order.
+    """
+    return (int(np.random.randint(0, _MASK63, dtype=np.int64)) if seed is None else seed) & _MASK63
 
 
 def logits_processor_for_runner(vllm_config: Any = None) -> type:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
@@ -66,6 +68,10 @@ def sampling_params(
                          f"of {engine.max_model_len}", param="max_tokens", code="context_length_exceeded")
     if max_new_tokens is None:
         max_new_tokens = image_len if modalities == {"image"} else room
+    if req.min_tokens and modalities == {"image"}:
+        # min_tokens forbids the stop tokens, EOI among them, and the span grammar re-allows nothing
+        raise BadRequest("min_tokens does not apply to an image-only reply (one image, then the reply ends)",
+                         param="min_tokens")
     if req.min_tokens > max_new_tokens:
         raise BadRequest("min_tokens must not exceed max_tokens", param="min_tokens")
     bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
@@ -87,7 +93,7 @@ def sampling_params(
         frequency_penalty=req.frequency_penalty,
         logit_bias=bias or None,
         repetition_penalty=req.repetition_penalty,
-        seed=req.seed,
+        seed=_request_seed(req.seed, modalities),
         stop=stop,
         detokenize=not image_only,
         # With images in the reply, the stop string's text is held back and dropped by the front end
@@ -101,6 +107,18 @@ def sampling_params(
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra_args,
     )
+
+
+def _request_seed(seed: int | None, modalities: set[str]) -> int | None:
+    """The request's seed; for one that may write images and has none, a seed drawn here, at admission.
+
+    Image codes are drawn from a generator keyed by this seed (``engine/span_grammar.py``), so every
+    tensor-parallel rank draws the same codes without a broadcast of sampled tokens, which Model Runner V2
+    does not do. vLLM gives each choice of an ``n`` > 1 request its own seed from it (seed + index).
+    """
+    if seed is not None or "image" not in modalities:
+        return seed
+    return secrets.randbits(62)  # room for vLLM's seed + index within int64
 
 
 def _engine_temperature(req: SamplingFields) -> float:

@@ -1,8 +1,11 @@
-"""The Model Runner V2 adapter, driven through its real state objects on CPU tensors, against the V1 adapter.
+"""The Model Runner V2 adapter inside vLLM's own V2 sampling path (``tests/v2_runner.py``: its request
+state, staged writes, sampler and processor order on CPU tensors), against the V1 adapter in V1's order.
 
-Both adapters see the same requests, histories and logits every step (V1 through ``BatchUpdate`` and
-live output lists, V2 through ``all_token_ids``/``total_len`` and slot mappings) and must return
-identical logits, including after removals, row moves and a preempted request's re-entry.
+Both runners see the same requests, histories and model logits every step (V1 through ``BatchUpdate``
+and live output lists, then vLLM's logit bias, our processor, vLLM's penalties; V2 through its request
+state and ``Sampler``: bias, penalties, bad words, our processor) and must leave the same tokens
+possible, with equal logits on text rows, including after removals, row moves, a preempted request's
+re-entry, penalties and logit bias.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from v2_runner import V2Runner, install
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
-from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor
+from vllm.v1.sample.ops.penalties import apply_all_penalties
 
 from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
 from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
@@ -39,35 +44,34 @@ def model_dir(tmp_path_factory):
     return str(d)
 
 
-class Pair:
-    """One V1 and one V2 processor fed the same requests; V2 slots deliberately differ from V1 rows."""
+@pytest.fixture
+def v2_on_cpu(monkeypatch):
+    install(monkeypatch)
+    return monkeypatch
 
-    def __init__(self, model_dir: str):
-        model_config = SimpleNamespace(model=model_dir)
-        self.v1 = ChameleonSpanLogitsProcessorV1(
-            SimpleNamespace(model_config=model_config, scheduler_config=SimpleNamespace(max_num_seqs=SLOTS)),
-            torch.device("cpu"), False)
-        self.rs = LogitsProcRequestState(
-            device=torch.device("cpu"), max_num_reqs=SLOTS, vocab_size=V,
-            all_token_ids=SimpleNamespace(gpu=torch.zeros(SLOTS, MAX_LEN, dtype=torch.int32)),
-            prompt_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)),
-            prefill_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)),
-            total_len=SimpleNamespace(gpu=torch.zeros(SLOTS, dtype=torch.int32)),
-        )
-        self.v2 = ChameleonSpanLogitsProcessorV2(
-            SimpleNamespace(model_config=model_config, speculative_config=None), self.rs)
-        self.batch: list[str] = []  # V1 row order
+
+def v1_config(model_dir: str):
+    return SimpleNamespace(model_config=SimpleNamespace(model=model_dir),
+                           scheduler_config=SimpleNamespace(max_num_seqs=SLOTS))
+
+
+class Pair:
+    """V1 and V2 fed the same requests; V2's slots come from its own request state, not V1's rows."""
+
+    def __init__(self, model_dir: str, monkeypatch):
+        self.v1 = ChameleonSpanLogitsProcessorV1(v1_config(model_dir), torch.device("cpu"), False)
+        self.v1_bias = LogitBiasLogitsProcessor(None, torch.device("cpu"), False)
+        self.v2 = V2Runner(model_dir, SLOTS, V, MAX_LEN, monkeypatch)
+        self.batch: list[str | None] = []  # V1 row order
+        self.params: dict[str, SamplingParams] = {}
         self.prompt: dict[str, list[int]] = {}
         self.output: dict[str, list[int]] = {}
-        self.slot2: dict[str, int] = {}
-        self.free2 = list(range(SLOTS))
-        random.Random(1).shuffle(self.free2)
         self.pending: dict[str, list] = {"removed": [], "added": [], "moved": []}
         self.holes: list[int] = []
 
     def add(self, rid: str, prompt: list[int], params: SamplingParams, output: list[int] | None = None):
         """A new request, or a preempted one re-entering with its output so far; fills a hole first."""
-        self.prompt[rid], self.output[rid] = prompt, list(output or [])
+        self.prompt[rid], self.output[rid], self.params[rid] = prompt, list(output or []), params
         if self.holes:  # vLLM fills removed rows first; such a row is then "added", not "removed"
             row = self.holes.pop()
             self.pending["removed"].remove(row)
@@ -76,16 +80,11 @@ class Pair:
             row = len(self.batch)
             self.batch.append(rid)
         self.pending["added"].append((row, params, prompt, self.output[rid]))
-        slot = self.slot2[rid] = self.free2.pop()
-        prefill = prompt + self.output[rid]
-        self.rs.prompt_len.np[slot], self.rs.prefill_len.np[slot] = len(prompt), len(prefill)
-        self.rs.all_token_ids.gpu[slot, : len(prefill)] = torch.tensor(prefill)
-        self.rs.total_len.gpu[slot] = len(prefill)
-        self.v2.add_request(slot, params)
+        self.v2.add(rid, prompt, params, self.output[rid])
 
     def remove(self, rid: str):
         row = self.batch.index(rid)
-        self.free2.append(self.slot2.pop(rid))
+        self.v2.remove(rid)
         self.batch[row] = None
         self.holes.append(row)
         self.pending["removed"].append(row)
@@ -102,61 +101,73 @@ class Pair:
             self.batch.pop()
         self.holes.clear()
 
+    def v1_sample_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """V1's order: logit bias and our processor (non-argmax-invariant processors), then penalties."""
+        batch = BatchUpdate(batch_size=len(self.batch), **self.pending) if any(self.pending.values()) else None
+        self.pending = {"removed": [], "added": [], "moved": []}
+        for processor in (self.v1_bias, self.v1):
+            processor.update_state(batch)
+        out = self.v1.apply(self.v1_bias.apply(logits))
+        params = [self.params[r] for r in self.batch]
+        prompts = torch.nn.utils.rnn.pad_sequence([torch.tensor(self.prompt[r]) for r in self.batch],
+                                                  batch_first=True, padding_value=V)
+        return apply_all_penalties(out, prompts, *(torch.tensor([getattr(p, f) for p in params])
+                                                   for f in ("presence_penalty", "frequency_penalty",
+                                                             "repetition_penalty")),
+                                   [self.output[r] for r in self.batch])
+
     def step(self, rng: random.Random, swap: bool = False) -> list[int]:
-        """One engine step: removes and adds happened before; condense, maybe swap two rows, then apply both
-        processors to the same logits, assert they agree, and commit one allowed token per row."""
+        """One engine step: removes and adds happened before; condense, maybe swap two rows, then sample
+        logits on both runners from the same model logits, assert they agree, and commit one allowed token
+        per row."""
         self.condense()
         if swap and len(self.batch) > 1:
             a, b = rng.sample(range(len(self.batch)), 2)
             self.batch[a], self.batch[b] = self.batch[b], self.batch[a]
             self.pending["moved"].append((a, b, MoveDirectionality.SWAP))
-        if any(self.pending.values()):
-            self.v1.update_state(BatchUpdate(batch_size=len(self.batch), **self.pending))
-            self.pending = {"removed": [], "added": [], "moved": []}
-        else:
-            self.v1.update_state(None)
         logits = torch.randn(len(self.batch), V)
-        slots = np.array([self.slot2[r] for r in self.batch], dtype=np.int64)
-        idx = torch.from_numpy(slots)
-        ctx = LogitsContext(expanded_idx_mapping=idx, idx_mapping=idx, idx_mapping_np=slots,
-                            expanded_local_pos=torch.zeros_like(idx), input_ids=torch.zeros_like(idx),
-                            pos=torch.zeros_like(idx), seq_lens_upper_bound_np=np.zeros(len(slots)))
-        seed = rng.randrange(1 << 30)  # unseeded image rows draw from torch's global RNG
-        torch.manual_seed(seed)
-        out1 = self.v1.apply(logits.clone())
-        torch.manual_seed(seed)
-        out2 = self.v2.apply(logits.clone(), ctx)
+        torch.manual_seed(rng.randrange(1 << 30))  # the runners' torch RNGs differ: no draw may depend on them
+        out1 = self.v1_sample_logits(logits.clone())
+        torch.manual_seed(rng.randrange(1 << 30))
+        out2 = self.v2.sample_logits(self.batch, logits)
         for rid, row1, row2 in zip(self.batch, out1, out2):
-            assert torch.equal(row1, row2), (rid, self.output[rid])
+            finite = torch.isfinite(row1)
+            assert torch.equal(finite, torch.isfinite(row2)), (rid, self.output[rid])
+            if finite.sum() > 1:  # a text row: equal logits (one finite token is a forced or sampled one)
+                assert torch.equal(row1, row2), (rid, self.output[rid])
         picks = [rng.choice(torch.isfinite(row).nonzero().flatten().tolist()) for row in out1]
         for rid, tok in zip(self.batch, picks):
             self.output[rid].append(tok)
-            slot = self.slot2[rid]
-            n = int(self.rs.total_len.gpu[slot])
-            self.rs.all_token_ids.gpu[slot, n] = tok
-            self.rs.total_len.gpu[slot] = n + 1
+            self.v2.commit(rid, tok)
         return picks
 
 
-def sp(modalities, seed=None, **image):
-    return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image})
+def sp(modalities, seed=None, **kw):
+    """Params as the server sends them: requests that may write images always carry a seed."""
+    image = {k: kw.pop(k) for k in list(kw) if k.startswith("image_")}
+    if seed is None and "image" in modalities:
+        seed = 1234
+    return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image}, **kw)
 
 
-def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
+PENALTIES = dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
+
+
+def test_v2_matches_v1_through_adds_removes_moves_preemption_penalties_and_bias(model_dir, v2_on_cpu):
     rng = random.Random(0)
-    pair = Pair(model_dir)
-    pair.add("text", [1, 2], sp(["text"]))
-    pair.add("mixed", [3, 16, 17], sp(["text", "image"]))
-    pair.add("image", [1], sp(["image"], seed=5, image_temperature=1.0, image_top_k=3))
+    pair = Pair(model_dir, v2_on_cpu)
+    pair.add("text", [1, 2], sp(["text"], **PENALTIES))
+    pair.add("mixed", [3, 16, 17, *CODES[:3]], sp(["text", "image"], image_temperature=0.0, **PENALTIES))
+    pair.add("image", [1], sp(["image"], seed=5, image_temperature=1.0, image_top_k=3, logit_bias={CODES[2]: 2.5}))
     # resumed mid-image: BOI and two codes already written; greedy image rows
-    pair.add("resumed", [2, 3], sp(["text", "image"], image_temperature=0.0), output=[20, BOI, 4, 5])
+    pair.add("resumed", [2, 3], sp(["text", "image"], image_temperature=0.0, repetition_penalty=2.0),
+             output=[20, BOI, 4, 5])
     for i in range(40):
         if i == 9:
             pair.remove("text")
-            pair.add("text2", [5], sp(["text"]))
+            pair.add("text2", [5], sp(["text"], logit_bias={16: -3.0}))
         if i == 14:  # preempt "image" mid-stream and let it re-enter with its output
-            params, prompt, output = sp(["image"], seed=5, image_temperature=1.0, image_top_k=3), \
-                pair.prompt["image"], pair.output["image"]
+            params, prompt, output = pair.params["image"], pair.prompt["image"], pair.output["image"]
             pair.remove("image")
             pair.add("image", prompt, params, output=output)
         pair.step(rng, swap=i in (5, 20))
@@ -165,33 +176,71 @@ def test_v2_matches_v1_through_adds_removes_moves_and_preemption(model_dir):
     assert resumed[4] in CODES and resumed[5] in CODES and resumed[6] == EOI
 
 
-def test_v2_random_workloads_match_v1(model_dir):
+def test_v2_random_workloads_match_v1(model_dir, v2_on_cpu):
     rng = random.Random(3)
     for trial in range(6):
-        pair = Pair(model_dir)
+        pair = Pair(model_dir, v2_on_cpu)
+        live = pair.v2.req_states.req_id_to_index
         for i in range(60):
-            live = [r for r in pair.batch if r is not None]
-            for rid in live:
+            for rid in list(live):
                 if len(live) > 1 and rng.random() < 0.05:
                     pair.remove(rid)
-            while len(pair.slot2) < SLOTS and rng.random() < 0.3:
+            while len(live) < SLOTS and rng.random() < 0.3:
                 modes = rng.choice([["text"], ["text", "image"], ["image"]])
-                pair.add(f"r{trial}-{i}-{len(pair.slot2)}", [rng.choice(TEXT) for _ in range(3)],
-                         sp(modes, seed=rng.choice([None, i]), image_temperature=rng.choice([0.0, 1.0])))
-            if pair.slot2:
+                extra = rng.choice([{}, PENALTIES, {"logit_bias": {rng.choice(CODES): 1.5, rng.choice(TEXT): -2.0}}])
+                pair.add(f"r{trial}-{i}-{len(live)}", [rng.choice(TEXT + CODES) for _ in range(3)],
+                         sp(modes, seed=rng.choice([None, i]), image_temperature=rng.choice([0.0, 1.0]), **extra))
+            if live:
                 pair.step(rng, swap=rng.random() < 0.2)
+
+
+def test_a_penalty_never_reaches_an_image_code(model_dir, v2_on_cpu):
+    """The model's best code is in the prompt (an input image): a repetition penalty of 4 would put another
+    code first, but image codes are sampled from the model's logits on both runners."""
+    params = sp(["image"], image_temperature=0.0, repetition_penalty=4.0, presence_penalty=1.0)
+    logits = torch.zeros(1, V)
+    logits[0, CODES[1]], logits[0, CODES[5]] = 2.0, 1.0  # CODES[1] is in the prompt, CODES[5] is not
+    picks = {}
+    for name, run in (("v1", "v1_sample_logits"), ("v2", None)):
+        pair = Pair(model_dir, v2_on_cpu)
+        pair.add("image", [1, BOI, CODES[1], EOI], params, output=[BOI])
+        pair.condense()
+        out = pair.v1_sample_logits(logits.clone()) if run else pair.v2.sample_logits(["image"], logits)
+        picks[name] = torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert picks == {"v1": [CODES[1]], "v2": [CODES[1]]}
+
+
+def test_unseeded_image_draws_agree_across_ranks(model_dir, v2_on_cpu):
+    """Model Runner V2 commits each tensor-parallel rank's own samples: two ranks whose torch RNGs differ must
+    still draw the same codes for a request without a seed (vLLM seeds every worker's numpy alike)."""
+    ranks = []
+    for _ in range(2):
+        np.random.seed(0)
+        runner = V2Runner(model_dir, SLOTS, V, MAX_LEN, v2_on_cpu)
+        runner.add("image", [1, 2], SamplingParams(extra_args={"modalities": ["image"], "image_temperature": 1.0}))
+        ranks.append(runner)
+    for step in range(N + 2):
+        logits = torch.randn(1, V)
+        rows = []
+        for rank, runner in enumerate(ranks):
+            torch.manual_seed(100 * step + rank)
+            rows.append(runner.sample_logits(["image"], logits))
+        [token] = torch.isfinite(rows[0][0]).nonzero().flatten().tolist()
+        assert torch.isfinite(rows[1][0]).nonzero().flatten().tolist() == [token]
+        for runner in ranks:
+            runner.commit("image", token)
 
 
 def test_v1_does_not_consume_async_placeholders(model_dir):
     """Under async scheduling the newest output is -1 at update_state and real by apply."""
-    pair = Pair(model_dir)
+    v1 = ChameleonSpanLogitsProcessorV1(v1_config(model_dir), torch.device("cpu"), False)
     output = [BOI, CODES[0], -1]
     added = [(0, sp(["image"]), [1], output)]
-    pair.v1.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
-    assert pair.v1.grammar.pos[0] == 1 and pair.v1.grammar.num_output[0] == 2
+    v1.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
+    assert v1.grammar.pos[0] == 1 and v1.grammar.num_output[0] == 2
     output[-1] = CODES[1]
-    row = pair.v1.apply(torch.randn(1, V))[0]
-    assert pair.v1.grammar.pos[0] == 2 and pair.v1.grammar.num_output[0] == 3
+    row = v1.apply(torch.randn(1, V))[0]
+    assert v1.grammar.pos[0] == 2 and v1.grammar.num_output[0] == 3
     assert len(torch.isfinite(row).nonzero()) == 1
 
 

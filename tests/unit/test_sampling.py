@@ -49,3 +49,24 @@ def test_image_only_with_several_choices_keeps_a_random_draw(engine):
 def test_replies_that_may_hold_text_keep_the_request_sampling(engine, modalities):
     params = _params(engine, modalities, temperature=0.9, top_p=0.5, stop=["Z"])
     assert (params.temperature, params.top_p, params.detokenize, params.stop) == (0.9, 0.5, True, ["Z"])
+
+
+@pytest.mark.parametrize("modalities", [["image"], ["text", "image"]])
+def test_a_request_that_may_write_images_gets_a_seed_at_admission(engine, modalities):
+    """Image codes are drawn from a generator keyed by the request's seed, so every tensor-parallel rank draws
+    the same ones: one without a seed gets one here, a new one each time; its own seed is kept."""
+    seeds = {_params(engine, modalities).seed for _ in range(3)}
+    assert None not in seeds and len(seeds) == 3 and all(0 <= s < 2**62 for s in seeds)
+    assert _params(engine, modalities, seed=9).seed == 9
+    assert _params(engine, ["text"]).seed is None
+
+
+def test_min_tokens_on_an_image_only_reply_is_a_400(engine):
+    """vLLM's min_tokens forbids the stop tokens, EOI among them, and the span grammar does not re-allow what
+    an earlier stage forbade: an image-only reply (one image, then done) refuses it."""
+    from server.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="min_tokens") as err:
+        _params(engine, ["image"], min_tokens=3)
+    assert err.value.param == "min_tokens"
+    assert _params(engine, ["text", "image"], min_tokens=3).min_tokens == 3

@@ -81,6 +81,20 @@ def test_after_boi_exactly_n_codes_then_eoi_then_text():
     assert allowed(step(g, [0])[0]) == set(TEXT) | {BOI}
 
 
+def test_a_forced_token_forbidden_by_an_earlier_stage_stays_forbidden():
+    """Model Runner V2's interface: a processor must not re-allow what an earlier stage (vLLM's min_tokens, a
+    bad word, a grammar) set to -inf. Codes drawn by the grammar itself stay allowed."""
+    g = grammar(SpanParams(mode=IMAGE_ONLY), SpanParams(mode=IMAGE_ONLY, image_temperature=0.0),
+                SpanParams(mode=INTERLEAVED), tails=[[1], [BOI], [BOI, *CODES[:N]]])
+    logits = torch.randn(3, V)
+    logits[0, BOI] = logits[2, EOI] = float("-inf")
+    rows = step(g, [0, 1, 2], logits)
+    assert allowed(rows[0]) == set() and allowed(rows[2]) == set()
+    assert len(allowed(rows[1])) == 1
+    lone = grammar(SpanParams(mode=IMAGE_ONLY))
+    assert allowed(step(lone, [0], torch.full((1, V), float("-inf")))[0]) == set()  # a batch of forced rows only
+
+
 def test_image_only_forces_boi_first_then_text_after_the_image():
     g = grammar(SpanParams(mode=IMAGE_ONLY))
     assert allowed(step(g, [0])[0]) == {BOI}
@@ -190,7 +204,8 @@ def test_a_row_without_usable_code_logits_samples_every_code(bad_codes, value):
     rows of the batch are sampled from their own logits."""
     g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, image_top_p=0.9)] * 2, tails=[[BOI], [BOI]])
     seen = set()
-    for _ in range(200):
+    for i in range(200):
+        g.seed[:] = i  # each draw from another seed
         logits = torch.randn(2, V)
         logits[0, bad_codes] = value
         logits[1, list(CODES)] = -50.0
