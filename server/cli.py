@@ -22,6 +22,7 @@ from types import FrameType
 import uvicorn
 
 from engine.checkpoint import preflight
+from engine.cpu_kv import RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
 from engine.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
 from server.settings import IMAGE_OUTPUT_FORMATS, Settings
@@ -114,8 +115,41 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--image-fetch-timeout-seconds", type=float, default=defaults.timeout_s,
                         help="deadline for fetching one remote image, redirects included")
     parser = AsyncEngineArgs.add_cli_args(parser)
-    parser.set_defaults(model=None)
+    # None: not given (vLLM's default is restored in settings_from_args), so that a CPU KV size is chosen
+    # only where the user chose nothing (_size_cpu_kv_cache).
+    parser.set_defaults(model=None, gpu_memory_utilization=None)
     return parser
+
+
+def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
+    """On the CPU build, where the user gave none of ``--kv-cache-memory-bytes``, ``VLLM_CPU_KVCACHE_SPACE``
+    and ``--gpu-memory-utilization``: a KV cache size from the memory free on the node vLLM's worker uses
+    (engine/cpu_kv.py), not vLLM's default of 0.92 of its total, which fails wherever some of it is in use."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+
+    utilization_given = args.gpu_memory_utilization is not None
+    if not utilization_given:
+        args.gpu_memory_utilization = EngineArgs.gpu_memory_utilization
+    if not current_platform.is_cpu() or utilization_given or args.kv_cache_memory_bytes is not None \
+            or os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") != "":
+        return
+    from vllm.utils import cpu_resource_utils
+
+    node = cpu_resource_utils.get_allowed_cpu_list()[0].numa_node  # the node vLLM's first worker checks
+    memory = cpu_resource_utils.get_memory_node_info(node)
+    workers = args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size
+    weights = weight_bytes(args.model, args.vqgan) * args.data_parallel_size  # TP and PP split them
+    args.kv_cache_memory_bytes = cpu_kv_cache_bytes(memory.available_memory, memory.total_memory, weights,
+                                                    workers)
+    logging.getLogger(__name__).info(
+        "CPU KV cache: %.2f GiB per worker (--kv-cache-memory-bytes %d), sized from free memory: NUMA node %d "
+        "has %.2f of %.2f GiB free, the weights take %.2f GiB: %.0f%% of what is left after them and %.0f GiB for "
+        "the processes, over %d worker(s) (vLLM's default would reserve %.2f of the node's total, and needs that "
+        "much free). Set --kv-cache-memory-bytes or VLLM_CPU_KVCACHE_SPACE to choose",
+        args.kv_cache_memory_bytes / 2**30, args.kv_cache_memory_bytes, node, memory.available_memory / 2**30,
+        memory.total_memory / 2**30, weights / 2**30, SHARE * 100, RESERVE_BYTES / 2**30, workers,
+        args.gpu_memory_utilization)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -136,6 +170,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log.info("%s=%s, as set by the user", MODEL_RUNNER_ENV, os.environ[MODEL_RUNNER_ENV])
     given = args.model
     args.model = _hf_layout(args.model)
+    _size_cpu_kv_cache(args)
     engine_args = AsyncEngineArgs.from_cli_args(args)
     names = engine_args.served_model_name
     served = (names[0] if isinstance(names, list) else names) or given
@@ -163,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["convert"]:
         _convert_cli(argv[1:])
         return
-    settings = settings_from_args(build_parser().parse_args(argv))
+    try:
+        settings = settings_from_args(build_parser().parse_args(argv))
+    except CpuMemoryError as e:
+        sys.exit(f"chameleon-serve: error: {e}")
     try:  # a checkpoint that cannot be served fails now, in one line, not deep inside the engine's start
         settings = dataclasses.replace(settings, vqgan=preflight(settings.model, settings.vqgan))
     except CheckpointError as e:

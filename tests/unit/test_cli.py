@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from server.cli import build_parser, default_to_v1_model_runner, settings_from_args
+from server.cli import build_parser, default_to_v1_model_runner, main, settings_from_args
 
 SET_BY_THE_CLI = ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_CPU_KVCACHE_SPACE")
 
@@ -86,3 +86,55 @@ def test_v1_model_runner_is_the_default_and_the_user_may_choose_v2(tmp_path, mon
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     settings_from_args(build_parser().parse_args(["--model", str(tmp_path)]))
     assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1" and vllm.envs.VLLM_USE_V2_MODEL_RUNNER is True
+
+
+def _memory_node(monkeypatch, free: int, total: int) -> None:
+    from vllm.utils import cpu_resource_utils
+    from vllm.utils.cpu_resource_utils import MemoryNodeInfo
+
+    monkeypatch.setattr(cpu_resource_utils, "get_memory_node_info",
+                        lambda node=0: MemoryNodeInfo(total_memory=total, available_memory=free))
+
+
+def test_cpu_kv_cache_sized_from_free_memory_unless_the_user_gave_one(tmp_path, monkeypatch):
+    """Issue 21: NUMA node 0 of 8.21 GiB with 7.19 GiB free, where vLLM's default (0.92 of the total, 7.56 GiB)
+    refuses to start; with no size given, the server passes a KV size that fits."""
+    from vllm.platforms import current_platform
+
+    from engine.cpu_kv import GIB, cpu_kv_cache_bytes, weight_bytes
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU build's rule")
+    free, total = int(7.19 * GIB), int(8.21 * GIB)
+    _memory_node(monkeypatch, free, total)
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 4096)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+    def engine_args(*flags: str):
+        return settings_from_args(build_parser().parse_args(["--model", str(tmp_path), *flags])).engine_args
+
+    auto = engine_args()
+    assert auto.kv_cache_memory_bytes == cpu_kv_cache_bytes(free, total, weight_bytes(tmp_path)) > 2 * GIB
+    assert auto.gpu_memory_utilization == 0.92  # vLLM's default, restored where the user gave none
+    assert engine_args("--tensor-parallel-size", "2").kv_cache_memory_bytes == cpu_kv_cache_bytes(
+        free, total, weight_bytes(tmp_path), workers=2)
+    # The user's own choice is left alone: a size, a utilization, or the legacy variable.
+    assert engine_args("--kv-cache-memory-bytes", "1G").kv_cache_memory_bytes == 2**30
+    given = engine_args("--gpu-memory-utilization", "0.5")
+    assert (given.kv_cache_memory_bytes, given.gpu_memory_utilization) == (None, 0.5)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert engine_args().kv_cache_memory_bytes is None  # vLLM's CPU platform turns the variable into bytes
+
+
+def test_no_room_for_a_cpu_kv_cache_is_one_clear_line(tmp_path, monkeypatch):
+    from vllm.platforms import current_platform
+
+    from engine.cpu_kv import GIB
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU build's rule")
+    _memory_node(monkeypatch, 2 * GIB, 8 * GIB)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr("server.cli.preflight", lambda *a: pytest.fail("the memory check comes first"))
+    with pytest.raises(SystemExit, match="chameleon-serve: error: not enough free memory for a KV cache"):
+        main(["--model", str(tmp_path)])
