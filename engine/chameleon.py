@@ -179,7 +179,7 @@ class ChameleonAttention(nn.Module):
         visible = batch.visible(keys.shape[2]).repeat_interleave(group, dim=2)
         out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=dim**-0.5)
         out = out.view(seqs, kv_heads, steps, group, dim).transpose(1, 2)  # (seqs, steps, KV heads, group, dim)
-        return out[batch.real].reshape(-1, self.q_size)
+        return out.reshape(seqs * steps, -1).index_select(0, batch.real)
 
 
 class ChameleonDecoderLayer(nn.Module):

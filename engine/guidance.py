@@ -35,6 +35,7 @@ import torch
 from engine.chameleon import live_model
 from engine.private_kv import PrivateBatch, PrivateKV
 from engine.span_grammar import SpanParams
+from engine.transfers import to_device
 
 
 @dataclass(slots=True)
@@ -91,9 +92,9 @@ class Guidance:
             steps.append(len(history) - twin.cache.length)
         device = logits.device
         batch = PrivateBatch([t.cache for _, t, _ in guided], steps, device)
-        uncond = model.private_logits(torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch)
-        index = torch.tensor([row for row, _, _ in guided], device=device)
-        scale = torch.tensor([t.scale for _, t, _ in guided], device=device).unsqueeze(1)
+        uncond = model.private_logits(to_device(np.array(ids), device), to_device(np.array(positions), device), batch)
+        index = to_device(np.array([row for row, _, _ in guided]), device)
+        scale = to_device(np.array([t.scale for _, t, _ in guided], dtype=np.float32), device).unsqueeze(1)
         cond = logits[index].float()
         logits[index] = (uncond + scale * (cond - uncond)).to(logits.dtype)
 

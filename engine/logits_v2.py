@@ -27,6 +27,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 )
 
 from engine.span_grammar import TEXT_ONLY, SpanGrammar, SpanParams
+from engine.transfers import to_device
 from engine.vocab import TokenLayout
 
 if TYPE_CHECKING:
@@ -51,14 +52,13 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.req_states = req_states
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
-        self._unplaced = np.zeros(req_states.max_num_reqs, dtype=bool)  # history not read yet
+        self._boi = layout.boi
         # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
         self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         params = SpanParams.from_sampling_params(sampling_params)
-        self.grammar.add(req_idx, params)  # placed from the device history at its first apply
-        self._unplaced[req_idx] = params.mode != TEXT_ONLY
+        self.grammar.add(req_idx, params)  # placed from the device history at every step (_positions)
         bias = sampling_params.logit_bias if params.mode != TEXT_ONLY else None
         self._bias[req_idx] = None if not bias else (
             torch.tensor(list(bias), dtype=torch.long).to(self.req_states.device),
@@ -69,40 +69,46 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         slots = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
         if logits.shape[0] != len(slots):  # several rows per request; not expected without speculation
             slots = ctx.expanded_idx_mapping.cpu().numpy().astype(np.int64)
-        tracked = self.grammar.tracked(slots)
-        if not len(tracked):
+        rows = np.flatnonzero(self.grammar.mode[slots] != TEXT_ONLY)
+        if not len(rows):  # text only: every mask is known on the host
             return self.grammar.apply(logits, slots)
-        self._catch_up(tracked)
-        codes = self._code_logits(logits, slots) if self.grammar.sampling_code(slots).any() else None
-        return self.grammar.apply(logits, slots, codes)
+        pos, num_output = self._positions(slots[rows])
+        return self.grammar.apply_on_device(logits, slots, rows, pos, num_output, self._code_logits(logits, slots, rows))
 
-    def _code_logits(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """What V1 samples image codes from: the model's logits plus each request's logit bias, and -inf
-        wherever an earlier stage put it in ``logits`` (bad words, min_tokens, a grammar); not penalties."""
+    def _positions(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per slot, on the device: tokens written since an unclosed BOI (-1 outside a span), read from the last
+        :meth:`SpanGrammar.tail_length` tokens of its history as ``span_position`` reads them on the host, and
+        its output tokens so far. Nothing is carried from step to step: entry, preemption and resumption
+        need no bookkeeping."""
+        rs, grammar = self.req_states, self.grammar
+        dev = rs.device
+        idx = to_device(slots, dev)
+        total = rs.total_len.gpu[idx].long()
+        width = max(grammar.tail_length(int(slot)) for slot in slots)
+        at = total.unsqueeze(1) + torch.arange(-width, 0, device=dev)  # the window's positions, oldest first
+        tokens = rs.all_token_ids.gpu[idx.unsqueeze(1), at.clamp(min=0)].long()
+        inner = grammar.is_span_inner(tokens) & (at >= 0)
+        run = inner.flip(1).int().cumprod(dim=1).sum(dim=1)  # span-inner tokens at the end of the window
+        before = (width - 1 - run).clamp(min=0).unsqueeze(1)  # the token just before them
+        opened = (run < width) & (tokens.gather(1, before).squeeze(1) == self._boi) & \
+            (at.gather(1, before).squeeze(1) >= 0)
+        num_output = total - to_device(rs.prompt_len.np[slots].astype(np.int64), dev)
+        return torch.where(opened, run, -1), num_output
+
+    def _code_logits(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """For ``rows``, what V1 samples image codes from: the model's logits plus each request's logit bias,
+        and -inf wherever an earlier stage put it in ``logits`` (bad words, min_tokens, a grammar); not
+        penalties."""
         from engine.chameleon import live_model
 
+        rows_t = to_device(rows, logits.device)
+        processed = logits.index_select(0, rows_t)
         raw = live_model().raw_logits
         if raw is None or raw.shape != logits.shape:  # not this step's rows: nothing better than V2's own
-            return logits
-        x = raw.to(torch.float32, copy=True)  # raw is vLLM's too (its raw logprobs): never written to
-        for i, slot in enumerate(slots):
+            return processed
+        x = raw.index_select(0, rows_t).float()  # a copy: raw is vLLM's too (its raw logprobs)
+        for i, slot in enumerate(slots[rows]):
             if self._bias[slot] is not None:
                 ids, values = self._bias[slot]
                 x[i].index_add_(0, ids, values)
-        return x.masked_fill_(logits == float("-inf"), float("-inf"))
-
-    def _catch_up(self, slots: np.ndarray) -> None:
-        """Advance by the one token committed since last step, or re-place from history otherwise."""
-        rs, grammar = self.req_states, self.grammar
-        idx = torch.from_numpy(slots).to(rs.device)
-        lens = rs.total_len.gpu[idx].long()
-        last = rs.all_token_ids.gpu[idx, (lens - 1).clamp(min=0)].long()
-        lens_np, last_np = torch.stack([lens, last]).cpu().numpy()  # the one device->host copy
-        num_output = lens_np - rs.prompt_len.np[slots]
-        step = (num_output == grammar.num_output[slots] + 1) & ~self._unplaced[slots]
-        grammar.advance(slots[step], last_np[step])
-        for slot, length, n_out in zip(slots[~step], lens_np[~step], num_output[~step]):
-            if self._unplaced[slot] or n_out != grammar.num_output[slot]:  # entry, resumption
-                start = max(0, int(length) - grammar.tail_length(int(slot)))
-                grammar.resync(slot, rs.all_token_ids.gpu[slot, start:length].tolist(), int(n_out))
-                self._unplaced[slot] = False
+        return x.masked_fill_(processed == float("-inf"), float("-inf"))

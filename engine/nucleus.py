@@ -1,13 +1,14 @@
-"""Top-p sampling of image codes by rejection, as tensor rounds (accelerators) or compiled loops (CPUs).
+"""Top-p sampling of image codes by rejection, as tensor passes (accelerators) or compiled loops (CPUs).
 
 Draw by inverse CDF from the (top-k) distribution and keep the draw when the mass of strictly likelier
-codes is below top-p: that samples the nucleus exactly without sorting, each round accepting with
-probability >= top-p; rows that miss every round draw from a sorted nucleus. On a CPU the tensor form
-costs a dozen passes and dispatches per round over rows of the codebook, so there the same draw runs as
-numba loops (numba is already a vLLM dependency), one call per engine step: per row, one vectorized pass
-for block sums, a walk over blocks then within one block per round, one vectorized pass for the mass
-above the draw. The loops sum in another order than torch's ``cumsum``, so the two forms pick the same
-code from the same uniforms up to float rounding.
+codes is below top-p: that samples the nucleus exactly, each round accepting with probability >= top-p;
+rows that miss every round draw from a sorted nucleus. On an accelerator every round of every row is
+drawn at once, from rows sorted once, so that no step waits on the device to learn which rows are done.
+On a CPU the tensor form costs a dozen passes and dispatches per round over rows of the codebook, so there
+the same draw runs as numba loops (numba is already a vLLM dependency), one call per engine step: per
+row, one vectorized pass for block sums, a walk over blocks then within one block per round, one
+vectorized pass for the mass above the draw, and no sort unless every round misses. The two forms sum in
+different orders, so they pick the same code from the same uniforms up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 import numba
 import numpy as np
 import torch
+
+from engine.transfers import to_device
 
 _BLOCK = 64  # codes per block sum: the inverse-CDF walk visits width / 64 sums, then at most one block
 
@@ -84,44 +87,36 @@ def draw_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
 
 
 def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray) -> torch.Tensor:
-    """Rounds over the rows still undrawn, as tensor passes."""
+    """Every round of every row at once, as tensor passes, with no device->host read: on an accelerator a step
+    never waits for its draw. Each row keeps its first accepted round, else its sorted-nucleus draw.
+
+    The mass of strictly likelier codes comes from the row sorted once (which the sorted nucleus needs anyway):
+    the codes likelier than a draw are a prefix of the descending order, found by a binary search.
+    """
     dev, width = probs.device, probs.shape[1]
-
-    def rows(index: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(index).to(dev)
-
     cdf = probs.cumsum(dim=1)
-    broken = ~(cdf[:, -1] > 0)  # softmax of a row of -inf, or with a NaN or +inf, is all NaN
-    if broken.any():
-        probs[broken] = 1.0 / width
-        cdf[broken] = torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width
-    picked = torch.zeros(len(probs), dtype=torch.long, device=dev)
-    todo = np.arange(len(probs))
-    for attempt in range(uniforms.shape[1] - 1):
-        idx = rows(todo)
-        c, p = (cdf, probs) if attempt == 0 else (cdf[idx], probs[idx])
-        draw = torch.searchsorted(c, (uniforms[idx, attempt] * c[:, -1]).unsqueeze(1), right=True)
-        p_draw = p.gather(1, draw.clamp_(max=width - 1))
-        ok = p_draw.squeeze(1) > 0
-        nucleus = top_p[todo] < 1
-        if nucleus.any():
-            # mass of strictly likelier codes: the sum of p - p_draw over them, plus p_draw per code (p - p_draw
-            # > 0 exactly when p > p_draw), in float passes: comparisons into bool tensors cost several times more
-            over = (p - p_draw).relu_()
-            above = over.sum(dim=1) + p_draw.squeeze(1) * over.sign().sum(dim=1)
-            ok &= above < torch.from_numpy(np.where(nucleus, top_p[todo], np.inf)).to(dev) * c[:, -1]
-        picked[idx] = draw.squeeze(1)
-        todo = todo[~ok.cpu().numpy()]
-        if not len(todo):
-            return picked
-    idx = rows(todo)  # the sorted nucleus
-    p, order = probs[idx].sort(dim=1, descending=True, stable=True)
-    total = p.sum(dim=1, keepdim=True)
-    p = p.masked_fill(p.cumsum(dim=1) - p >= torch.from_numpy(top_p[todo]).to(dev).unsqueeze(1) * total, 0.0)
-    c = p.cumsum(dim=1)
-    draw = torch.searchsorted(c, (uniforms[idx, -1] * c[:, -1]).unsqueeze(1), right=True).clamp_(max=width - 1)
-    picked[idx] = order.gather(1, draw).squeeze(1)
-    return picked
+    broken = ~(cdf[:, -1:] > 0)  # softmax of a row of -inf, or with a NaN or +inf, is all NaN
+    probs = torch.where(broken, 1.0 / width, probs)
+    cdf = torch.where(broken, torch.arange(1, width + 1, device=dev, dtype=cdf.dtype) / width, cdf)
+    total = cdf[:, -1:]
+    desc, order = probs.sort(dim=1, descending=True, stable=True)
+    mass = desc.cumsum(dim=1)
+    limit = to_device(top_p, dev).unsqueeze(1) * total
+    kept = desc.masked_fill(mass - desc >= limit, 0.0)  # the sorted nucleus: the top code always stays
+    kept_cdf = kept.cumsum(dim=1)
+    last = uniforms[:, -1:] * kept_cdf[:, -1:]
+    picked = order.gather(1, torch.searchsorted(kept_cdf, last, right=True).clamp_(max=width - 1)).squeeze(1)
+    rounds = uniforms.shape[1] - 1
+    if not rounds:
+        return picked
+    draws = torch.searchsorted(cdf, uniforms[:, :rounds].contiguous() * total, right=True).clamp_(max=width - 1)
+    p_draw = probs.gather(1, draws)
+    likelier = width - torch.searchsorted(desc.flip(1), p_draw, right=True)  # codes with p > p_draw
+    above = torch.where(likelier > 0, mass.gather(1, (likelier - 1).clamp_(min=0)), 0.0)
+    nucleus = to_device(np.where(top_p < 1, top_p, np.inf).astype(np.float32), dev).unsqueeze(1) * total
+    ok = (p_draw > 0) & (above < nucleus)
+    first = draws.gather(1, ok.int().argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first accepted round
+    return torch.where(ok.any(dim=1), first, picked)
 
 
 @_compiled()

@@ -5,10 +5,12 @@ tensor-parallel ranks (the server's cap on guidance memory)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import accumulate
 
+import numpy as np
 import torch
 from transformers import ChameleonConfig
+
+from engine.transfers import to_device
 
 
 def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
@@ -47,22 +49,21 @@ class PrivateBatch:
     def __init__(self, caches: Sequence[PrivateKV], steps: Sequence[int], device: torch.device) -> None:
         self.caches, self.steps = list(caches), list(steps)
         self.starts = [c.length for c in self.caches]
-        lengths = torch.tensor(self.steps, device=device)
-        self.real = torch.arange(max(self.steps), device=device) < lengths.unsqueeze(1)  # (seqs, padded steps)
-        self.query_positions = torch.tensor(self.starts, device=device).unsqueeze(1) + \
-            torch.arange(max(self.steps), device=device)
+        self.device = device
+        padded = max(self.steps)
+        # Index tensors built on the host (every length is known there) and copied without a wait: a mask
+        # built on the device would need a device->host read to select with.
+        # the real tokens' places in the flattened (seqs, padded steps) layout of the padded forward
+        self.real = to_device(np.concatenate([i * padded + np.arange(n) for i, n in enumerate(self.steps)]), device)
+        self.query_positions = to_device(np.array(self.starts)[:, None] + np.arange(padded), device)
+        self.last_tokens = to_device(np.cumsum(self.steps) - 1, device)  # each sequence's last new token, packed
 
     def visible(self, padded_length: int) -> torch.Tensor:
         """(seqs, 1, padded steps, padded length): key j is seen by query s when j <= its position. Real
         queries never reach the padding; padded ones (dropped) see some zeros, which keeps them finite."""
-        keys = torch.arange(padded_length, device=self.real.device)
+        keys = torch.arange(padded_length, device=self.device)
         return (keys <= self.query_positions.unsqueeze(-1)).unsqueeze(1)
 
     def advance(self) -> None:
         for cache, n in zip(self.caches, self.steps, strict=True):
             cache.length += n
-
-    @property
-    def last_tokens(self) -> list[int]:
-        """Index in the packed tokens of each sequence's last new token."""
-        return list(accumulate(self.steps, initial=-1))[1:]

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from engine.span_format import CODES_PER_PATCH
+from engine.transfers import to_device
 from engine.vocab import TokenLayout
 
 TEXT_ONLY, INTERLEAVED, IMAGE_ONLY = 0, 1, 2
@@ -110,22 +111,31 @@ def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
     return -1
 
 
-_SPLITMIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0x8CB92BA72F3D8DD7,
-                                          0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+# splitmix64's constants as int64 (two's complement): the same code then runs on numpy arrays and torch tensors
+_SPLITMIX = tuple(c - (1 << 64) if c >> 63 else c for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03,
+                                                            0x8CB92BA72F3D8DD7, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+Ints = TypeVar("Ints", np.ndarray, torch.Tensor)
 
 
-def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempts: np.ndarray | int) -> np.ndarray:
-    """Uniforms in [0, 1) from (request seed, output index, attempt) by splitmix64, broadcast together.
+def _shift_right(z: Ints, bits: int) -> Ints:
+    """A logical right shift of int64 values (``>>`` on int64 copies the sign bit)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
 
-    Counter-based rather than a stateful generator, so a seeded request draws the same codes
-    whatever its batch and across preemption. uint64 arithmetic wraps, as splitmix64 wants.
+
+def counter_uniforms(seeds: Ints, steps: Ints, attempts: Ints) -> Ints:
+    """Uniforms in [0, 1) (float64) from (request seed, output index, attempt) by splitmix64, broadcast
+    together; int64 numpy arrays on the host, or int64 tensors on any device, with equal results.
+
+    Counter-based rather than a stateful generator, so a seeded request draws the same codes whatever its
+    batch and across preemption, on every tensor-parallel rank. int64 arithmetic wraps, as splitmix64 wants.
     """
     a, b, c, m1, m2 = _SPLITMIX
-    with np.errstate(over="ignore"):
-        z = seeds.astype(np.uint64) * a + steps.astype(np.uint64) * b + np.asarray(attempts).astype(np.uint64) * c
-        z = (z ^ (z >> np.uint64(30))) * m1
-        z = (z ^ (z >> np.uint64(27))) * m2
-    return ((z ^ (z >> np.uint64(31))) >> np.uint64(11)) * 2.0**-53
+    z = seeds * a + steps * b + attempts * c
+    z = (z ^ _shift_right(z, 30)) * m1
+    z = (z ^ _shift_right(z, 27)) * m2
+    bits = _shift_right(z ^ _shift_right(z, 31), 11)  # 53 random bits
+    return (bits.double() if isinstance(bits, torch.Tensor) else bits.astype(np.float64)) * 2.0**-53
 
 
 class SpanGrammar:
@@ -148,6 +158,9 @@ class SpanGrammar:
         self._is_inner = np.zeros(max(layout.vocab_size, int(codes.max()) + 1, *(t + 1 for t in inner)), dtype=bool)
         self._is_inner[codes.numpy()] = True
         self._is_inner[inner] = True
+        self._is_inner_t = torch.from_numpy(self._is_inner).to(self.device)
+        self._size_ids = np.asarray(self.format.size_ids, dtype=np.int64)
+        self._size_ids_t = torch.from_numpy(self._size_ids).to(self.device)
         self.mode = np.zeros(max_slots, dtype=np.int8)
         self.pos = np.full(max_slots, -1, dtype=np.int64)  # tokens since BOI; -1 outside a span
         native = self.format.native_grid
@@ -207,21 +220,26 @@ class SpanGrammar:
 
     def sampling_code(self, slots: np.ndarray) -> np.ndarray:
         """Per slot of ``slots``: whether this step samples one of its image codes."""
-        return (self.pos[slots] >= 0) & (self._span_step(slots) < 0)
+        return (self.pos[slots] >= 0) & (self._span_step(self.pos[slots], self.rows[slots], self.cols[slots]) < 0)
 
-    def _span_step(self, slots: np.ndarray) -> np.ndarray:
-        """Per slot inside a span: the token its grammar forces next, or -1 where it samples a code."""
-        pos, rows, cols = self.pos[slots], self.rows[slots], self.cols[slots]
+    def _span_step(self, pos: Ints, rows: Ints, cols: Ints) -> Ints:
+        """Per row inside a span (``pos`` tokens since its BOI, images of ``rows`` x ``cols`` codes): the token its
+        grammar forces next, or -1 where it samples a code. Host arrays, or tensors on the device."""
+        host = isinstance(pos, np.ndarray)
+        where, size_ids = (np.where, self._size_ids) if host else (torch.where, self._size_ids_t)
         eoi = self.layout.eoi
         if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
-            return np.where(pos >= rows * cols, eoi, -1)
+            return where(pos >= rows * cols, eoi, -1)
         # BOI, height, width, rows x (cols codes + EOL), EOI
-        size_ids = np.asarray(self.format.size_ids, dtype=np.int64)
         q = pos - 2
-        step = np.where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
-        step = np.where(q >= rows * (cols + 1), eoi, step)
-        step = np.where(pos == 1, size_ids[cols // CODES_PER_PATCH], step)
-        return np.where(pos == 0, size_ids[rows // CODES_PER_PATCH], step)
+        step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
+        step = where(q >= rows * (cols + 1), eoi, step)
+        step = where(pos == 1, size_ids[cols // CODES_PER_PATCH], step)
+        return where(pos == 0, size_ids[rows // CODES_PER_PATCH], step)
+
+    def is_span_inner(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per token id on the device: whether it is a code or another token inside a span (not BOI or EOI)."""
+        return self._is_inner_t[tokens.clamp(0, len(self._is_inner_t) - 1)] & (tokens >= 0)
 
     def tracked(self, slots: np.ndarray) -> np.ndarray:
         """Those of ``slots`` whose state follows their tokens (text-only rows never change)."""
@@ -250,16 +268,19 @@ class SpanGrammar:
         text = ~(in_span | force_boi)
         forced = np.flatnonzero(~text)  # rows left with one finite token: BOI, a code, or EOI
         if len(forced):
-            step = np.where(in_span[forced], self._span_step(slots[forced]), self.layout.boi)
-            tokens = torch.from_numpy(step).to(self.device)
-            rows_forced = slice(None) if len(forced) == len(slots) else self._rows(forced)
+            placed = slots[forced]
+            step = np.where(in_span[forced], self._span_step(pos[forced], self.rows[placed], self.cols[placed]),
+                            self.layout.boi)
+            tokens = self._to_device(step)
+            rows_forced = slice(None) if len(forced) == len(slots) else self._to_device(forced)
             # read before the masks below; a sampled code (clamped here) is always allowed
             kept = _zero_unless_forbidden(logits[rows_forced].gather(1, tokens.clamp(min=0).unsqueeze(1)))
             sample = np.flatnonzero(step < 0)
             if len(sample):
                 source = logits if code_logits is None else code_logits
-                sample_t = self._rows(sample)
-                tokens[sample_t] = self._sample_codes(source, forced[sample], slots[forced[sample]])
+                sample_t = self._to_device(sample)
+                sampled = slots[forced[sample]]
+                tokens[sample_t] = self._sample_codes(source, forced[sample], sampled, self.num_output[sampled])
                 kept[sample_t] = 0.0
         if len(forced) < len(slots):
             # Every row, by column slices: forced rows are overwritten below and their codes were read above,
@@ -267,7 +288,7 @@ class SpanGrammar:
             self._forbid_span_tokens(logits)
         no_boi = text & (mode != INTERLEAVED)
         if no_boi.any():
-            logits[slice(None) if no_boi.all() else self._rows(np.flatnonzero(no_boi)), self.layout.boi] = \
+            logits[slice(None) if no_boi.all() else self._to_device(np.flatnonzero(no_boi)), self.layout.boi] = \
                 float("-inf")
         if len(forced) == len(slots) > 0:
             logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept)
@@ -275,6 +296,41 @@ class SpanGrammar:
             logits.index_fill_(0, rows_forced, float("-inf"))
             logits[rows_forced, tokens] = kept.squeeze(1)
         return logits
+
+    def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor,
+                        num_output: torch.Tensor, code_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`apply` for a runner whose committed tokens stay on the device (Model Runner V2), without a
+        device->host read, so that no step waits for the one before it.
+
+        ``rows`` (host) are the rows whose requests may write images; ``pos`` and ``num_output`` (device, one
+        per row of ``rows``) place them, as read from the device history; ``code_logits`` (one row per row of
+        ``rows``) are what their codes are drawn from, else ``logits``. Every decision about those rows is a
+        mask on the device, and each draws a code whether or not it samples one this step: work for nothing
+        on rows writing text, traded for a step that never waits. Other rows are text-only: their masks are
+        known on the host, as in :meth:`apply`.
+        """
+        placed = slots[rows]
+        rows_t = self._to_device(rows)
+        mode = self._to_device(self.mode[placed])
+        in_span = pos >= 0
+        step = self._span_step(pos, self._to_device(self.rows[placed]), self._to_device(self.cols[placed]))
+        forced = in_span | ((mode == IMAGE_ONLY) & (num_output == 0))
+        sampled = in_span & (step < 0)
+        token = torch.where(in_span, step, self.layout.boi).clamp_(min=0)
+        tracked = logits.index_select(0, rows_t)  # read before the masks below
+        kept = _zero_unless_forbidden(tracked.gather(1, token.unsqueeze(1)))
+        source = tracked if code_logits is None else code_logits
+        code = self._sample_codes(source, np.arange(len(rows)), placed, num_output)
+        token = torch.where(sampled, code, token)
+        kept = torch.where(sampled.unsqueeze(1), 0.0, kept)
+        self._forbid_span_tokens(logits)
+        text_only = np.flatnonzero(self.mode[slots] == TEXT_ONLY)
+        if len(text_only):
+            logits[self._to_device(text_only), self.layout.boi] = float("-inf")
+        tracked = logits.index_select(0, rows_t)
+        tracked[:, self.layout.boi].masked_fill_(~forced & (mode != INTERLEAVED), float("-inf"))
+        fill = torch.full_like(tracked, float("-inf")).scatter_(1, token.unsqueeze(1), kept)
+        return logits.index_copy_(0, rows_t, torch.where(forced.unsqueeze(1), fill, tracked))
 
     def _forbid_span_tokens(self, logits: torch.Tensor) -> None:
         """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in every row, as
@@ -284,50 +340,57 @@ class SpanGrammar:
                 logits[:, cols] = float("-inf")
         logits[:, self.layout.eoi] = float("-inf")
 
-    def _rows(self, index: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(index).to(self.device)
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return to_device(array, self.device)
 
-    def _sample_codes(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray) -> torch.Tensor:
-        """Vocabulary ids of one image code per row, under each slot's image sampling settings.
+    def _sample_codes(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
+                      num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Vocabulary ids of one image code per row of ``rows``, under each slot's image sampling settings and
+        the seed's draws for each request's ``num_output`` (host, or on the device).
 
         Reads ``logits`` and leaves them as they are (``apply`` overwrites these rows afterwards).
         """
         if isinstance(self._code_cols, slice):  # rows ascending: all of them is the whole batch, a view
             x = logits[:, self._code_cols]
             if len(rows) < logits.shape[0]:  # a row copy: a tensor index beside a slice costs 4x as much
-                x = x.index_select(0, self._rows(rows))
+                x = x.index_select(0, self._to_device(rows))
         else:
-            x = logits[self._rows(rows).unsqueeze(1), self._code_cols]
+            x = logits[self._to_device(rows).unsqueeze(1), self._code_cols]
         hot = self.temperature[slots] > 0
         if not hot.any():  # image_temperature 0: greedy
             return self._code_ids[x.argmax(dim=1)]
+        uniforms = self._uniforms(slots, num_output)
         if hot.all():
-            return self._code_ids[self._sample_hot(x, slots)]
+            return self._code_ids[self._sample_hot(x, slots, uniforms)]
         choice = x.argmax(dim=1)
-        hot_t = self._rows(np.flatnonzero(hot))
-        choice[hot_t] = self._sample_hot(x[hot_t], slots[hot])
+        hot_t = self._to_device(np.flatnonzero(hot))
+        choice[hot_t] = self._sample_hot(x[hot_t], slots[hot], uniforms[hot_t])
         return self._code_ids[choice]
 
-    def _sample_hot(self, x: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    def _sample_hot(self, x: torch.Tensor, slots: np.ndarray, uniforms: torch.Tensor) -> torch.Tensor:
         """Temperature, top-k, then top-p (``engine/nucleus.py``: rejection rounds, ``MAX_ATTEMPTS`` of them
-        before a sort). ``x`` is not written to."""
-        dev, width = self.device, x.shape[1]
-        x = x / torch.from_numpy(self.temperature[slots]).to(dev).unsqueeze(1)
+        before a sort) with the rows' ``uniforms``. ``x`` is not written to."""
+        width = x.shape[1]
+        x = x / self._to_device(self.temperature[slots]).unsqueeze(1)
         top_k = self.top_k[slots]
         k_on = (top_k > 0) & (top_k < width)
         if k_on.any():
             k_max = int(top_k[k_on].max())
-            kth_index = self._rows(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
+            kth_index = self._to_device(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
             kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
-            x = x.masked_fill((x < kth) & self._rows(k_on).unsqueeze(1), float("-inf"))
-        return self._draw_nucleus(x.softmax(dim=1), self._uniforms(slots), self.top_p[slots])
+            x = x.masked_fill((x < kth) & self._to_device(k_on).unsqueeze(1), float("-inf"))
+        return self._draw_nucleus(x.softmax(dim=1), uniforms, self.top_p[slots])
 
-    def _uniforms(self, slots: np.ndarray) -> torch.Tensor:
+    def _uniforms(self, slots: np.ndarray, num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Uniforms per row, one per rejection round and one for the sorted fallback (float32), from each
-        request's seed and output index: the same on every tensor-parallel rank and across preemption."""
-        attempts = np.arange(self.MAX_ATTEMPTS + 1)
-        u = counter_uniforms(self.seed[slots, None], self.num_output[slots, None], attempts)
-        return torch.from_numpy(u).float().to(self.device)
+        request's seed and output index: the same on every tensor-parallel rank and across preemption.
+        Computed where ``num_output`` lives: on the host, or on the device for the on-device path."""
+        if isinstance(num_output, np.ndarray):
+            attempts = np.arange(self.MAX_ATTEMPTS + 1)
+            return self._to_device(counter_uniforms(self.seed[slots, None], num_output[:, None], attempts)
+                                   .astype(np.float32))
+        attempts = torch.arange(self.MAX_ATTEMPTS + 1, device=self.device)
+        return counter_uniforms(self._to_device(self.seed[slots])[:, None], num_output[:, None], attempts).float()
 
 
 def _zero_unless_forbidden(values: torch.Tensor) -> torch.Tensor:

@@ -274,3 +274,68 @@ def test_runner_choice(monkeypatch):
     assert logits_processor_for_runner() is expected
     v2_config = SimpleNamespace(use_v2_model_runner=True)
     assert logits_processor_for_runner(v2_config) is ChameleonSpanLogitsProcessorV2
+
+
+class DeviceReads:
+    """Counts, while on, what would make the host wait for a device: reading a tensor back (``.cpu()``,
+    ``.numpy()``, ``.tolist()``, ``.item()``, its truth or number value, ``nonzero``, a boolean-mask index)
+    and copying host data in without pinned memory (``torch.tensor``, ``Tensor.to``). On CPU tensors nothing
+    waits, so the calls are counted instead."""
+
+    READS = ("cpu", "numpy", "tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "to")
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        self.on = False
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+        monkeypatch.setattr(torch, "tensor", self._counted("torch.tensor", torch.tensor))
+        for name in ("__getitem__", "__setitem__"):
+            original = getattr(torch.Tensor, name)
+
+            def index(tensor, key, *value, _original=original, _name=name):
+                keys = key if isinstance(key, tuple) else (key,)
+                if self.on and any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys):
+                    self.calls.append(f"{_name} with a boolean mask")
+                return _original(tensor, key, *value)
+
+            monkeypatch.setattr(torch.Tensor, name, index)
+
+    def _counted(self, name, original):
+        def call(*args, **kwargs):
+            if self.on:
+                self.calls.append(name)
+            return original(*args, **kwargs)
+        return call
+
+    def during(self, fn):
+        def call(*args, **kwargs):
+            self.on = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.on = False
+        return call
+
+
+def test_the_processors_never_wait_for_the_device(model_dir, v2_on_cpu):
+    """Model Runner V2 overlaps a step's host work with the last step's kernels: a processor that reads from
+    the device every step cancels that. Both adapters, on a mixed batch (text, interleaved, image-only with
+    top-k/top-p and greedy, logit bias), with the draw of an accelerator (engine.nucleus._draw_tensor)."""
+    from engine.nucleus import _draw_tensor
+
+    reads = DeviceReads(v2_on_cpu)
+    pair = Pair(model_dir, v2_on_cpu)
+    for grammar in (pair.v1.grammar, pair.v2.processor.grammar):
+        grammar._draw_nucleus = _draw_tensor
+    pair.v1.apply = reads.during(pair.v1.apply)
+    pair.v2.processor.apply = reads.during(pair.v2.processor.apply)
+    pair.add("text", [1, 2], sp(["text"]))
+    pair.add("mixed", [3, 16], sp(["text", "image"], image_temperature=1.0, image_top_p=0.8))
+    pair.add("image", [1], sp(["image"], image_temperature=1.0, image_top_k=3, logit_bias={CODES[0]: 1.0}))
+    pair.add("greedy", [2], sp(["image"], image_temperature=0.0), output=[BOI, CODES[1]])
+    rng = random.Random(5)
+    for _ in range(N + 3):
+        pair.step(rng)
+    assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
+    assert reads.calls == []

@@ -141,3 +141,23 @@ def test_chameleon_format_is_one_square():
     assert image_sizes(fmt, 16, 512) == {"512x512": (32, 32)}
     with pytest.raises(ValueError, match="32x32"):
         fmt.check_grid((32, 16))
+
+
+@pytest.mark.parametrize("grid", [(2, 6), (6, 2), (4, 4)])
+def test_the_on_device_form_allows_what_the_host_form_allows(grid):
+    """Model Runner V2's path (SpanGrammar.apply_on_device: positions as device tensors, every decision a mask)
+    against the host path, at every position of a Lumina-mGPT span and before and after it, beside a text-only
+    row and an image-only row before its BOI."""
+    g = SpanGrammar(LAYOUT, max_slots=4)
+    g.add(0, SpanParams(mode=INTERLEAVED, image_temperature=0.0, image_grid=grid), [1, 2], 0)
+    g.add(1, SpanParams(mode=TEXT_ONLY), [1], 0)
+    g.add(2, SpanParams(mode=IMAGE_ONLY, image_grid=grid), [1], 0)
+    slots, tracked = np.array([1, 0, 2]), np.array([1, 2])
+    g.advance(np.array([0]), np.array([BOI]))
+    for _ in range(3 + grid[0] * (grid[1] + 1) + 1):
+        logits = torch.randn(3, V)
+        host = g.apply(logits.clone(), slots)
+        device = g.apply_on_device(logits.clone(), slots, tracked, torch.from_numpy(g.pos[slots[tracked]]),
+                                   torch.from_numpy(g.num_output[slots[tracked]]))
+        assert torch.equal(host, device)
+        g.advance(np.array([0]), np.array([min(allowed(host[1]))]))  # the one allowed, until text after EOI

@@ -304,9 +304,13 @@ def test_counter_uniforms_are_splitmix64_of_seed_step_and_attempt():
     seeds = np.array([0, 1, 7, 2**63 - 1, 123456789], dtype=np.int64)
     steps = np.array([0, 5, 1000, 3, 2**40], dtype=np.int64)
     for attempt in (0, 1, 15):
-        got = counter_uniforms(seeds, steps, attempt)
+        attempts = np.full_like(seeds, attempt)
+        got = counter_uniforms(seeds, steps, attempts)
         assert got.tolist() == [_splitmix64_uniform(int(a), int(b), attempt) for a, b in zip(seeds, steps)]
         assert ((got >= 0) & (got < 1)).all()
+        # the same code on tensors (the device form, Model Runner V2's), bit for bit
+        on_tensors = counter_uniforms(*(torch.from_numpy(x) for x in (seeds, steps, attempts)))
+        assert on_tensors.dtype == torch.float64 and on_tensors.tolist() == got.tolist()
 
 
 def test_unseeded_rows_sample_in_one_draw_and_vary():
