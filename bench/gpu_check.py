@@ -289,7 +289,8 @@ class Request:
     kind: Kind
     prompt: list[int]
     output: list[int]  # written so far
-    params: SimpleNamespace  # what the adapters read of vLLM's SamplingParams: extra_args, seed, logit_bias
+    params: SimpleNamespace  # what the adapters read of vLLM's SamplingParams: extra_args, seed, logit_bias,
+    # max_tokens
 
 
 def requests(workload: str, n: int, layout: Any) -> list[Request]:
@@ -302,7 +303,7 @@ def requests(workload: str, n: int, layout: Any) -> list[Request]:
     kinds = [KINDS[WORKLOADS[workload][i % len(WORKLOADS[workload])]] for i in range(n)]
     return [Request(kind, text, written[kind.history], SimpleNamespace(
                 extra_args=kind.extra_args, seed=None if kind.seed is None else kind.seed + i,
-                logit_bias={layout.code_to_id[0]: kind.bias} if kind.bias else None))
+                logit_bias={layout.code_to_id[0]: kind.bias} if kind.bias else None, max_tokens=64))
             for i, kind in enumerate(kinds)]
 
 
@@ -481,9 +482,11 @@ class V2Batch:
             self.processor.add_request(int(slot), req.params)
         self.idx = torch.from_numpy(slots).to(device)
         zeros = torch.zeros_like(self.idx)
+        # committed lengths, which the runner gives on the host (advanced in place by step)
+        self.lengths = np.array([len(r.prompt) + len(r.output) for r in reqs], dtype=np.int32)
         self.ctx = context_cls(expanded_idx_mapping=self.idx, idx_mapping=self.idx, idx_mapping_np=slots,
                                expanded_local_pos=zeros, input_ids=zeros, pos=zeros,
-                               seq_lens_upper_bound_np=np.zeros(n, dtype=np.int32))
+                               seq_lens_upper_bound_np=self.lengths)
 
     def step(self, logits: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Process ``logits`` (written to) of a step whose model logits were ``raw`` (only read)."""
@@ -493,6 +496,7 @@ class V2Batch:
         lengths = self.state.total_len.gpu[self.idx]
         self.state.all_token_ids.gpu[self.idx, lengths.long()] = out.argmax(dim=1).int()
         self.state.total_len.gpu[self.idx] = lengths + 1
+        self.lengths += 1
         return out
 
 

@@ -311,6 +311,14 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
         self.raw_logits: torch.Tensor | None = None  # the last compute_logits output
 
+    @staticmethod
+    def get_model_state_cls() -> type:
+        """Model Runner V2's model state (V1 never asks): vLLM's default, plus dropping a guided request's twin
+        when the request leaves the batch (``engine/logits_v2.py``)."""
+        from engine.logits_v2 import model_state_cls
+
+        return model_state_cls()
+
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
 

@@ -5,12 +5,15 @@ tensor-parallel ranks (the server's cap on guidance memory)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import ChameleonConfig
 
 from engine.transfers import to_device
+
+if TYPE_CHECKING:  # a type only: the V2 processor imports this module in vLLM's front end, and device checks
+    from transformers import ChameleonConfig  # run where transformers is absent (bench/gpu_check.py)
 
 
 def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:

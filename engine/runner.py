@@ -206,14 +206,13 @@ class ChameleonEngine:
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
                  max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
-                 can_guide: bool = True, max_guidance_bytes: int | None = None, model_runner: str = "v1") -> None:
+                 max_guidance_bytes: int | None = None, model_runner: str = "v1") -> None:
         self.llm = llm
         self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
         self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
         self._guidance_in_flight = 0
         self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
-        self.can_guide = can_guide  # classifier-free guidance runs on the V1 model runner only (engine/guidance.py)
         self.model_class = model_class
         self.layout = image_tokenizer.layout
         self.tokenizer = llm.get_tokenizer()
@@ -256,8 +255,13 @@ class ChameleonEngine:
                                       model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
-                   not vllm_config.use_v2_model_runner, max_guidance_bytes,
-                   "v2" if vllm_config.use_v2_model_runner else "v1")
+                   max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1")
+
+    def can_guide(self, modalities: list[str]) -> bool:
+        """Whether a reply of ``modalities`` can be guided: everywhere, except span-only twins (Lumina-mGPT)
+        in interleaved replies on Model Runner V2, where a twin would restart at a BOI that only the device
+        sees (``engine/logits_v2.py``)."""
+        return self.model_runner == "v1" or not self.layout.span.rows_framed or set(modalities) == {"image"}
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

@@ -297,6 +297,11 @@ class SpanGrammar:
             logits[rows_forced, tokens] = kept.squeeze(1)
         return logits
 
+    def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
+        """Per slot, on the device (``pos`` from the device history): whether this step samples an image code."""
+        step = self._span_step(pos, self._to_device(self.rows[slots]), self._to_device(self.cols[slots]))
+        return (pos >= 0) & (step < 0)
+
     def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor,
                         num_output: torch.Tensor, code_logits: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`apply` for a runner whose committed tokens stay on the device (Model Runner V2), without a

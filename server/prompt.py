@@ -50,12 +50,17 @@ async def build_chat_prompt(
 
 async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, settings: Settings) -> dict:
     """``extra_args`` of classifier-free guidance: the scale (the request's; for image output else the
-    checkpoint family's, where the model runner can guide), and the unconditional prompt, which is the
+    checkpoint family's, where the reply can be guided: ``ChameleonEngine.can_guide``), and the unconditional prompt, which is the
     negative prompt (or an empty turn) in the same chat format as the request's."""
     scale = fields.cfg_scale
-    if "cfg_scale" not in fields.model_fields_set and "image" in getattr(fields, "modalities", ["image"]) \
-            and engine.can_guide:
+    modalities = getattr(fields, "modalities", ["image"])
+    guidable = "image" in modalities and engine.can_guide(modalities)
+    if "cfg_scale" not in fields.model_fields_set and guidable:
         scale = settings.family.cfg_scale
+    if scale != 1.0 and "image" in modalities and not guidable:
+        raise BadRequest("on vLLM's Model Runner V2 this model's guidance (from the image alone) runs in "
+                         'image-only replies: ask for modalities ["image"], or serve on the V1 runner (the default)',
+                         param="cfg_scale")
     if scale == 1.0:
         if fields.negative_prompt is not None:
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",

@@ -25,7 +25,8 @@ from vllm.v1.worker.gpu.sample.sampler import Sampler
 from vllm.v1.worker.gpu.states import RequestState
 
 import engine.chameleon
-from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
+import engine.logits_v2
+from engine.logits_v2 import ChameleonSpanLogitsProcessorV2, ReleasesTwins
 
 
 def _apply_write(self: buffer_utils.StagedWriteTensor) -> None:
@@ -96,10 +97,47 @@ def install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logit_bias, "apply_logit_bias", _apply_logit_bias)
 
 
-class ModelStub:
-    """Stands in for the worker's model: the V2 processor reads the step's logits from it."""
+class TwinHistory:
+    """A guidance twin's cache in :class:`ModelStub`: the token written at each position (``PrivateKV``'s
+    ``length`` protocol)."""
 
-    raw_logits: torch.Tensor | None = None
+    def __init__(self, capacity: int) -> None:
+        self.tokens = [-1] * capacity
+        self.length = 0
+
+
+class ModelStub:
+    """Stands in for the worker's model: the step's logits (the V2 processor reads them), and guidance twins
+    whose logits are a pure function of their history, so that two runners agree exactly when, and only when,
+    their twins saw the same tokens at the same positions, however the forwards were batched or chunked."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.raw_logits: torch.Tensor | None = None
+
+    def new_private_kv(self, capacity: int) -> TwinHistory:
+        return TwinHistory(capacity)
+
+    def private_logits(self, ids: torch.Tensor, positions: torch.Tensor, batch) -> torch.Tensor:
+        ids, positions, rows, start = ids.tolist(), positions.tolist(), [], 0
+        for cache, n in zip(batch.caches, batch.steps, strict=True):
+            for token, at in zip(ids[start:start + n], positions[start:start + n], strict=True):
+                cache.tokens[at] = token
+            start += n
+            history = tuple(cache.tokens[:cache.length + n])
+            rows.append(torch.randn(self.vocab, generator=torch.Generator().manual_seed(hash(history) & (2**62 - 1))))
+        batch.advance()
+        return torch.stack(rows)
+
+
+class _RunnerModelState:
+    """The runner-side half of vLLM's model state that our ReleasesTwins hooks extend (no rope, no embeds)."""
+
+    def add_request(self, req_index: int, new_req_data) -> None:
+        pass
+
+    def remove_request(self, req_id: str) -> None:
+        pass
 
 
 class V2Runner:
@@ -111,24 +149,36 @@ class V2Runner:
         config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=None,
                                  reasoning_config=None)
         cpu = torch.device("cpu")
+        monkeypatch.setattr(engine.logits_v2, "_LIVE_PROCESSOR", None)  # set by the processor; restored after
         self.req_states = RequestState(max_num_reqs=slots, max_model_len=max_len, max_num_batched_tokens=max_len,
                                        num_speculative_steps=0, vocab_size=vocab, device=cpu)
         self.processor = ChameleonSpanLogitsProcessorV2(
             config, LogitsProcRequestState.from_request_state(self.req_states))
         self.sampler = Sampler(config, slots, vocab, cpu, self.req_states,
                                custom_logits_processors=[self.processor])
-        self.model = ModelStub()
+        self.model = ModelStub(vocab)
         monkeypatch.setattr(engine.chameleon, "_LIVE_MODEL", weakref.ref(self.model))
+        self.model_state = type("ModelState", (ReleasesTwins, _RunnerModelState), {})()
 
     def add(self, req_id: str, prompt: Sequence[int], params: SamplingParams, output: Sequence[int] = ()) -> int:
         """A new request, or a preempted one resuming with its output so far, as the runner adds it."""
+        self._live()
         self.req_states.add_request(req_id, len(prompt), [*prompt, *output], 0, params.max_tokens)
         slot = self.req_states.req_id_to_index[req_id]
+        self.model_state.add_request(slot, SimpleNamespace(req_id=req_id))
         self.sampler.add_request(slot, params)
         return slot
 
     def remove(self, req_id: str) -> None:
+        """Finish, abort or preemption: the model state hears first, as in the runner's ``_remove_request``."""
+        self._live()
+        self.model_state.remove_request(req_id)
         self.req_states.remove_request(req_id)
+
+    def _live(self) -> None:
+        """This runner's model and processor are the worker's (two runners stand for two ranks)."""
+        engine.chameleon._LIVE_MODEL = weakref.ref(self.model)
+        engine.logits_v2._LIVE_PROCESSOR = weakref.ref(self.processor)
 
     def slot(self, req_id: str) -> int:
         return self.req_states.req_id_to_index[req_id]
@@ -139,13 +189,13 @@ class V2Runner:
         self.req_states.apply_staged_writes()
         self.sampler.apply_staged_writes()
         self.model.raw_logits = logits
-        engine.chameleon._LIVE_MODEL = weakref.ref(self.model)  # this rank's model (restored by monkeypatch)
+        self._live()
         slots = np.array([self.slot(r) for r in req_ids], dtype=np.int64)
         idx = torch.from_numpy(slots)
         lens = self.req_states.total_len.gpu[idx]
         return self.sampler.apply_sampling_params(
             logits.clone(), idx, idx, slots, lens.long() - 1, torch.zeros_like(idx), torch.zeros_like(idx),
-            lens.numpy() + 1, skip_top_k_top_p=True)
+            lens.numpy().copy(), skip_top_k_top_p=True)
 
     def commit(self, req_id: str, token: int) -> None:
         """The sampled token written back as the runner does after a step (history, length, output counts)."""

@@ -144,10 +144,10 @@ class Pair:
 
 def sp(modalities, seed=None, **kw):
     """Params as the server sends them: requests that may write images always carry a seed."""
-    image = {k: kw.pop(k) for k in list(kw) if k.startswith("image_")}
+    image = {k: kw.pop(k) for k in list(kw) if k.startswith(("image_", "cfg_"))}  # our extra_args
     if seed is None and "image" in modalities:
         seed = 1234
-    return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image}, **kw)
+    return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image}, **{"max_tokens": 64, **kw})
 
 
 PENALTIES = dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
@@ -174,6 +174,45 @@ def test_v2_matches_v1_through_adds_removes_moves_preemption_penalties_and_bias(
     assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
     resumed = pair.output["resumed"]
     assert resumed[4] in CODES and resumed[5] in CODES and resumed[6] == EOI
+
+
+def test_guided_requests_match_on_both_runners(model_dir, v2_on_cpu):
+    """Guidance twins (a model stub whose twin logits are a function of the twin's history) on both runners:
+    image-only and interleaved, a negative prompt and none, greedy and sampled, beside an unguided request, and
+    a guided request preempted mid-image that re-enters with its output."""
+    rng = random.Random(11)
+    pair = Pair(model_dir, v2_on_cpu)
+    pair.add("plain", [1, 2], sp(["text", "image"], image_temperature=1.0))
+    pair.add("guided", [1, 2, 3], sp(["image"], image_temperature=0.0, cfg_scale=3.0, cfg_uncond_prompt=[1, 15]))
+    pair.add("bare", [2], sp(["image"], image_temperature=1.0, cfg_scale=2.0, cfg_uncond_prompt=[]))
+    pair.add("mixed", [3], sp(["text", "image"], image_temperature=0.0, cfg_scale=4.0, cfg_uncond_prompt=[15],
+                               **PENALTIES), output=[20, 21])
+    for i in range(3 * (N + 2)):
+        if i == 4:
+            params, prompt, output = pair.params["guided"], pair.prompt["guided"], pair.output["guided"]
+            pair.remove("guided")
+            pair.add("guided", prompt, params, output=output)
+        pair.step(rng, swap=i == 7)
+    assert pair.output["guided"][N + 1] == EOI and pair.output["bare"][N + 1] == EOI
+
+
+def test_a_request_leaving_the_batch_drops_its_twin_at_once(model_dir, v2_on_cpu):
+    """On V2 the model state, told of finish, abort and preemption by request id, frees the twin's cache;
+    the processor alone would keep it until its slot is reused."""
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+
+    from engine.chameleon import ChameleonForConditionalGeneration
+    from engine.logits_v2 import ReleasesTwins
+
+    cls = ChameleonForConditionalGeneration.get_model_state_cls()
+    assert issubclass(cls, ReleasesTwins) and issubclass(cls, DefaultModelState)
+    runner = V2Runner(model_dir, SLOTS, V, MAX_LEN, v2_on_cpu)
+    slot = runner.add("g", [1, 2], sp(["image"], cfg_scale=3.0, cfg_uncond_prompt=[]))
+    runner.sample_logits(["g"], torch.randn(1, V))
+    twins = runner.processor.guidance._twins
+    assert twins[slot] is not None and twins[slot].cache is not None
+    runner.remove("g")
+    assert twins[slot] is None
 
 
 def test_v2_random_workloads_match_v1(model_dir, v2_on_cpu):
@@ -257,9 +296,8 @@ def test_validate_params_on_both_classes():
             cls.validate_params(bad)
         cls.validate_params(SamplingParams())
     guided = SamplingParams(extra_args={"modalities": ["image"], "cfg_scale": 3.0, "cfg_uncond_prompt": [0, 1]})
-    ChameleonSpanLogitsProcessorV1.validate_params(guided)
-    with pytest.raises(ValueError, match="not supported on vLLM's Model Runner V2 yet"):
-        ChameleonSpanLogitsProcessorV2.validate_params(guided)
+    for cls in (ChameleonSpanLogitsProcessorV1, ChameleonSpanLogitsProcessorV2):
+        cls.validate_params(guided)
 
 
 def test_runner_choice(monkeypatch):

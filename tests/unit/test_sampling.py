@@ -10,6 +10,7 @@ from engine.families import CHAMELEON
 from engine.tiny import TinySpec, make_tiny
 from engine.vocab import TokenLayout
 from schemas.chat import ChatCompletionRequest
+from server.prompt import guidance_args
 from server.sampling import sampling_params, span_args
 
 
@@ -70,3 +71,37 @@ def test_min_tokens_on_an_image_only_reply_is_a_400(engine):
         _params(engine, ["image"], min_tokens=3)
     assert err.value.param == "min_tokens"
     assert _params(engine, ["text", "image"], min_tokens=3).min_tokens == 3
+
+
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
+    """Lumina-mGPT guides from the image alone, its twin restarting at each image's BOI, which Model Runner V2
+    keeps on the device: there its default cfg_scale applies to image-only replies, and an interleaved reply
+    that asks for guidance is a 400 (on V1 both are guided)."""
+    import asyncio
+
+    from engine.families import LUMINA
+    from engine.runner import ChameleonEngine
+    from server.errors import BadRequest
+
+    engine = SimpleNamespace(model_runner=runner, layout=TokenLayout.from_checkpoint(
+        make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64, family="lumina"))))
+    engine.can_guide = lambda modalities: ChameleonEngine.can_guide(engine, modalities)
+    settings = SimpleNamespace(family=LUMINA)
+
+    def args(modalities, **fields):
+        req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "draw"}], modalities=modalities,
+                                    **fields)
+        return asyncio.run(guidance_args(engine, req, settings))
+
+    assert args(["image"]) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
+    interleaved = ["text", "image"]
+    if runner == "v1":
+        assert args(interleaved) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
+        assert args(interleaved, cfg_scale=2.0)["cfg_scale"] == 2.0
+    else:
+        assert args(interleaved) == {}
+        with pytest.raises(BadRequest, match="image-only") as err:
+            args(interleaved, cfg_scale=2.0)
+        assert err.value.param == "cfg_scale"
+    assert args(["text"]) == {}
