@@ -164,13 +164,20 @@ class IncompleteDetails(WireModel):
     reason: Literal["max_output_tokens"]
 
 
+class ResponseError(WireModel):
+    """Why a response failed (OpenAI's ``ResponseError``; its codes are an enum, of which these apply)."""
+
+    code: Literal["server_error", "rate_limit_exceeded"]
+    message: str
+
+
 class ResponseObject(WireModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int
     status: Literal["in_progress", "completed", "incomplete", "failed"]
     completed_at: int | None = None
-    error: None = None
+    error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None
     instructions: str | None
     max_output_tokens: int | None

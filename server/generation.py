@@ -18,6 +18,7 @@ from fastapi import Request
 from engine.runner import ChameleonEngine
 from engine.splitter import ImageCodes, SpanSplitter, StopTextHold
 from server import metrics
+from server.errors import APIError, Unavailable
 from server.previews import ImagePreviews, Preview
 
 T = TypeVar("T")
@@ -60,6 +61,12 @@ class Choice:
 
 
 def _finish(reason: str | None) -> str | None:
+    """OpenAI's finish reason for vLLM's; a reply the engine ended early (``abort``, ``error``) raises instead:
+    reported as "stop" it would pass for a whole reply."""
+    if reason in ("abort", "error"):
+        error = Unavailable if reason == "abort" else APIError
+        raise error(f"the inference engine ended this reply before it was complete ({reason})",
+                    code=f"engine_{reason}")
     return None if reason is None else ("length" if reason == "length" else "stop")
 
 

@@ -28,6 +28,7 @@ from schemas.responses import (
     InputImage,
     OutputItem,
     OutputTokensDetails,
+    ResponseError,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
@@ -35,7 +36,7 @@ from schemas.responses import (
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import BadRequest, as_api_error
 from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
-from server.prompt import build_chat_prompt
+from server.prompt import build_chat_prompt, guidance_args
 from server.response_items import OutputItems, ResponseEvents
 from server.sampling import sampling_params, span_args
 from server.settings import Settings
@@ -69,21 +70,23 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
             model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens, modalities=req.modalities,
             image_size=req.image_size, **sampling,
             **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
-                                      "image_temperature", "image_top_k", "image_top_p"}))
+                                      "image_temperature", "image_top_k", "image_top_p"},
+                             exclude_unset=True))  # what is unset keeps the family's defaults, as on chat
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadRequest(f"input: {first['msg']}", param="input") from None
 
 
 def _response(req: ResponsesRequest, chat: ChatCompletionRequest, response_id: str, created: int, model: str,
-              output: list[OutputItem], status: str, usage: ResponseUsage | None = None) -> ResponseObject:
+              output: list[OutputItem], status: str, usage: ResponseUsage | None = None,
+              error: ResponseError | None = None) -> ResponseObject:
     done = status in ("completed", "incomplete")
     return ResponseObject(
         id=response_id, created_at=created, status=status, completed_at=int(time.time()) if done else None,
         incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
         instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=model, output=output,
         parallel_tool_calls=req.parallel_tool_calls, metadata=req.metadata or {}, temperature=chat.temperature,
-        tool_choice=req.tool_choice, tools=req.tools, top_p=chat.top_p, usage=usage)
+        tool_choice=req.tool_choice, tools=req.tools, top_p=chat.top_p, usage=usage, error=error)
 
 
 def _usage(engine: ChameleonEngine, prompt_len: int, token_ids: list[int]) -> ResponseUsage:
@@ -99,7 +102,8 @@ async def create_response(
     check_model(req.model, settings)
     chat = as_chat_request(req)
     prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=settings.max_images_per_request)
-    extra_args = span_args(chat.modalities, chat, engine, settings.family, size_param="tools[0].size")
+    extra_args = span_args(chat.modalities, chat, engine, settings.family, size_param="tools[0].size") | \
+        await guidance_args(engine, chat, settings)
     params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True,
                              family=settings.family, extra_args=extra_args)
     response_id, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), settings.served_model_name
@@ -117,11 +121,12 @@ async def create_response(
 
 async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int],
                   params, response_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
-    """The Responses event sequence; a failure mid-stream ends it with one ``error`` event."""
+    """The Responses event sequence; a failure mid-stream (the engine's death among them) ends it with one
+    ``response.failed`` event, so that a cut reply never looks complete."""
     events = ResponseEvents()
 
-    def lifecycle(kind: str, status: str, **usage) -> str:
-        snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **usage)
+    def lifecycle(kind: str, status: str, **fields) -> str:
+        snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **fields)
         return events.event(kind, response=snapshot.model_dump(mode="json"))
 
     generated: list[int] = []
@@ -144,4 +149,5 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
         yield lifecycle(f"response.{status}", status, usage=_usage(engine, len(prompt_ids), generated))
     except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
         err = as_api_error(exc)
-        yield events.event("error", code=err.code, message=err.message, param=err.param)
+        code = "rate_limit_exceeded" if err.status == 429 else "server_error"
+        yield lifecycle("response.failed", "failed", error=ResponseError(code=code, message=err.message))

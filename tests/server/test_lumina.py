@@ -122,3 +122,24 @@ def test_responses_image_tool_size(lumina):
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model=MODEL, input="a lighthouse", tools=[{"type": "image_generation", "size": "9x9"}])
     assert info.value.body["param"] == "tools[0].size" and "16x16, 32x8" in info.value.body["message"]
+
+
+def test_responses_take_the_familys_defaults_as_chat_does(lumina):
+    """/v1/responses builds its request the way chat does: Lumina-mGPT's guidance (cfg 3.0) and text top-k
+    (10) apply where the request sets none, so the same seed gives the same image and the same text."""
+    client = lumina.client()
+    before = guided_total(lumina)
+    reply = client.responses.create(model=MODEL, input="a cat", tool_choice={"type": "image_generation"},
+                                    tools=[{"type": "image_generation"}], extra_body={"seed": 7})
+    assert guided_total(lumina) == before + 1
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a cat"}],
+                                          modalities=["image"], seed=7)
+    assert reply.output[0].result == chat.choices[0].message.content[0]["image_url"]["url"].split(",", 1)[1]
+
+    def chat_text(**fields) -> str:
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a cat"}],
+                                              seed=3, max_tokens=24, **fields).choices[0].message.content
+
+    text = client.responses.create(model=MODEL, input="a cat", max_output_tokens=24, extra_body={"seed": 3})
+    assert text.output_text == chat_text()
+    assert chat_text() != chat_text(extra_body={"top_k": 0})  # the default top-k is what makes them equal
