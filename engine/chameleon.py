@@ -71,12 +71,15 @@ class ChameleonQKNorm(nn.Module):
     """LayerNorm over head_dim only, then each head's own scale and shift.
 
     ``weight``/``bias`` are (local heads, head_dim): under TP each rank keeps the rows
-    of the heads its QKV shard computes (KV heads replicated when fewer than ranks).
+    of the heads its QKV shard computes (KV heads replicated when fewer than ranks). A checkpoint may hold
+    fewer rows than heads: Lumina-mGPT's authors keep one row per model-parallel rank of their training
+    (``model_parallel_size``, 1 in their releases) and repeat each over that rank's heads at run time
+    (``ChameleonLayerNorm.repeat_param`` in their ``modeling_chameleon.py``); they are repeated so here.
     """
 
     def __init__(self, total_heads: int, local_heads: int, head_dim: int) -> None:
         super().__init__()
-        self.local_heads, self.head_dim = local_heads, head_dim
+        self.total_heads, self.local_heads, self.head_dim = total_heads, local_heads, head_dim
         tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         replicas = max(1, tp_size // total_heads)
         self.first_head = (tp_rank // replicas) * local_heads
@@ -86,6 +89,12 @@ class ChameleonQKNorm(nn.Module):
             set_weight_attrs(p, {"weight_loader": self._load_heads})
 
     def _load_heads(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        rows = loaded.shape[0]
+        if rows != self.total_heads:
+            if self.total_heads % rows:
+                raise ValueError(f"q/k norm of {rows} rows for {self.total_heads} heads: not one row per head, "
+                                 "nor one per equal group of heads")
+            loaded = loaded.repeat_interleave(self.total_heads // rows, dim=0)
         default_weight_loader(param, loaded.narrow(0, self.first_head, self.local_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

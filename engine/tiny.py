@@ -6,9 +6,12 @@ own ``save_pretrained`` (``config.json`` with ``vocabulary_map``,
 ``tokenizer.json``, ``processor_config.json``) plus a VQGAN in Meta's release
 format (``vqgan.ckpt`` + ``vqgan.yaml``) for decoding generated images. It is the
 embedded default model of ``make serve`` and the fixture of the tests. ``family="lumina"``
-writes a Lumina-mGPT checkpoint the same way, as its authors' config names it
-(``ChameleonXLLMXForConditionalGeneration``, ``z_loss_weight``), its vocabulary with the
-end-of-line and size tokens (``engine/span_format.py``).
+writes a Lumina-mGPT checkpoint in the layout its authors publish (Alpha-VLLM/Lumina-mGPT-7B-768):
+their config (``ChameleonXLLMXForConditionalGeneration``, ``model_parallel_size``, ``mask_image_logits``,
+``z_loss_weight``, ``rope_theta``), weights in safetensors shards with an index, q/k norms of one row per
+model-parallel rank (their ``ChameleonLayerNorm``, repeated over the heads at run time), tokenizer files
+and no image-processor config (their item processor crops and normalizes images itself); its vocabulary
+has the end-of-line and size tokens (``engine/span_format.py``).
 """
 
 from __future__ import annotations
@@ -135,25 +138,49 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
         bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"],
         swin_norm=spec.swin_norm, vq_config=vq_config, vocabulary_map=vocab,
         initializer_range=0.1, architectures=["ChameleonForConditionalGeneration"],
-        **({"z_loss_weight": 1e-5} if spec.family == "lumina" else {}),
     )
     torch.manual_seed(spec.seed)
     model = ChameleonForConditionalGeneration(config).eval()
     _spread_weights(model, spec.seed)
-    model.to(getattr(torch, spec.dtype)).save_pretrained(dst)
-    if spec.family == "lumina":  # save_pretrained names transformers' class; the authors' config names theirs
-        saved = json.loads((dst / "config.json").read_text())
-        (dst / "config.json").write_text(json.dumps({**saved, "architectures": [LUMINA_ARCHITECTURE]}, indent=2))
-
-    image_processor = ChameleonImageProcessorPil(
-        size={"shortest_edge": spec.resolution},
-        crop_size={"height": spec.resolution, "width": spec.resolution},
-    )
-    ChameleonProcessor(image_processor, tokenizer, image_seq_length=spec.grid * spec.grid).save_pretrained(dst)
+    model.to(getattr(torch, spec.dtype))
+    if spec.family == "lumina":
+        _save_as_lumina_authors(model, dst)
+        tokenizer.save_pretrained(dst)
+    else:
+        model.save_pretrained(dst)
+        image_processor = ChameleonImageProcessorPil(
+            size={"shortest_edge": spec.resolution},
+            crop_size={"height": spec.resolution, "width": spec.resolution},
+        )
+        ChameleonProcessor(image_processor, tokenizer, image_seq_length=spec.grid * spec.grid).save_pretrained(dst)
     vq_state = {k.removeprefix("model.vqmodel."): v.float() for k, v in model.state_dict().items()
                 if k.startswith("model.vqmodel.")}
     write_meta_vqgan(dst, vq_state, vq_config, seed=spec.seed)
     return dst
+
+
+def _save_as_lumina_authors(model: torch.nn.Module, dst: Path) -> None:
+    """``model`` as Lumina-mGPT's authors publish theirs: their config fields, two safetensors shards and an
+    index, and each q/k norm as one row (their ``model_parallel_size`` of 1) that their code repeats over the
+    heads: the heads' rows are made equal first, so the checkpoint means what the model computed."""
+    from safetensors.torch import save_file
+
+    state = {name: t.contiguous() for name, t in model.state_dict().items()}
+    for name in [n for n in state if ".q_norm." in n or ".k_norm." in n]:
+        state[name] = state[name][:1].clone()
+        model.get_parameter(name).data.copy_(state[name].expand_as(model.get_parameter(name)))
+    names = sorted(state)
+    shards = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, dst / shard, metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
+             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = json.loads(model.config.to_json_string())
+    rope = config.pop("rope_parameters", None) or {}
+    config.update(architectures=[LUMINA_ARCHITECTURE], model_parallel_size=1, mask_image_logits=True, dropout=0.0,
+                  z_loss_weight=1e-5, rope_theta=rope.get("rope_theta", 10000.0), rope_scaling=None)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _spread_weights(model: torch.nn.Module, seed: int) -> None:

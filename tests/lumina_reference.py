@@ -2,7 +2,9 @@
 adds only training hooks to it), with its authors' span rule enforced here in plain Python, one token at a
 time, as their ``MultiModalLogitsProcessor`` does it (Alpha-VLLM/Lumina-mGPT@104abe4
 ``lumina_mgpt/inference_solver.py``): after BOI the height and width tokens, then per row ``cols`` codes
-and the end-of-line token, then EOI. Written independently of ``engine/span_grammar.py``.
+and the end-of-line token, then EOI. Written independently of ``engine/span_grammar.py``. The weights are
+read from the checkpoint's shards as their code reads them: each q/k norm of one row per model-parallel
+rank is repeated over that rank's heads (``ChameleonLayerNorm.repeat_param`` in their modeling_chameleon.py).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import ChameleonForConditionalGeneration
+from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 from engine.span_format import EOL_NAME, size_token_name
 from engine.vocab import TokenLayout
@@ -26,7 +28,7 @@ def lumina_greedy_image(model_dir: Path, prompt: list[int], rows: int, cols: int
     eol = vocab[EOL_NAME]
     height, width = vocab[size_token_name(rows // 2)], vocab[size_token_name(cols // 2)]
     codes = torch.tensor(layout.code_to_id)
-    model = ChameleonForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = authors_model(model_dir)
     caches: list = [None, None]
 
     def head(row: int, ids: list[int]) -> torch.Tensor:  # the raw lm head: transformers' forward masks codes
@@ -49,6 +51,27 @@ def lumina_greedy_image(model_dir: Path, prompt: list[int], rows: int, cols: int
         written.append(token)
         pending = [token]
     return written
+
+
+def authors_model(model_dir: Path) -> ChameleonForConditionalGeneration:
+    """transformers' Chameleon (float32) holding the checkpoint's weights as Lumina-mGPT's own code runs them."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config = ChameleonConfig.from_pretrained(model_dir)
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state |= load_file(model_dir / shard)
+    for name, tensor in state.items():
+        if ".q_norm." in name or ".k_norm." in name:
+            heads = config.num_attention_heads if ".q_norm." in name else config.num_key_value_heads
+            per_rank = heads // config.model_parallel_size
+            state[name] = tensor.repeat_interleave(per_rank, dim=0)
+    model = ChameleonForConditionalGeneration(config).float().eval()
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model
 
 
 def _vocabulary(model_dir: Path) -> dict[str, int]:

@@ -1,11 +1,13 @@
-"""A tiny Lumina-mGPT checkpoint (its authors' config and vocabulary, written by ``make-tiny --family lumina``)
-served through the CLI: images of the asked, non-square size, token-equal to a transformers reference loop that
+"""A tiny Lumina-mGPT checkpoint in the layout its authors publish (written by ``make-tiny --family lumina``:
+their config and vocabulary, sharded weights, one-row q/k norms, no image-processor config) served through
+the CLI: images of the asked, non-square size, token-equal to a transformers reference loop that
 enforces Lumina's span rule; image input in its span format; text; its authors' sampling defaults."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import subprocess
 import sys
@@ -31,6 +33,23 @@ def lumina(tmp_path_factory):
     live = start_server(model_dir, tmp_path_factory.mktemp("lumina-logs") / "server.log")
     yield live
     stop_server(live)
+
+
+def test_the_checkpoint_is_in_its_authors_layout(lumina):
+    """What Alpha-VLLM/Lumina-mGPT-7B-768 holds: shards with an index, tokenizer files, no image-processor
+    config, and q/k norms of one row for all heads (their model_parallel_size of 1)."""
+    from safetensors import safe_open
+
+    folder = lumina.model_dir
+    assert not (folder / "processor_config.json").exists() and not (folder / "preprocessor_config.json").exists()
+    assert (folder / "tokenizer.json").exists() and (folder / "tokenizer_config.json").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_parallel_size"] == 1 and config["architectures"] == ["ChameleonXLLMXForConditionalGeneration"]
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(weight_map.values())) == 2
+    name = "model.layers.0.self_attn.q_norm.weight"
+    with safe_open(folder / weight_map[name], "pt") as shard:
+        assert tuple(shard.get_slice(name).get_shape()) == (1, config["hidden_size"] // config["num_attention_heads"])
 
 
 def png_size(b64: str) -> tuple[int, int]:
