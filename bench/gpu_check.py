@@ -451,6 +451,12 @@ def v2_classes(vllm_src: Path | None) -> tuple[type, type, type]:
             raise Skip(f"vllm not importable: installed ({installed}); from {vllm_src} ({carried})") from None
 
 
+class RawLogits:
+    """The worker's model as the V2 adapter sees it: the step's logits before vLLM's penalties."""
+
+    raw_logits: torch.Tensor | None = None
+
+
 class V2Batch:
     """The V2 adapter over one batch, with the runner's state it reads (token history and lengths on the
     device) and the model's raw logits, committing each row's highest remaining logit every step as the
@@ -466,11 +472,8 @@ class V2Batch:
             prompt_len=SimpleNamespace(np=np.zeros(n, dtype=np.int32)),
             prefill_len=SimpleNamespace(np=np.zeros(n, dtype=np.int32)),
             total_len=SimpleNamespace(gpu=torch.zeros(n, dtype=torch.int32, device=device)))
-        # The adapter asks engine.chameleon.live_model() for the step's raw logits; the real module imports
-        # vLLM's model layers, which a bare GPU machine lacks, so a stand-in module serves this batch's model.
-        self.model = SimpleNamespace(raw_logits=None)
-        self.chameleon = types.ModuleType("engine.chameleon")
-        self.chameleon.live_model = lambda: self.model
+        # The adapter asks engine.live.live_model() for the step's raw logits: this batch's stand-in model.
+        self.model = RawLogits()
         np.random.seed(0)
         config = SimpleNamespace(model_config=SimpleNamespace(model=str(model_dir)), speculative_config=None)
         self.processor = processor_cls(config, self.state)
@@ -490,8 +493,10 @@ class V2Batch:
 
     def step(self, logits: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Process ``logits`` (written to) of a step whose model logits were ``raw`` (only read)."""
+        from engine.live import register_model
+
         self.model.raw_logits = raw
-        sys.modules["engine.chameleon"] = self.chameleon
+        register_model(self.model)
         out = self.processor.apply(logits, self.ctx)
         lengths = self.state.total_len.gpu[self.idx]
         self.state.all_token_ids.gpu[self.idx, lengths.long()] = out.argmax(dim=1).int()
@@ -613,7 +618,7 @@ def vqgan_on_cpu(model: Path | None) -> tuple[Any, str]:
 def check_vqgan(setup: Setup, direction: str, batch: int) -> Row:
     """VQGAN encode or decode of ``batch`` images on the device: time per image, syncs, the CPU's result."""
     reference, source = vqgan_on_cpu(setup.model)
-    if direction == "decode" and not reference.has_decoder:
+    if direction == "decode" and reference.decoder is None:
         raise Skip(f"{source} has no VQGAN decoder (no vqgan.ckpt beside it)")
     dev, cfg = setup.device, reference.config
     gen = torch.Generator().manual_seed(batch)

@@ -9,7 +9,6 @@ Structure follows vLLM's ``models/llama.py``; numerics follow transformers'
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from itertools import islice
 from typing import ClassVar
@@ -51,18 +50,10 @@ from vllm.model_executor.models.utils import (
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
+from engine.live import register_model
 from engine.private_kv import PrivateBatch, PrivateKV, kv_heads_per_rank
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so it reaches vLLM's log handler
-_LIVE_MODEL: weakref.ref[ChameleonForConditionalGeneration] | None = None
-
-
-def live_model() -> ChameleonForConditionalGeneration:
-    """This worker's model, for the logits processor's guidance (same process, no other handle on it)."""
-    model = _LIVE_MODEL() if _LIVE_MODEL is not None else None
-    if model is None:
-        raise RuntimeError("no chameleon-serve model in this process")
-    return model
 
 _QK_NORM_EPS = 1e-5  # transformers' ChameleonLayerNorm: fixed, not from the config
 
@@ -304,8 +295,7 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         super().__init__()
         config: ChameleonConfig = vllm_config.model_config.hf_config
         self.config = config
-        global _LIVE_MODEL
-        _LIVE_MODEL = weakref.ref(self)
+        register_model(self)  # for guidance twins and Model Runner V2's span processor (engine/live.py)
         logger.info("chameleon-serve plugin model: ChameleonForConditionalGeneration (swin_norm=%s)",
                     config.swin_norm)
         self.model = ChameleonModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))

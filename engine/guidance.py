@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.live import live_model
 from engine.private_kv import PrivateBatch, PrivateKV
 from engine.span_grammar import SpanParams
 from engine.transfers import to_device
@@ -87,8 +88,6 @@ class Guidance:
                   if self._twins[slot] is not None]
         if not guided:
             return
-        from engine.chameleon import live_model  # worker-side: vLLM's model layers
-
         model = live_model()
         ids: list[int] = []
         positions: list[int] = []
@@ -116,8 +115,6 @@ class Guidance:
         each in the steady state. Span-only twins (Lumina-mGPT) start at output 0: the open span of an
         image-only reply; the server refuses guided interleaved replies of that family on this runner.
         """
-        from engine.chameleon import live_model
-
         model = live_model()
         index: list[int] = []
         twins: list[_Twin] = []
@@ -154,8 +151,6 @@ class Guidance:
         of ``logits`` become ``uncond + scale * (cond - uncond)`` (where ``only`` says, if given)."""
         device = logits.device
         batch = PrivateBatch([t.cache for t in twins], steps, device)
-        from engine.chameleon import live_model
-
         uncond = live_model().private_logits(ids, to_device(np.asarray(positions, dtype=np.int64), device), batch)
         index = to_device(np.asarray(rows, dtype=np.int64), device)
         scale = to_device(np.array([t.scale for t in twins], dtype=np.float32), device).unsqueeze(1)
@@ -173,6 +168,3 @@ class Guidance:
             if twin.cache is not None:
                 twin.cache.length = 0
         twin.seen = n
-
-    def nbytes(self) -> int:
-        return sum(t.cache.nbytes for t in self._twins if t is not None and t.cache is not None)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 )
 
 from engine.guidance import Guidance
+from engine.live import live_model, live_v2_guidance, register_v2_guidance
 from engine.span_grammar import IMAGE_ONLY, TEXT_ONLY, SpanGrammar, SpanParams
 from engine.transfers import to_device
 from engine.vocab import TokenLayout
@@ -61,8 +61,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
         self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.rows_framed else None)
         self._boi = layout.boi
-        global _LIVE_PROCESSOR
-        _LIVE_PROCESSOR = weakref.ref(self)  # for the model state's request removals (model_state_cls)
+        register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
         # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
         self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
 
@@ -123,8 +122,6 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         """For ``rows``, what V1 samples image codes from: the model's logits plus each request's logit bias,
         and -inf wherever an earlier stage put it in ``logits`` (bad words, min_tokens, a grammar); not
         penalties."""
-        from engine.chameleon import live_model
-
         rows_t = to_device(rows, logits.device)
         processed = logits.index_select(0, rows_t)
         raw = live_model().raw_logits
@@ -136,9 +133,6 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
                 ids, values = self._bias[slot]
                 x[i].index_add_(0, ids, values)
         return x.masked_fill_(processed == float("-inf"), float("-inf"))
-
-
-_LIVE_PROCESSOR: weakref.ref[ChameleonSpanLogitsProcessorV2] | None = None
 
 
 class ReleasesTwins:
@@ -156,9 +150,9 @@ class ReleasesTwins:
 
     def remove_request(self, req_id: str) -> None:
         slot = self._slots.pop(req_id, None)
-        processor = _LIVE_PROCESSOR() if _LIVE_PROCESSOR is not None else None
-        if slot is not None and processor is not None:
-            processor.guidance.remove(slot)
+        guidance = live_v2_guidance()
+        if slot is not None and guidance is not None:
+            guidance.remove(slot)
         super().remove_request(req_id)
 
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -193,6 +194,28 @@ def _engine_core_threads_bound(vllm_config) -> Iterator[None]:
         yield
 
 
+def logits_processor_for_runner(vllm_config: Any = None) -> type:
+    """The adapter class for the runner vLLM will use: V2 needs Triton; VLLM_USE_V2_MODEL_RUNNER overrides.
+
+    With ``vllm_config`` the answer is vLLM's own (``use_v2_model_runner``, which also falls back to V1
+    for features V2 lacks); without it, the env override, else Triton's presence, as vLLM decides by default.
+    """
+    if vllm_config is not None:
+        use_v2 = vllm_config.use_v2_model_runner
+    else:
+        from vllm import envs
+        from vllm.triton_utils import HAS_TRITON
+
+        use_v2 = envs.VLLM_USE_V2_MODEL_RUNNER if envs.VLLM_USE_V2_MODEL_RUNNER is not None else HAS_TRITON
+    if use_v2:
+        from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
+
+        return ChameleonSpanLogitsProcessorV2
+    from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
+
+    return ChameleonSpanLogitsProcessorV1
+
+
 class GuidanceMemoryFull(Exception):
     """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
 
@@ -234,7 +257,6 @@ class ChameleonEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from engine.detokenize import skip_spans_when_detokenizing
-        from engine.span_grammar import logits_processor_for_runner
 
         vllm_config = model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
         model_config = vllm_config.model_config

@@ -413,25 +413,3 @@ def _request_seed(seed: int | None) -> int:
     requests: vLLM seeds every worker's numpy alike and adds requests in the same order.
     """
     return (int(np.random.randint(0, _MASK63, dtype=np.int64)) if seed is None else seed) & _MASK63
-
-
-def logits_processor_for_runner(vllm_config: Any = None) -> type:
-    """The adapter class for the runner vLLM will use: V2 needs Triton; VLLM_USE_V2_MODEL_RUNNER overrides.
-
-    With ``vllm_config`` the answer is vLLM's own (``use_v2_model_runner``, which also falls back to V1
-    for features V2 lacks); without it, the env override, else Triton's presence, as vLLM decides by default.
-    """
-    if vllm_config is not None:
-        use_v2 = vllm_config.use_v2_model_runner
-    else:
-        from vllm import envs
-        from vllm.triton_utils import HAS_TRITON
-
-        use_v2 = envs.VLLM_USE_V2_MODEL_RUNNER if envs.VLLM_USE_V2_MODEL_RUNNER is not None else HAS_TRITON
-    if use_v2:
-        from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
-
-        return ChameleonSpanLogitsProcessorV2
-    from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
-
-    return ChameleonSpanLogitsProcessorV1

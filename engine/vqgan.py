@@ -288,10 +288,6 @@ class VQModel(nn.Module):
         self.decoder = Decoder(cfg) if with_decoder else None
         self.eval()
 
-    @property
-    def has_decoder(self) -> bool:
-        return self.decoder is not None
-
     @torch.inference_mode()
     def encode(self, pixels: Tensor) -> Tensor:
         """[B, 3, R, R] float in [-1, 1] -> LongTensor [B, R/f, R/f] codes (f = 2**(levels-1))."""

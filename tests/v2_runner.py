@@ -10,7 +10,6 @@ Pinned (UVA) buffers do not exist on CPU either: vLLM's own non-UVA fallback is 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -24,8 +23,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
 from vllm.v1.worker.gpu.sample.sampler import Sampler
 from vllm.v1.worker.gpu.states import RequestState
 
-import engine.chameleon
-import engine.logits_v2
+import engine.live
 from engine.logits_v2 import ChameleonSpanLogitsProcessorV2, ReleasesTwins
 
 
@@ -149,7 +147,8 @@ class V2Runner:
         config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=None,
                                  reasoning_config=None)
         cpu = torch.device("cpu")
-        monkeypatch.setattr(engine.logits_v2, "_LIVE_PROCESSOR", None)  # set by the processor; restored after
+        for name in ("_model", "_v2_guidance"):  # set below and by the processor; restored after the test
+            monkeypatch.setattr(engine.live, name, None)
         self.req_states = RequestState(max_num_reqs=slots, max_model_len=max_len, max_num_batched_tokens=max_len,
                                        num_speculative_steps=0, vocab_size=vocab, device=cpu)
         self.processor = ChameleonSpanLogitsProcessorV2(
@@ -157,7 +156,6 @@ class V2Runner:
         self.sampler = Sampler(config, slots, vocab, cpu, self.req_states,
                                custom_logits_processors=[self.processor])
         self.model = ModelStub(vocab)
-        monkeypatch.setattr(engine.chameleon, "_LIVE_MODEL", weakref.ref(self.model))
         self.model_state = type("ModelState", (ReleasesTwins, _RunnerModelState), {})()
 
     def add(self, req_id: str, prompt: Sequence[int], params: SamplingParams, output: Sequence[int] = ()) -> int:
@@ -177,8 +175,8 @@ class V2Runner:
 
     def _live(self) -> None:
         """This runner's model and processor are the worker's (two runners stand for two ranks)."""
-        engine.chameleon._LIVE_MODEL = weakref.ref(self.model)
-        engine.logits_v2._LIVE_PROCESSOR = weakref.ref(self.processor)
+        engine.live.register_model(self.model)
+        engine.live.register_v2_guidance(self.processor.guidance)
 
     def slot(self, req_id: str) -> int:
         return self.req_states.req_id_to_index[req_id]

@@ -25,7 +25,7 @@ from vllm.v1.sample.ops.penalties import apply_all_penalties
 
 from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
 from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
-from engine.span_grammar import logits_processor_for_runner
+from engine.runner import logits_processor_for_runner
 from engine.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
 V, N, SLOTS, MAX_LEN = 40, 4, 8, 256

@@ -175,7 +175,7 @@ def test_write_and_load_meta_round_trip(tmp_path, hf_vqvae):
     assert parsed == cfg.to_meta_yaml_dict()
 
     meta = load_meta_vqgan(tmp_path / "a" / "vqgan.ckpt")
-    assert meta.has_decoder
+    assert meta.decoder is not None
     for k, v in hf_vqvae.state_dict().items():
         assert torch.equal(meta.state_dict()[k], v), k
 
@@ -208,7 +208,7 @@ def test_tiny_checkpoint_end_to_end(tmp_path):
     model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
     hf = load_hf_vqmodel(model_dir)
     meta = load_meta_vqgan(model_dir / "vqgan.ckpt")
-    assert not hf.has_decoder and meta.has_decoder
+    assert hf.decoder is None and meta.decoder is not None
     assert encoder_mismatch(hf, meta) == []
     pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     codes = hf.encode(pixels)
