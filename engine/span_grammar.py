@@ -272,16 +272,23 @@ class SpanGrammar:
             step = np.where(in_span[forced], self._span_step(pos[forced], self.rows[placed], self.cols[placed]),
                             self.layout.boi)
             tokens = self._to_device(step)
-            rows_forced = slice(None) if len(forced) == len(slots) else self._to_device(forced)
-            # read before the masks below; a sampled code (clamped here) is always allowed
-            kept = _zero_unless_forbidden(logits[rows_forced].gather(1, tokens.clamp(min=0).unsqueeze(1)))
+            all_rows = len(forced) == len(slots)
+            rows_forced = slice(None) if all_rows else self._to_device(forced)
             sample = np.flatnonzero(step < 0)
+            # 0.0 for the one token each forced row keeps; read (before the masks below) where the grammar forces
+            # a token that an earlier stage may have forbidden: BOI, EOI, Lumina-mGPT's EOL and size tokens
+            kept: torch.Tensor | float = 0.0
+            if len(sample) < len(forced):
+                clamped = tokens.clamp(min=0)  # a sampled row's -1, read for nothing and set to 0.0 below
+                read = logits.gather(1, clamped.unsqueeze(1)).squeeze(1) if all_rows else logits[rows_forced, clamped]
+                kept = _zero_unless_forbidden(read)
             if len(sample):
                 source = logits if code_logits is None else code_logits
                 sample_t = self._to_device(sample)
                 sampled = slots[forced[sample]]
                 tokens[sample_t] = self._sample_codes(source, forced[sample], sampled, self.num_output[sampled])
-                kept[sample_t] = 0.0
+                if isinstance(kept, torch.Tensor):
+                    kept[sample_t] = 0.0
         if len(forced) < len(slots):
             # Every row, by column slices: forced rows are overwritten below and their codes were read above,
             # and a slice fill is several times cheaper than indexing the text rows.
@@ -291,10 +298,11 @@ class SpanGrammar:
             logits[slice(None) if no_boi.all() else self._to_device(np.flatnonzero(no_boi)), self.layout.boi] = \
                 float("-inf")
         if len(forced) == len(slots) > 0:
-            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept)
+            kept_rows = kept.unsqueeze(1) if isinstance(kept, torch.Tensor) else kept
+            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept_rows)
         elif len(forced):
             logits.index_fill_(0, rows_forced, float("-inf"))
-            logits[rows_forced, tokens] = kept.squeeze(1)
+            logits[rows_forced, tokens] = kept
         return logits
 
     def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
