@@ -65,8 +65,8 @@ def default_to_v1_model_runner(environ: MutableMapping[str, str] = os.environ) -
     """Set ``VLLM_USE_V2_MODEL_RUNNER=0`` unless the user set it; True when this default was applied.
 
     vLLM 0.32 runs Model Runner V2 on GPUs whenever Triton is present; our end-to-end tests cover the V1
-    runner (the CPU build's), and guidance runs only there. Until a GPU run of V2 is recorded (issue 21),
-    V1 is the default everywhere; ``VLLM_USE_V2_MODEL_RUNNER=1`` opts in to V2.
+    runner (the CPU build's), V2 only through its sampling objects on CPU tensors. Until a GPU run of V2 is
+    recorded, V1 is the default everywhere; ``VLLM_USE_V2_MODEL_RUNNER=1`` opts in to V2.
     """
     if environ.get(MODEL_RUNNER_ENV, "") != "":
         return False
@@ -164,8 +164,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU builds only, ample for the tiny model
     log = logging.getLogger(__name__)
     if default_to_v1_model_runner():
-        log.info("%s=0 (default): vLLM's V1 model runner, the one tested end to end and the one guidance runs "
-                 "on; set %s=1 for Model Runner V2 (issue 21)", MODEL_RUNNER_ENV, MODEL_RUNNER_ENV)
+        log.info("%s=0 (default): vLLM's V1 model runner, the one tested end to end; set %s=1 for Model "
+                 "Runner V2 (same results, no GPU run recorded yet)", MODEL_RUNNER_ENV, MODEL_RUNNER_ENV)
     else:
         log.info("%s=%s, as set by the user", MODEL_RUNNER_ENV, os.environ[MODEL_RUNNER_ENV])
     given = args.model
