@@ -101,7 +101,8 @@ def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
     total = cdf[:, -1:]
     desc, order = probs.sort(dim=1, descending=True, stable=True)
     mass = desc.cumsum(dim=1)
-    limit = to_device(top_p, dev).unsqueeze(1) * total
+    top_p_t = to_device(top_p, dev).unsqueeze(1)
+    limit = top_p_t * total
     kept = desc.masked_fill(mass - desc >= limit, 0.0)  # the sorted nucleus: the top code always stays
     kept_cdf = kept.cumsum(dim=1)
     last = uniforms[:, -1:] * kept_cdf[:, -1:]
@@ -113,8 +114,7 @@ def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
     p_draw = probs.gather(1, draws)
     likelier = width - torch.searchsorted(desc.flip(1), p_draw, right=True)  # codes with p > p_draw
     above = torch.where(likelier > 0, mass.gather(1, (likelier - 1).clamp_(min=0)), 0.0)
-    nucleus = to_device(np.where(top_p < 1, top_p, np.inf).astype(np.float32), dev).unsqueeze(1) * total
-    ok = (p_draw > 0) & (above < nucleus)
+    ok = (p_draw > 0) & ((top_p_t >= 1) | (above < limit))  # top-p 1: no nucleus, any drawn code
     first = draws.gather(1, ok.int().argmax(dim=1, keepdim=True)).squeeze(1)  # argmax: the first accepted round
     return torch.where(ok.any(dim=1), first, picked)
 

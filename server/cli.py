@@ -22,7 +22,7 @@ from types import FrameType
 import uvicorn
 
 from engine.checkpoint import preflight
-from engine.cpu_kv import RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
+from engine.cpu_kv import GIB, RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
 from engine.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
 from server.settings import IMAGE_OUTPUT_FORMATS, Settings
@@ -147,8 +147,8 @@ def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
         "has %.2f of %.2f GiB free, the weights take %.2f GiB: %.0f%% of what is left after them and %.0f GiB for "
         "the processes, over %d worker(s) (vLLM's default would reserve %.2f of the node's total, and needs that "
         "much free). Set --kv-cache-memory-bytes or VLLM_CPU_KVCACHE_SPACE to choose",
-        args.kv_cache_memory_bytes / 2**30, args.kv_cache_memory_bytes, node, memory.available_memory / 2**30,
-        memory.total_memory / 2**30, weights / 2**30, SHARE * 100, RESERVE_BYTES / 2**30, workers,
+        args.kv_cache_memory_bytes / GIB, args.kv_cache_memory_bytes, node, memory.available_memory / GIB,
+        memory.total_memory / GIB, weights / GIB, SHARE * 100, RESERVE_BYTES / GIB, workers,
         args.gpu_memory_utilization)
 
 
