@@ -36,7 +36,7 @@ from bench.runargs import parse_run_args
 from bench.servers import serve
 from bench.stats import ratio, summarize
 from bench.workloads import completions, guided_image_out_chat, image_out_chat, standard
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 TEXT_TOKENS = 128
 TEXT_CONCURRENCY, TEXT_REQUESTS = 16, 64

@@ -1,5 +1,5 @@
 """Front-end CPU per generated image of an interleaved (text + image) reply: vLLM's fast incremental
-detokenizer vs ours (``engine/detokenize.py``), which keeps span tokens out of the decode stream.
+detokenizer vs ours (``engine/frontend/detokenize.py``), which keeps span tokens out of the decode stream.
 
 A reply of text, one image of ``codes`` codes, then text, fed one token per step as the engine hands
 them over; the time of the whole reply, median of a few runs. In-process, a second or two:
@@ -47,9 +47,9 @@ def per_image_ms(model_dir: str | Path, code_counts: tuple[int, ...] = (1024, 40
     from vllm.tokenizers import get_tokenizer
     from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
 
-    from engine.detokenize import SpanSkippingDetokenizer
-    from engine.runner import codes_as_special
-    from engine.vocab import TokenLayout
+    from engine.frontend.client import codes_as_special
+    from engine.frontend.detokenize import SpanSkippingDetokenizer
+    from engine.shared.vocab import TokenLayout
 
     layout = TokenLayout.from_checkpoint(model_dir)
     tokenizer = codes_as_special(get_tokenizer(str(model_dir)), layout)

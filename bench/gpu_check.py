@@ -3,7 +3,7 @@ private-cache attention and the VQGAN on the device, each timed, probed for host
 CPU (attention: with a plain causal SDPA over each whole sequence).
 
 Written for the machine issue 21 lends: torch and numpy, no vLLM, no transformers, maybe no numba, nothing
-to install. So without numba a stand-in ``njit`` runs engine/nucleus.py's host loops as plain Python (on a
+to install. So without numba a stand-in ``njit`` runs engine/worker/nucleus.py's host loops as plain Python (on a
 GPU they only serve the CPU side); the private-cache attention and ``PrivateKV``/``PrivateBatch`` are loaded
 from their source files without the vLLM and transformers imports they do not use; the V2 adapter reads the
 step's raw logits from a stand-in model, and needs vLLM's pure-Python interface module: from an installed
@@ -182,7 +182,7 @@ def numba_or_stand_in() -> str:
         stand_in = types.ModuleType("numba")
         stand_in.njit = lambda *_, **__: (lambda fn: fn)
         sys.modules["numba"] = stand_in
-        return f"absent ({e}): a stand-in njit runs engine/nucleus.py's host loops as plain Python"
+        return f"absent ({e}): a stand-in njit runs engine/worker/nucleus.py's host loops as plain Python"
     return numba.__version__
 
 
@@ -238,7 +238,7 @@ def chameleon_stand_in(dst: Path) -> Path:
     """A folder with only what the token layout reads, shaped as facebook/chameleon-7b's vocabulary (65,536
     ids, 8,192 codes from id 4, EOI 8196, BOI 8197; 1,024 codes an image): the default without --model."""
     from engine.plugin import ARCHITECTURE
-    from engine.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
+    from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
     vocab = {code_name(i): 4 + i for i in range(8192)}
     vocab |= {EOI_NAME: 8196, BOI_NAME: 8197, SEP_NAME: 8710, IMAGE_PLACEHOLDER_NAME: 8711}
@@ -250,7 +250,7 @@ def chameleon_stand_in(dst: Path) -> Path:
 
 @cache
 def token_layout(model_dir: Path) -> Any:
-    from engine.vocab import TokenLayout
+    from engine.shared.vocab import TokenLayout
 
     return TokenLayout.from_checkpoint(model_dir)
 
@@ -367,7 +367,7 @@ def judge(row: Row, counts: Counter[str]) -> None:
 def grammar_for(reqs: list[Request], slots: np.ndarray, layout: Any, device: torch.device) -> Any:
     """A grammar holding ``reqs`` in ``slots``; numpy seeded first, as vLLM seeds every worker's, so that
     requests without a seed get the same one on the CPU and on the device."""
-    from engine.span_grammar import SpanGrammar, SpanParams
+    from engine.worker.span_grammar import SpanGrammar, SpanParams
 
     np.random.seed(0)
     grammar = SpanGrammar(layout, len(slots), device)
@@ -402,8 +402,8 @@ def in_nucleus(p: torch.Tensor, pick: int, top_p: float) -> bool:
 
 def check_nucleus(setup: Setup) -> Row:
     """``draw_nucleus`` on the device: draws inside each row's nucleus, the CPU's draws; time, syncs."""
-    from engine.nucleus import draw_nucleus
-    from engine.span_grammar import SpanGrammar
+    from engine.worker.nucleus import draw_nucleus
+    from engine.worker.span_grammar import SpanGrammar
 
     dev, n, width = setup.device, setup.rows, token_layout(setup.model_dir).codebook_size
     probs = random_logits(n, width, seed=1).softmax(dim=1)
@@ -432,7 +432,7 @@ def v2_classes(vllm_src: Path | None) -> tuple[type, type, type]:
     def load() -> tuple[type, type, type]:
         from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext, LogitsProcRequestState
 
-        from engine.logits_v2 import ChameleonSpanLogitsProcessorV2
+        from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
 
         return ChameleonSpanLogitsProcessorV2, LogitsProcRequestState, LogitsContext
 
@@ -472,7 +472,7 @@ class V2Batch:
             prompt_len=SimpleNamespace(np=np.zeros(n, dtype=np.int32)),
             prefill_len=SimpleNamespace(np=np.zeros(n, dtype=np.int32)),
             total_len=SimpleNamespace(gpu=torch.zeros(n, dtype=torch.int32, device=device)))
-        # The adapter asks engine.live.live_model() for the step's raw logits: this batch's stand-in model.
+        # The adapter asks engine.worker.live.live_model() for the step's raw logits: this batch's stand-in model.
         self.model = RawLogits()
         np.random.seed(0)
         config = SimpleNamespace(model_config=SimpleNamespace(model=str(model_dir)), speculative_config=None)
@@ -493,7 +493,7 @@ class V2Batch:
 
     def step(self, logits: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Process ``logits`` (written to) of a step whose model logits were ``raw`` (only read)."""
-        from engine.live import register_model
+        from engine.worker.live import register_model
 
         self.model.raw_logits = raw
         register_model(self.model)
@@ -533,9 +533,9 @@ def check_v2(setup: Setup, compared_steps: int = 6) -> Row:
 @cache
 def private_attention() -> tuple[Callable, type, type]:
     """``ChameleonAttention._attend_private``, ``PrivateKV`` and ``PrivateBatch`` from their sources:
-    engine/chameleon.py imports vLLM at its top, engine/private_kv.py transformers; these need neither."""
-    (attend,) = load_from_source(REPO / "engine/chameleon.py", "ChameleonAttention._attend_private")
-    private_kv, private_batch = load_from_source(REPO / "engine/private_kv.py", "PrivateKV", "PrivateBatch")
+    engine/worker/model.py imports vLLM at its top, engine/worker/private_kv.py transformers; these need neither."""
+    (attend,) = load_from_source(REPO / "engine/worker/model.py", "ChameleonAttention._attend_private")
+    private_kv, private_batch = load_from_source(REPO / "engine/worker/private_kv.py", "PrivateKV", "PrivateBatch")
     return attend, private_kv, private_batch
 
 
@@ -600,19 +600,19 @@ def check_attention(setup: Setup, dtype: torch.dtype) -> Row:
 @cache
 def vqgan_on_cpu(model: Path | None) -> tuple[Any, str]:
     """--model's VQGAN (vqgan.ckpt beside it, else the encoder in model.safetensors), or a random one of
-    engine/tiny.py's shape with weights spread as tiny checkpoints spread them, so that codes vary."""
-    from engine.vqgan import VQModel, load_hf_vqmodel, load_meta_vqgan
+    engine/offline/tiny.py's shape with weights spread as tiny checkpoints spread them, so that codes vary."""
+    from engine.frontend.vqgan import VQModel, load_hf_vqmodel, load_meta_vqgan
 
     if model is not None:
         ckpt = model / "vqgan.ckpt"
         return (load_meta_vqgan(ckpt), str(ckpt)) if ckpt.exists() else (load_hf_vqmodel(model), str(model))
-    from engine.tiny import TinySpec, _spread, _vqgan_config
+    from engine.offline.tiny import TinySpec, _spread, _vqgan_config
 
     vq, gen = VQModel(_vqgan_config(TinySpec())), torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in vq.named_parameters():
             p.copy_(_spread(name, p.shape, gen))
-    return vq, "random (engine/tiny.py's shape)"
+    return vq, "random (engine/offline/tiny.py's shape)"
 
 
 def check_vqgan(setup: Setup, direction: str, batch: int) -> Row:

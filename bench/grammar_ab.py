@@ -9,8 +9,8 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 import torch
 
-from engine.span_grammar import IMAGE_ONLY, INTERLEAVED, SpanGrammar, SpanParams
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
+from engine.worker.span_grammar import IMAGE_ONLY, INTERLEAVED, SpanGrammar, SpanParams
 
 torch.set_num_threads(1)
 V = 65536

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, ChameleonForConditionalGeneration, LogitsProcessor
 
-from engine.images import to_png
-from engine.vocab import TokenLayout
-from engine.vqgan import load_meta_vqgan
+from engine.frontend.images import to_png
+from engine.frontend.vqgan import load_meta_vqgan
+from engine.shared.vocab import TokenLayout
 
 
 class ImageOnlySpan(LogitsProcessor):

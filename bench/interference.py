@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench.*`` importable
 from bench.loadgen import client_for, resolve_model, run_level, send
 from bench.stats import ratio, summarize
 from bench.workloads import Workload, image_out_chat, image_rows_chat, text_chat
-from engine.span_format import SpanFormat
+from engine.shared.span_format import SpanFormat
 
 CHAMELEON_IMAGE_TOKENS = SpanFormat(native_grid=32).image_tokens()  # Chameleon's and Anole's 32 x 32 codes
 

@@ -26,6 +26,6 @@ def parse_run_args(description: str, default_out: str) -> RunArgs:
     out.mkdir(parents=True, exist_ok=True)
     if args.model:
         return RunArgs(Path(args.model), out, args.concurrency)
-    from engine.tiny import make_tiny
+    from engine.offline.tiny import make_tiny
 
     return RunArgs(make_tiny(out / "tiny"), out, args.concurrency)

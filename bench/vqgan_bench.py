@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from engine.runner import ImagePainter
-from engine.splitter import ImageCodes
-from engine.vqgan import load_meta_vqgan
+from engine.frontend.client import ImagePainter
+from engine.frontend.splitter import ImageCodes
+from engine.frontend.vqgan import load_meta_vqgan
 
 
 def _median_s(work, repeats: int) -> float:

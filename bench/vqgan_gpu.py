@@ -3,7 +3,7 @@
 Chameleon's VQGAN (facebookresearch/chameleon's ``vqgan.yaml``) turns 32×32 codes of an 8,192-entry,
 256-dim codebook into 512×512 pixels: ch 128, ch_mult (1, 1, 2, 2, 4), 2 residual blocks per level,
 no attention. Speed does not depend on weight values, so the weights are random and the script needs
-no checkpoint, only torch and ``engine.vqgan``: it runs on a bare GPU machine.
+no checkpoint, only torch and ``engine.frontend.vqgan``: it runs on a bare GPU machine.
 
 The peaks it divides by are measured in the same run, on the same card: a large bf16/fp32 matrix product,
 and the decoder's own heaviest convolution (128→128 channels, 3×3, at 512×512) in each dtype and layout.
@@ -24,10 +24,10 @@ from contextlib import contextmanager
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.images import to_png
-from engine.runner import ImagePainter
-from engine.splitter import ImageCodes
-from engine.vqgan import VQGANConfig, VQModel
+from engine.frontend.client import ImagePainter
+from engine.frontend.images import to_png
+from engine.frontend.splitter import ImageCodes
+from engine.frontend.vqgan import VQGANConfig, VQModel
 
 CHAMELEON = VQGANConfig(embed_dim=256, n_embed=8192, z_channels=256, resolution=512)
 DTYPES = {"fp32": torch.float32, "fp32-strict": torch.float32, "bf16": torch.bfloat16}
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32],
-                        help="16 is the server's largest decode batch (engine.batching.MicroBatcher)")
+                        help="16 is the server's largest decode batch (engine.frontend.batching.MicroBatcher)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd decoders (NHWC)")

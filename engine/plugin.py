@@ -13,4 +13,4 @@ def register() -> None:
     from vllm import ModelRegistry
 
     for name in (ARCHITECTURE, LUMINA_ARCHITECTURE):
-        ModelRegistry.register_model(name, "engine.chameleon:ChameleonForConditionalGeneration")
+        ModelRegistry.register_model(name, "engine.worker.model:ChameleonForConditionalGeneration")

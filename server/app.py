@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from vllm.utils.gc_utils import freeze_gc_heap
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from server import metrics
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits

@@ -21,9 +21,9 @@ from types import FrameType
 
 import uvicorn
 
-from engine.checkpoint import preflight
-from engine.cpu_kv import GIB, RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
-from engine.vocab import CheckpointError
+from engine.frontend.cpu_kv import GIB, RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
+from engine.offline.preflight import preflight
+from engine.shared.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
 from server.settings import IMAGE_OUTPUT_FORMATS, Settings
 
@@ -34,7 +34,7 @@ DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / 
 
 def _tiny_default() -> str:
     """The embedded default model: generated on first use, reused after."""
-    from engine.tiny import make_tiny
+    from engine.offline.tiny import make_tiny
 
     path = DEFAULT_CACHE / TINY_NAME
     if not (path / "vqgan.ckpt").exists():
@@ -48,7 +48,7 @@ def _hf_layout(model: str) -> str:
     (keyed by the release's path and its weights' modification times) and reused after."""
     import hashlib
 
-    from engine.meta_layout import convert_meta_checkpoint, find_meta_model_dir
+    from engine.offline.meta_layout import convert_meta_checkpoint, find_meta_model_dir
 
     model_dir = find_meta_model_dir(model)
     if model_dir is None:
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
     """On the CPU build, where the user gave none of ``--kv-cache-memory-bytes``, ``VLLM_CPU_KVCACHE_SPACE``
     and ``--gpu-memory-utilization``: a KV cache size from the memory free on the node vLLM's worker uses
-    (engine/cpu_kv.py), not vLLM's default of 0.92 of its total, which fails wherever some of it is in use."""
+    (engine/frontend/cpu_kv.py), not vLLM's default of 0.92 of its total, which fails wherever some of it is in use."""
     from vllm.engine.arg_utils import EngineArgs
     from vllm.platforms import current_platform
 
@@ -155,7 +155,7 @@ def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from engine.families import recognize
+    from engine.shared.families import recognize
 
     if args.model is None:
         args.model = _tiny_default()
@@ -232,7 +232,7 @@ class _DrainingServer(uvicorn.Server):
 
 
 def _convert_cli(argv: list[str]) -> None:
-    from engine.meta_layout import convert_meta_checkpoint
+    from engine.offline.meta_layout import convert_meta_checkpoint
 
     parser = argparse.ArgumentParser(prog="chameleon-serve convert",
                                      description="convert Meta's original Chameleon release layout to Hugging Face's")
@@ -243,7 +243,7 @@ def _convert_cli(argv: list[str]) -> None:
 
 
 def _make_tiny_cli(argv: list[str]) -> None:
-    from engine.tiny import FAMILIES, TinySpec, make_tiny, make_tiny_meta
+    from engine.offline.tiny import FAMILIES, TinySpec, make_tiny, make_tiny_meta
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
     defaults = TinySpec()

@@ -10,7 +10,7 @@ import hmac
 
 from fastapi import Depends, Request
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from server.errors import NotFound, Unauthorized, Unavailable
 from server.settings import Settings
 

@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine.images import ImageInputError
-from engine.runner import GuidanceMemoryFull
+from engine.frontend.client import GuidanceMemoryFull
+from engine.frontend.images import ImageInputError
 from schemas.common import ErrorBody, ErrorResponse
 
 logger = logging.getLogger(__name__)

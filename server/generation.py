@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from engine.runner import ChameleonEngine
-from engine.splitter import ImageCodes, SpanSplitter, StopTextHold
+from engine.frontend.client import ChameleonEngine
+from engine.frontend.splitter import ImageCodes, SpanSplitter, StopTextHold
 from server import metrics
 from server.errors import APIError, Unavailable
 from server.previews import ImagePreviews, Preview

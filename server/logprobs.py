@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from schemas.chat import ChoiceLogprobs, TokenLogprob, TopLogprob
 
 _FLOOR = -9999.0

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from engine.images import decode_image
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
+from engine.frontend.images import decode_image
 from schemas.chat import ChatMessage, ImagePart, TextPart
 from schemas.common import GuidanceFields
 from server import metrics
@@ -67,7 +67,7 @@ async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, setting
                              param="negative_prompt")
         return {}
     if engine.layout.span.rows_framed and fields.negative_prompt is None:
-        return {"cfg_scale": scale, "cfg_uncond_prompt": []}  # Lumina-mGPT: the image alone (engine/guidance.py)
+        return {"cfg_scale": scale, "cfg_uncond_prompt": []}  # Lumina-mGPT: the image alone (engine/worker/guidance.py)
     turn = ChatMessage(role="user", content=fields.negative_prompt or "")
     uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
     return {"cfg_scale": scale, "cfg_uncond_prompt": uncond.token_ids}

@@ -7,9 +7,9 @@ import secrets
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
-from engine.families import Family
-from engine.runner import ChameleonEngine
-from engine.span_grammar import SpanParams
+from engine.frontend.client import ChameleonEngine
+from engine.shared.families import Family
+from engine.worker.span_grammar import SpanParams
 from schemas.common import SamplingFields
 from server.errors import BadRequest
 
@@ -97,7 +97,7 @@ def sampling_params(
         stop=stop,
         detokenize=not image_only,
         # With images in the reply, the stop string's text is held back and dropped by the front end
-        # (engine.splitter.StopTextHold), so that text before an image is not released after it.
+        # (engine.frontend.splitter.StopTextHold), so that text before an image is not released after it.
         include_stop_str_in_output=bool(stop) and "image" in modalities,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
@@ -112,7 +112,7 @@ def sampling_params(
 def _request_seed(seed: int | None, modalities: set[str]) -> int | None:
     """The request's seed; for one that may write images and has none, a seed drawn here, at admission.
 
-    Image codes are drawn from a generator keyed by this seed (``engine/span_grammar.py``), so every
+    Image codes are drawn from a generator keyed by this seed (``engine/worker/span_grammar.py``), so every
     tensor-parallel rank draws the same codes without a broadcast of sampled tokens, which Model Runner V2
     does not do. vLLM gives each choice of an ``n`` > 1 request its own seed from it (seed + index).
     """

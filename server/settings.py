@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from engine.families import CHAMELEON, Family
+from engine.shared.families import CHAMELEON, Family
 from schemas.chat import ImageOutputFormat
 from server.image_urls import RemoteImagePolicy
 
@@ -27,12 +27,12 @@ class Settings:
     vqgan: Path | None = None  # Meta's vqgan.ckpt (yaml beside it) for image output; None: text and image input only
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
-    max_guidance_bytes: int | None = None  # guided requests' twin memory in flight (engine/guidance.py); None = no cap
+    max_guidance_bytes: int | None = None  # guided requests' twin memory in flight (engine/worker/guidance.py); None = no cap
     shutdown_grace_s: float = 30.0
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
     playground: bool = True  # the browser page at GET /
-    family: Family = CHAMELEON  # the checkpoint's family: its authors' sampling defaults (engine/families.py)
+    family: Family = CHAMELEON  # the checkpoint's family: its authors' sampling defaults (engine/shared/families.py)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

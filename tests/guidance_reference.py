@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from bench.hf_baseline import guided_image
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 
 def guided_image_reference(model_dir: Path, prompt: list[int], uncond: list[int], scale: float) -> list[int]:

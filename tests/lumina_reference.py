@@ -2,7 +2,7 @@
 adds only training hooks to it), with its authors' span rule enforced here in plain Python, one token at a
 time, as their ``MultiModalLogitsProcessor`` does it (Alpha-VLLM/Lumina-mGPT@104abe4
 ``lumina_mgpt/inference_solver.py``): after BOI the height and width tokens, then per row ``cols`` codes
-and the end-of-line token, then EOI. Written independently of ``engine/span_grammar.py``. The weights are
+and the end-of-line token, then EOI. Written independently of ``engine/worker/span_grammar.py``. The weights are
 read from the checkpoint's shards as their code reads them: each q/k norm of one row per model-parallel
 rank is repeated over that rank's heads (``ChameleonLayerNorm.repeat_param`` in their modeling_chameleon.py).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
-from engine.span_format import EOL_NAME, size_token_name
-from engine.vocab import TokenLayout
+from engine.shared.span_format import EOL_NAME, size_token_name
+from engine.shared.vocab import TokenLayout
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoTokenizer, ChameleonForConditionalGeneration, ChameleonProcessor
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 
 class HFOracle:

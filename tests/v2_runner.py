@@ -23,8 +23,8 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
 from vllm.v1.worker.gpu.sample.sampler import Sampler
 from vllm.v1.worker.gpu.states import RequestState
 
-import engine.live
-from engine.logits_v2 import ChameleonSpanLogitsProcessorV2, ReleasesTwins
+import engine.worker.live
+from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2, ReleasesTwins
 
 
 def _apply_write(self: buffer_utils.StagedWriteTensor) -> None:
@@ -148,7 +148,7 @@ class V2Runner:
                                  reasoning_config=None)
         cpu = torch.device("cpu")
         for name in ("_model", "_v2_guidance"):  # set below and by the processor; restored after the test
-            monkeypatch.setattr(engine.live, name, None)
+            monkeypatch.setattr(engine.worker.live, name, None)
         self.req_states = RequestState(max_num_reqs=slots, max_model_len=max_len, max_num_batched_tokens=max_len,
                                        num_speculative_steps=0, vocab_size=vocab, device=cpu)
         self.processor = ChameleonSpanLogitsProcessorV2(
@@ -175,8 +175,8 @@ class V2Runner:
 
     def _live(self) -> None:
         """This runner's model and processor are the worker's (two runners stand for two ranks)."""
-        engine.live.register_model(self.model)
-        engine.live.register_v2_guidance(self.processor.guidance)
+        engine.worker.live.register_model(self.model)
+        engine.worker.live.register_v2_guidance(self.processor.guidance)
 
     def slot(self, req_id: str) -> int:
         return self.req_states.req_id_to_index[req_id]

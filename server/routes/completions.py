@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from schemas.common import UsageInfo
 from schemas.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from server.deps import check_model, get_engine, get_settings, require_api_key

@@ -8,7 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, Request
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.images import ImageData, ImageGenerationRequest, ImagesResponse, ImagesUsage, InputTokensDetails
 from server.deps import check_model, get_engine, get_settings, require_api_key

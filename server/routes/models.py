@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from schemas.models import ModelCard, ModelList
 from server.deps import get_engine, get_settings, require_api_key
 from server.settings import Settings

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from engine.runner import ChameleonEngine
+from engine.frontend.client import ChameleonEngine
 from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
 from schemas.responses import (
     ImageGenerationCallInput,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.detokenize_bench import per_image_ms
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 
 def test_reports_vllms_and_ours_per_image_size(tmp_path):

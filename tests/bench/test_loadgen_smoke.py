@@ -16,8 +16,8 @@ import pytest
 
 from bench import interference, loadgen
 from bench.workloads import image_out_chat, image_rows_chat, standard
-from engine.tiny import TinySpec, make_tiny
-from engine.vocab import TokenLayout
+from engine.offline.tiny import TinySpec, make_tiny
+from engine.shared.vocab import TokenLayout
 
 # tests/server/conftest.py's start_server/stop_server, under a name of its own ("conftest" is ambiguous here).
 _spec = importlib.util.spec_from_file_location("server_fixtures", Path(__file__).parents[1] / "server" / "conftest.py")

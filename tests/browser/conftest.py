@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -15,7 +15,7 @@ import re
 
 from PIL import Image
 
-from engine.vqgan import VQGANConfig
+from engine.frontend.vqgan import VQGANConfig
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (96, 80)) -> bytes:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,15 @@ from operator import attrgetter
 import pytest
 import torch
 
-from engine.tiny import TinySpec, make_tiny
-from engine.vocab import TokenLayout
+from engine.offline.tiny import TinySpec, make_tiny
+from engine.shared.vocab import TokenLayout
 
 NEW_TOKENS = 24
 PARITY_SPECS = {
     "prenorm": TinySpec(),
     "swin": TinySpec(swin_norm=True, grid=8, codebook_size=64),
 }
-OUR_MODEL = "engine.chameleon.ChameleonForConditionalGeneration"
+OUR_MODEL = "engine.worker.model.ChameleonForConditionalGeneration"
 
 
 def text_ids(layout: TokenLayout) -> list[int]:

@@ -9,8 +9,8 @@ from operator import attrgetter
 import torch
 from guidance_reference import guided_image_reference
 
-from engine.tiny import TinySpec
-from engine.vocab import TokenLayout
+from engine.offline.tiny import TinySpec
+from engine.shared.vocab import TokenLayout
 
 NEW_TOKENS = 24
 SPEC = TinySpec(grid=8, codebook_size=64)  # 4 heads, 2 KV heads: each rank holds 2 + 1
@@ -47,7 +47,7 @@ def test_tp2_matches_tp1(engine_env, tiny_checkpoint):
     tp1, _ = greedy(model_dir, prompts, tp=1)
     engine_env.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
     tp2, classes = greedy(model_dir, prompts, tp=2)
-    assert classes == ["engine.chameleon.ChameleonForConditionalGeneration"] * 2
+    assert classes == ["engine.worker.model.ChameleonForConditionalGeneration"] * 2
     assert tp2 == tp1
 
 
@@ -56,7 +56,7 @@ def test_tp2_guided_image_equals_two_forward_reference(engine_env, tiny_checkpoi
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from engine.logits_v1 import ChameleonSpanLogitsProcessorV1
+    from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
     model_dir = tiny_checkpoint(SPEC)
     layout = TokenLayout.from_checkpoint(model_dir)

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 API_KEY = "test-key"
 MODEL = "tiny-chameleon"

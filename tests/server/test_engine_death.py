@@ -15,7 +15,7 @@ import pytest
 from conftest import API_KEY, MODEL, start_server
 from openapi_schema import check, sse_events
 
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 
 def test_engine_death_is_reported_and_ends_the_process(tmp_path):

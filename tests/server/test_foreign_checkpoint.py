@@ -31,9 +31,9 @@ from transformers import (
 )
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-from engine.tiny import TinySpec, _build_tokenizer
-from engine.vocab import SEP_NAME, TokenLayout
-from engine.vqgan import write_meta_vqgan
+from engine.frontend.vqgan import write_meta_vqgan
+from engine.offline.tiny import TinySpec, _build_tokenizer
+from engine.shared.vocab import SEP_NAME, TokenLayout
 
 GRID, CODES = 8, 256
 CHAT_TEMPLATE = (

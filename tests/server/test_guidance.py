@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY, MODEL, start_server, stop_server
 from guidance_reference import guided_image_reference
 
-from engine.tiny import TinySpec
+from engine.offline.tiny import TinySpec
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 

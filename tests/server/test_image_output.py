@@ -13,8 +13,8 @@ import pytest
 from conftest import API_KEY, MODEL
 from PIL import Image
 
-from engine.vocab import TokenLayout
-from engine.vqgan import VQGANConfig
+from engine.frontend.vqgan import VQGANConfig
+from engine.shared.vocab import TokenLayout
 
 DRAW = [{"role": "user", "content": "Draw a red circle on a white background."}]
 

@@ -16,7 +16,7 @@ from conftest import API_KEY, MODEL, start_server, stop_server
 from imagehost import ImageHost
 from testimages import data_url, noise_image
 
-from engine.tiny import TinySpec, make_tiny
+from engine.offline.tiny import TinySpec, make_tiny
 
 MAX_BODY = 20_000
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}

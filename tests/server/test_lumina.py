@@ -20,7 +20,7 @@ from lumina_reference import lumina_greedy_image
 from PIL import Image
 from testimages import data_url, noise_image
 
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 GRID = 8  # native 8x8 codes at 2 px per code: 16x16 px; Lumina's patch = 2 codes = 4 px
 

@@ -15,7 +15,7 @@ from oracle import HFOracle
 from PIL import Image
 from testimages import noise_image, user_message
 
-from engine.tiny import TinySpec, make_tiny_meta
+from engine.offline.tiny import TinySpec, make_tiny_meta
 
 SPEC = TinySpec(grid=8, codebook_size=256, swin_norm=True)
 

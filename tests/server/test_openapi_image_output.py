@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY, MODEL
 from openapi_schema import check, sse_events
 
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MARKDOWN_IMAGE = re.compile(r"!\[image (\d+)\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)")

@@ -10,8 +10,8 @@ import pytest
 from conftest import API_KEY, MODEL
 from PIL import Image
 
-from engine.vocab import TokenLayout
-from engine.vqgan import VQGANConfig
+from engine.frontend.vqgan import VQGANConfig
+from engine.shared.vocab import TokenLayout
 
 DRAW = [{"role": "user", "content": "Draw a red circle on a white background."}]
 GREY = (128, 128, 128)  # pixels_to_uint8 of 0.0, the preview's fill below the known rows

@@ -12,8 +12,8 @@ from conftest import MODEL
 from PIL import Image
 from testimages import data_url, noise_image
 
-from engine.vocab import TokenLayout
-from engine.vqgan import VQGANConfig
+from engine.frontend.vqgan import VQGANConfig
+from engine.shared.vocab import TokenLayout
 
 IMAGE_TOOL = [{"type": "image_generation", "partial_images": 2}]  # previews in streams only
 FORCE_IMAGE = {"type": "image_generation"}

@@ -10,7 +10,7 @@ from conftest import MODEL
 from oracle import HFOracle
 from testimages import data_url, noise_image, user_message
 
-from engine.vocab import TokenLayout
+from engine.shared.vocab import TokenLayout
 
 MAX_NEW = 24
 
@@ -30,7 +30,7 @@ def test_models_and_version(server, client):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     version = httpx.get(f"{server.url}/version").json()
-    assert version["model_class"] == "engine.chameleon:ChameleonForConditionalGeneration"
+    assert version["model_class"] == "engine.worker.model:ChameleonForConditionalGeneration"
     assert version["model_runner"] == "v1"  # the default everywhere (VLLM_USE_V2_MODEL_RUNNER=0), named at start
     assert "VLLM_USE_V2_MODEL_RUNNER=0 (default)" in server.log() and "vLLM model runner V1" in server.log()
     assert "chameleon-serve plugin model" in server.log()  # the engine process built our class

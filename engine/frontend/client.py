@@ -1,0 +1,364 @@
+"""The serving engine: vLLM's AsyncLLM plus Chameleon's image tokenizer, in one object.
+
+Images are VQ-encoded here, in the front-end process, and reach vLLM as plain
+token ids (BOI + codes + EOI). Why not vLLM's multimodal path: in an
+early-fusion model an image *is* tokens of the shared vocabulary, so there is
+nothing to embed or merge; plain ids keep the plugin model a text decoder,
+let prefix caching and ``return_token_ids`` see the real codes, and make the
+prompt exactly what the model reads. Encoding runs off the event loop and is
+batched across requests whose images arrive together; so is decoding of the
+images the model writes (VQGAN decoder + PNG).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.frontend.batching import MicroBatcher
+from engine.frontend.images import ImagePreprocessor, to_png
+from engine.frontend.splitter import ImageCodes
+from engine.frontend.vqgan import (
+    MAX_PIXELS_PER_PASS,
+    VQModel,
+    encoder_mismatch,
+    images_per_pass,
+    load_hf_vqmodel,
+    load_meta_vqgan,
+)
+from engine.shared.span_format import image_sizes, target_resolution
+from engine.shared.vocab import CheckpointError, TokenLayout
+from engine.worker.private_kv import kv_bytes_per_token
+from engine.worker.span_grammar import SpanParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTokenizer:
+    """Pixels -> codebook indices -> prompt token spans, with the checkpoint's own settings."""
+
+    layout: TokenLayout
+    preprocess: ImagePreprocessor
+    vqmodel: VQModel
+    device: torch.device
+    max_encode_pixels: int = MAX_PIXELS_PER_PASS
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str | Path, device: torch.device) -> ImageTokenizer:
+        return cls(
+            layout=TokenLayout.from_checkpoint(model_dir),
+            preprocess=ImagePreprocessor.from_checkpoint(model_dir),
+            vqmodel=load_hf_vqmodel(model_dir, device=device),
+            device=device,
+        )
+
+    def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
+        """BOI + code ids + EOI for each image, in batched encoder passes of bounded pixels."""
+        pixels = self.preprocess(images)
+        per_pass = images_per_pass(pixels.shape[-2], pixels.shape[-1], self.max_encode_pixels)
+        codes = torch.cat([self.vqmodel.encode(part.to(self.device)).cpu() for part in pixels.split(per_pass)])
+        return [self.layout.image_span(c) for c in codes]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePainter:
+    """Codebook indices of generated images -> PNG bytes: decoder passes of bounded pixels, PNGs on threads."""
+
+    vqmodel: VQModel
+    device: torch.device
+    max_decode_pixels: int = MAX_PIXELS_PER_PASS
+    # PNG encoding costs ~130 ms per 512×512 image on one core (more than its decode on a GPU); Pillow's zlib
+    # work runs outside the GIL, so encoders in threads scale with cores (7.7 -> 48 images/s with 8).
+    png_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="png"))
+
+    @classmethod
+    def load(cls, vqgan: Path | None, encoder: VQModel, device: torch.device) -> ImagePainter | None:
+        """The decoder in ``vqgan`` (Meta's vqgan.ckpt, checked against the model by ``engine.offline.preflight``);
+        None disables image output."""
+        if vqgan is None:
+            logger.warning("no VQGAN decoder: image output is disabled; pass --vqgan PATH/vqgan.ckpt")
+            return None
+        vqmodel = load_meta_vqgan(vqgan, device=device)
+        if mismatch := encoder_mismatch(vqmodel, encoder):
+            logger.warning("%s: encoder weights differ from the model's model.vqmodel.* (%s, ...)",
+                           vqgan, ", ".join(mismatch[:3]))
+        return cls(vqmodel=vqmodel, device=device)
+
+    def paint(self, images: list[ImageCodes]) -> list[bytes]:
+        """Whole images, or previews: whole rows known so far, drawn with the rest of the picture mid-grey.
+
+        A preview's missing rows repeat its last row before decoding, so the convolutions near the
+        edge see plausible codes, then their pixels are set to grey: the picture fills in top-down.
+        Images of one grid decode as one batch (Lumina-mGPT's grids differ per request).
+        """
+        out: list[bytes] = [b""] * len(images)
+        for grid in dict.fromkeys(im.grid for im in images):
+            index = [i for i, im in enumerate(images) if im.grid == grid]
+            for i, png in zip(index, self._paint_grid([images[i].codes for i in index], grid), strict=True):
+                out[i] = png
+        return out
+
+    def _paint_grid(self, images: list[list[int]], grid: tuple[int, int]) -> list[bytes]:
+        height, width = grid
+        full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
+        codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
+        scale = self.vqmodel.config.resolution // self.vqmodel.config.grid  # pixels per code, each way
+        per_slice = images_per_pass(height * scale, width * scale, self.max_decode_pixels)
+        pngs = []  # each slice's PNGs encode while the next slice decodes
+        for start, part in zip(range(0, len(images), per_slice), codes.split(per_slice)):
+            pixels = self.vqmodel.decode(part).cpu()  # b, 3, H, W in [-1, 1]
+            known_rows = [len(known) // width * scale for known in images[start:start + per_slice]]
+            pngs += [self.png_pool.submit(_png_with_grey_below, picture, top)
+                     for picture, top in zip(pixels, known_rows)]
+        return [png.result() for png in pngs]
+
+
+def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
+    """PNG of [3, H, W] in [-1, 1] with rows from ``top`` on mid-grey (0.0); unchanged when ``top`` >= H."""
+    if top < picture.shape[-2]:
+        picture = torch.cat((picture[:, :top], torch.zeros_like(picture[:, top:])), dim=1)
+    return to_png(picture)
+
+
+def codes_as_special(tokenizer, layout: TokenLayout):
+    """A copy of the tokenizer for vLLM's output detokenizer, in which image codes (and Lumina-mGPT's size
+    and end-of-line tokens) are special tokens.
+
+    Codes are vocabulary entries that render as text (``IMGIMG...Z``), so vLLM would match stop strings
+    inside images ("Z" ends a reply at its first code) and detokenize 1,024 tokens per image for nothing.
+    As special tokens they are skipped (``skip_special_tokens``, on by default), like BOI and EOI already
+    are. Only the output side gets the copy: prompts keep the checkpoint's own tokenization, so text
+    that spells a code's name stays text. Version-pinned: vLLM 0.32's OutputProcessor reads
+    ``.tokenizer`` per request, and its fast detokenizer reads ``._tokenizer`` (a ``tokenizers.Tokenizer``).
+    """
+    import tokenizers
+
+    rust = tokenizers.Tokenizer.from_str(tokenizer._tokenizer.to_str())
+    names = tokenizer.convert_ids_to_tokens([*sorted(layout.code_of), *layout.span.inner_ids()])
+    rust.add_special_tokens([tokenizers.AddedToken(name, special=True, normalized=False) for name in names])
+    output_side = copy.copy(tokenizer)
+    output_side._tokenizer = rust
+    return output_side
+
+
+def model_in_engine_core(engine_args):
+    """``engine_args`` with the model run inside vLLM's EngineCore process (its ``uni`` executor), on the CPU
+    build at one worker where the user chose no executor.
+
+    That is vLLM's own default on GPUs; its CPU build instead starts a worker process beside the EngineCore
+    (unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the two hand every step over twice through a
+    shared-memory queue that each side polls, each taking most of a core while it waits: on 2 cores the
+    in-process model gave 1.4x the image throughput at 8 rows (bench/RESULTS.md). The front end stays in its
+    own process either way (AsyncLLM always runs the EngineCore apart); the EngineCore's threads get the
+    worker's binding (:func:`_engine_core_threads_bound`).
+    """
+    from vllm.platforms import current_platform
+
+    world = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size * engine_args.data_parallel_size
+    if not current_platform.is_cpu() or world != 1 or engine_args.distributed_executor_backend is not None:
+        return engine_args
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by the CPU platform when it checks the config
+    return dataclasses.replace(engine_args, distributed_executor_backend="uni")
+
+
+@contextmanager
+def _engine_core_threads_bound(vllm_config) -> Iterator[None]:
+    """While the EngineCore process starts (it reads the environment then): the OpenMP binding that vLLM gives
+    its CPU worker process, for an EngineCore that runs the model itself (:func:`model_in_engine_core`).
+
+    vLLM binds only worker processes; unbound, the EngineCore's OpenMP team takes every core, and its second
+    thread spins on the core the front end needs. Bound, it keeps vLLM's layout: the model's threads on their
+    own cores, one core left to the front end.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or vllm_config.parallel_config.distributed_executor_backend != "uni":
+        yield
+        return
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+        yield
+
+
+def logits_processor_for_runner(vllm_config: Any = None) -> type:
+    """The adapter class for the runner vLLM will use: V2 needs Triton; VLLM_USE_V2_MODEL_RUNNER overrides.
+
+    With ``vllm_config`` the answer is vLLM's own (``use_v2_model_runner``, which also falls back to V1
+    for features V2 lacks); without it, the env override, else Triton's presence, as vLLM decides by default.
+    """
+    if vllm_config is not None:
+        use_v2 = vllm_config.use_v2_model_runner
+    else:
+        from vllm import envs
+        from vllm.triton_utils import HAS_TRITON
+
+        use_v2 = envs.VLLM_USE_V2_MODEL_RUNNER if envs.VLLM_USE_V2_MODEL_RUNNER is not None else HAS_TRITON
+    if use_v2:
+        from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
+
+        return ChameleonSpanLogitsProcessorV2
+    from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
+
+    return ChameleonSpanLogitsProcessorV1
+
+
+class GuidanceMemoryFull(Exception):
+    """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
+
+    Refused, not queued: vLLM already queues what it cannot run, and a second, hidden queue in
+    front of it would hold connections open with no sign of progress; the client retries instead.
+    """
+
+
+class ChameleonEngine:
+    """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
+
+    def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
+                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
+                 max_guidance_bytes: int | None = None, model_runner: str = "v1") -> None:
+        self.llm = llm
+        self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
+        self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
+        self._guidance_in_flight = 0
+        self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
+        self.max_num_seqs = max_num_seqs
+        self.model_class = model_class
+        self.layout = image_tokenizer.layout
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self._encoder = MicroBatcher(image_tokenizer.encode_spans)
+        self._painter = MicroBatcher(painter.paint) if painter else None
+        vq = image_tokenizer.vqmodel.config
+        # "WxH" -> (rows, codes per row) of the images this checkpoint writes, the default first; {} without a decoder
+        self.image_sizes = image_sizes(self.layout.span, vq.resolution // vq.grid,
+                                       target_resolution(model_dir, vq.resolution)) if painter else {}
+
+    @classmethod
+    def start(cls, engine_args, vqgan: Path | None = None, max_guidance_bytes: int | None = None) -> ChameleonEngine:
+        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and the painter
+        of ``vqgan`` (as ``engine.offline.preflight.preflight`` found it; None: no image output), with guided
+        requests admitted while their twins' memory stays under ``max_guidance_bytes``."""
+        from vllm import ModelRegistry
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from engine.frontend.detokenize import skip_spans_when_detokenizing
+
+        vllm_config = model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
+        model_config = vllm_config.model_config
+        # The adapter must match the model runner that this config selects (V1 on CPU, V2 on GPU).
+        model_config.logits_processors = [*(model_config.logits_processors or []),
+                                          logits_processor_for_runner(vllm_config)]
+        with _engine_core_threads_bound(vllm_config):
+            llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
+                                            disable_log_stats=engine_args.disable_log_stats)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
+        llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
+        skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout.span_token_ids())
+        painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
+        model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
+        model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
+        kv_bytes = kv_bytes_per_token(model_config.hf_config, vllm_config.parallel_config.tensor_parallel_size,
+                                      model_config.dtype)
+        return cls(llm, image_tokenizer, painter, model_config.max_model_len,
+                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
+                   max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1")
+
+    def can_guide(self, modalities: list[str]) -> bool:
+        """Whether a reply of ``modalities`` can be guided: everywhere, except span-only twins (Lumina-mGPT)
+        in interleaved replies on Model Runner V2, where a twin would restart at a BOI that only the device
+        sees (``engine/worker/runner_v2.py``)."""
+        return self.model_runner == "v1" or not self.layout.span.rows_framed or set(modalities) == {"image"}
+
+    async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
+        return await self._encoder.submit(images)
+
+    @property
+    def can_paint(self) -> bool:
+        """Whether image output is possible: a VQGAN decoder was found."""
+        return bool(self.image_sizes)
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        """(rows, codes per row) of an image written without an asked size."""
+        return next(iter(self.image_sizes.values()), None)
+
+    async def paint_images(self, images: list[ImageCodes]) -> list[bytes]:
+        """PNG bytes for each generated image."""
+        if self._painter is None:
+            raise CheckpointError("no VQGAN decoder loaded")
+        return await self._painter.submit(images)
+
+    async def paint_preview(self, codes: list[int], grid: tuple[int, int]) -> bytes:
+        """A PNG of an unfinished ``grid`` image from its whole rows (at least one) so far; the rest mid-grey."""
+        if self._painter is None:
+            raise CheckpointError("no VQGAN decoder loaded")
+        width = grid[1]
+        if len(codes) < width:
+            raise ValueError(f"a preview needs a whole row of {width} codes, got {len(codes)}")
+        [png] = await self._painter.submit([ImageCodes(codes[:len(codes) // width * width], grid)])
+        return png
+
+    def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
+        """vLLM's stream of outputs for ``prompt_ids``, handed over as rendered input: a raw prompt would go
+        through vLLM's renderer on a thread of its executor, for ids the front end has already built."""
+        from vllm.inputs import tokens_input
+
+        return self.llm.generate(tokens_input(prompt_ids), params, request_id)
+
+    def guidance_kv_bytes(self, params) -> int:
+        """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/worker/guidance.py)."""
+        span = SpanParams.from_extra_args(params.extra_args)
+        if not span.guided:
+            return 0
+        return params.n * (len(span.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
+
+    def check_guidance(self, params) -> int:
+        """The twins' memory of ``params`` if it fits beside the guided requests in flight, under
+        ``max_guidance_bytes``; else GuidanceMemoryFull, or VLLMValidationError when it could never fit."""
+        from vllm.exceptions import VLLMValidationError
+
+        kv_bytes = self.guidance_kv_bytes(params)
+        limit = self.max_guidance_bytes
+        if not kv_bytes or limit is None:
+            return kv_bytes
+        if kv_bytes > limit:
+            raise VLLMValidationError(
+                f"guidance needs {kv_bytes} bytes for this request's unconditional twins, over the server's "
+                f"limit of {limit}: lower max_tokens or n", parameter="max_tokens")
+        if self._guidance_in_flight + kv_bytes > limit:
+            raise GuidanceMemoryFull(f"guided requests in flight hold {self._guidance_in_flight} of the server's "
+                                     f"{limit} bytes of guidance memory; this one needs {kv_bytes}: retry shortly")
+        return kv_bytes
+
+    @contextmanager
+    def guidance_held(self, params) -> Iterator[int]:
+        """Admit ``params``'s twins (``check_guidance``) and count their memory in flight until exit."""
+        kv_bytes = self.check_guidance(params)
+        self._guidance_in_flight += kv_bytes
+        try:
+            yield kv_bytes
+        finally:
+            self._guidance_in_flight -= kv_bytes
+
+    @property
+    def is_alive(self) -> bool:
+        return not self.llm.errored
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

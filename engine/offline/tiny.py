@@ -1,0 +1,278 @@
+"""Deterministic tiny Chameleon checkpoints in the real on-disk layouts.
+
+Random weights, real formats: the Hugging Face layout written by transformers'
+own ``save_pretrained`` (``config.json`` with ``vocabulary_map``,
+``model.safetensors`` holding the transformer and ``model.vqmodel.*`` encoder,
+``tokenizer.json``, ``processor_config.json``) plus a VQGAN in Meta's release
+format (``vqgan.ckpt`` + ``vqgan.yaml``) for decoding generated images. It is the
+embedded default model of ``make serve`` and the fixture of the tests. ``family="lumina"``
+writes a Lumina-mGPT checkpoint in the layout its authors publish (Alpha-VLLM/Lumina-mGPT-7B-768):
+their config (``ChameleonXLLMXForConditionalGeneration``, ``model_parallel_size``, ``mask_image_logits``,
+``z_loss_weight``, ``rope_theta``), weights in safetensors shards with an index, q/k norms of one row per
+model-parallel rank (their ``ChameleonLayerNorm``, repeated over the heads at run time), tokenizer files
+and no image-processor config (their item processor crops and normalizes images itself); its vocabulary
+has the end-of-line and size tokens (``engine/shared/span_format.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.shared.span_format import EOL_NAME, LUMINA_ARCHITECTURE, size_token_name
+from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
+
+# A fixed corpus makes the byte-level BPE merges (and so the token ids) reproducible.
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A picture is worth a thousand words.
+Describe the image in detail. What is shown in this picture? Draw a red circle on a
+white background. Here is an image of a cat sitting on a mat. The sky is blue and the
+grass is green. Once upon a time there was a little robot who liked to paint. Please
+write a short story about the sea, the mountains and the stars at night. Hello, world!
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Colors: red, green, blue, yellow, purple.
+User: can you generate an image? Assistant: yes, here it is. Thank you very much.
+"""
+_TEXT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+FAMILIES = ("chameleon", "lumina")
+
+
+@dataclass(frozen=True, slots=True)
+class TinySpec:
+    """Shape of a tiny checkpoint; ``grid`` x ``grid`` codes per image."""
+
+    grid: int = 32
+    codebook_size: int = 8192
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 352
+    bpe_merges: int = 400
+    swin_norm: bool = False
+    dtype: str = "float32"
+    seed: int = 0
+    max_position_embeddings: int = 4096
+    family: str = "chameleon"  # or "lumina"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.hidden_size // self.num_heads < 32:
+            raise ValueError("head_dim must be >= 32 (vLLM's CPU attention rejects smaller heads)")
+        if self.grid < 2 or self.codebook_size < 2:
+            raise ValueError("grid and codebook_size must be >= 2")
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels: the VQ encoder downsamples by 2 (one down level)."""
+        return 2 * self.grid
+
+
+def _build_tokenizer(spec: TinySpec):
+    """Byte-level BPE whose first ids mirror Chameleon's: text specials, image codes, BOI/EOI."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + spec.bpe_merges,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    trainer_tok.train_from_iterator([_CORPUS], trainer=trainer)
+    learned = trainer_tok.get_vocab()
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in
+              json.loads(trainer_tok.to_str())["model"]["merges"]]
+
+    fixed = [*_TEXT_SPECIALS, *(code_name(i) for i in range(spec.codebook_size)),
+             EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
+    vocab = {name: i for i, name in enumerate(fixed)}
+    for name, _ in sorted(learned.items(), key=lambda kv: kv[1]):
+        vocab.setdefault(name, len(vocab))
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [*_TEXT_SPECIALS, EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return tok, vocab
+
+
+def _family_specials(spec: TinySpec) -> list[str]:
+    """Lumina's end-of-line token and size tokens for up to 2 * grid patches a side (aspect 4 at the target)."""
+    if spec.family != "lumina":
+        return []
+    return [EOL_NAME, *(size_token_name(n) for n in range(2 * spec.grid + 1))]
+
+
+def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a tiny checkpoint into ``dst`` and return it; same spec, same bytes."""
+    from transformers import (
+        ChameleonConfig,
+        ChameleonForConditionalGeneration,
+        ChameleonProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+
+    from engine.frontend.vqgan import write_meta_vqgan
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    tok, vocab = _build_tokenizer(spec)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", sep_token=SEP_NAME,
+    )
+    vq_config = _vqgan_config(spec).to_hf_vq_config()
+    config = ChameleonConfig(
+        vocab_size=len(vocab), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"],
+        swin_norm=spec.swin_norm, vq_config=vq_config, vocabulary_map=vocab,
+        initializer_range=0.1, architectures=["ChameleonForConditionalGeneration"],
+    )
+    torch.manual_seed(spec.seed)
+    model = ChameleonForConditionalGeneration(config).eval()
+    _spread_weights(model, spec.seed)
+    model.to(getattr(torch, spec.dtype))
+    if spec.family == "lumina":
+        _save_as_lumina_authors(model, dst)
+        tokenizer.save_pretrained(dst)
+    else:
+        model.save_pretrained(dst)
+        image_processor = ChameleonImageProcessorPil(
+            size={"shortest_edge": spec.resolution},
+            crop_size={"height": spec.resolution, "width": spec.resolution},
+        )
+        ChameleonProcessor(image_processor, tokenizer, image_seq_length=spec.grid * spec.grid).save_pretrained(dst)
+    vq_state = {k.removeprefix("model.vqmodel."): v.float() for k, v in model.state_dict().items()
+                if k.startswith("model.vqmodel.")}
+    write_meta_vqgan(dst, vq_state, vq_config, seed=spec.seed)
+    return dst
+
+
+def _save_as_lumina_authors(model: torch.nn.Module, dst: Path) -> None:
+    """``model`` as Lumina-mGPT's authors publish theirs: their config fields, two safetensors shards and an
+    index, and each q/k norm as one row (their ``model_parallel_size`` of 1) that their code repeats over the
+    heads: the heads' rows are made equal first, so the checkpoint means what the model computed."""
+    from safetensors.torch import save_file
+
+    state = {name: t.contiguous() for name, t in model.state_dict().items()}
+    for name in [n for n in state if ".q_norm." in n or ".k_norm." in n]:
+        state[name] = state[name][:1].clone()
+        model.get_parameter(name).data.copy_(state[name].expand_as(model.get_parameter(name)))
+    names = sorted(state)
+    shards = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, dst / shard, metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
+             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = json.loads(model.config.to_json_string())
+    rope = config.pop("rope_parameters", None) or {}
+    config.update(architectures=[LUMINA_ARCHITECTURE], model_parallel_size=1, mask_image_logits=True, dropout=0.0,
+                  z_loss_weight=1e-5, rope_theta=rope.get("rope_theta", 10000.0), rope_scaling=None)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _spread_weights(model: torch.nn.Module, seed: int) -> None:
+    """Give the random model decisive logits, varied norms and a VQ encoder with varied codes.
+
+    transformers' initialisation (std 0.02, zero biases, unit norms) gives near-uniform
+    logits, where greedy ties make token-for-token comparisons meaningless, and
+    unit qk-norm scales and zero shifts, where a per-head norm applied to the wrong
+    heads (or in the wrong place, as with swin-norm) would go unnoticed.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(_spread(name, p.shape, gen))
+
+
+def _spread(name: str, shape: torch.Size | tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """One random tensor: norm scales around 1 and shifts around 0, matrices scaled by 1/sqrt(fan_in)."""
+    if "norm" in name:
+        if name.endswith("weight"):
+            return 0.5 + torch.rand(shape, generator=gen)
+        return 0.3 * torch.randn(shape, generator=gen)
+    fan_in = torch.Size(shape)[1:].numel() if len(shape) > 1 else shape[0]
+    return torch.randn(shape, generator=gen) / fan_in**0.5
+
+
+def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1) -> Path:
+    """A tiny release in Meta's original layout (``models/7b/consolidated*.pth``, ``params.json``,
+    ``tokenizer/{text_tokenizer.json, vqgan.ckpt, vqgan.yaml}``), split into ``shards`` tensor-parallel
+    files the way Meta's multi-GPU checkpoints are, each shard with its own qk-norm parameters."""
+    from engine.frontend.vqgan import VQModel, write_meta_vqgan
+    from engine.offline.meta_layout import META_PLACEHOLDER_NAME
+
+    dst = Path(dst)
+    model_dir, tokenizer_dir = dst / "models" / "7b", dst / "tokenizer"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    tok, vocab = _build_tokenizer(spec)
+    (tokenizer_dir / "text_tokenizer.json").write_text(
+        tok.to_str().replace(f'"{IMAGE_PLACEHOLDER_NAME}"', f'"{META_PLACEHOLDER_NAME}"'))
+
+    dim, heads, kv_heads = spec.hidden_size, spec.num_heads, spec.num_kv_heads
+    head_dim, multiple_of = dim // heads, 32
+    ffn = multiple_of * -(-int(8 * dim / 3) // multiple_of)
+    params = {"model_parallel_size": shards, "model": {
+        "dim": dim, "n_layers": spec.num_layers, "n_heads": heads, "n_kv_heads": kv_heads, "vocab_size": len(vocab),
+        "multiple_of": multiple_of, "ffn_dim_multiplier": None, "norm_eps": 1e-5, "rope_theta": 10000.0,
+        "qk_normalization": True, "swin_norm": spec.swin_norm}}
+    (model_dir / "params.json").write_text(json.dumps(params, indent=2))
+
+    gen = torch.Generator().manual_seed(spec.seed + 2)
+    # Full tensors with the dimension that shards split on (None: each shard holds its own copy).
+    full: dict[str, tuple[tuple[int, ...], int | None]] = {
+        "tok_embeddings.weight": ((len(vocab), dim), 1), "output.weight": ((len(vocab), dim), 0),
+        "norm.weight": ((dim,), None)}
+    for i in range(spec.num_layers):
+        full.update({
+            f"layers.{i}.attention.wq.weight": ((heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wk.weight": ((kv_heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wv.weight": ((kv_heads * head_dim, dim), 0),
+            f"layers.{i}.attention.wo.weight": ((dim, heads * head_dim), 1),
+            f"layers.{i}.feed_forward.w1.weight": ((ffn, dim), 0), f"layers.{i}.feed_forward.w3.weight": ((ffn, dim), 0),
+            f"layers.{i}.feed_forward.w2.weight": ((dim, ffn), 1),
+            f"layers.{i}.attention_norm.weight": ((dim,), None), f"layers.{i}.ffn_norm.weight": ((dim,), None),
+        })
+    tensors = {name: _spread(name, shape, gen) for name, (shape, _) in full.items()}
+    states: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
+    for name, (_, dim_split) in full.items():
+        for state, part in zip(states, tensors[name].chunk(shards, dim_split) if dim_split is not None
+                               else [tensors[name]] * shards, strict=True):
+            state[name] = part.clone().to(getattr(torch, spec.dtype))
+    for state in states:  # per-shard qk-norm: one LayerNorm over head_dim for that shard's heads
+        for i in range(spec.num_layers):
+            for norm in ("q_normalization", "k_normalization"):
+                for part in ("weight", "bias"):
+                    name = f"layers.{i}.attention.{norm}.{part}"
+                    state[name] = _spread(name, (head_dim,), gen).to(getattr(torch, spec.dtype))
+    names = ["consolidated.pth"] if shards == 1 else [f"consolidated.{k:02d}.pth" for k in range(shards)]
+    for name, state in zip(names, states, strict=True):
+        torch.save(state, model_dir / name)
+
+    cfg = _vqgan_config(spec)
+    encoder = VQModel(cfg, with_decoder=False)
+    vq_gen = torch.Generator().manual_seed(spec.seed + 3)  # independent of the shard count
+    encoder.load_state_dict({k: _spread(k, v.shape, vq_gen) for k, v in encoder.state_dict().items()})
+    write_meta_vqgan(tokenizer_dir, encoder.state_dict(), cfg.to_hf_vq_config(), seed=spec.seed)
+    return dst
+
+
+def _vqgan_config(spec: TinySpec):
+    """A small VQGAN: one downsampling level, so ``grid`` codes per side at ``spec.resolution`` pixels."""
+    from engine.frontend.vqgan import VQGANConfig
+
+    return VQGANConfig(embed_dim=32, n_embed=spec.codebook_size, z_channels=32, resolution=spec.resolution,
+                       ch=32, ch_mult=(1, 2), num_res_blocks=1)

@@ -1,0 +1,165 @@
+"""The image-span grammar behind Model Runner V2's logits-processor interface (opt-in on GPUs:
+``VLLM_USE_V2_MODEL_RUNNER=1``).
+
+Import-light, as vLLM's frontend imports the class to validate request params: the V2 interface
+module, our torch-only grammar and guidance, nothing from the runner (the model is looked up in the
+worker, at the first step). Committed tokens live on the device (``req_states.all_token_ids`` up to
+``total_len``) and are never read back: each step reads every image-capable row's span position from
+its history on the device, and the grammar decides by masks there (``SpanGrammar.apply_on_device``), so
+no step waits for the one before it. What the host knows it uses: each row's committed length
+(``ctx.seq_lens_upper_bound_np``, exact without speculative decoding), which places guidance twins.
+
+V2 runs custom processors after logit bias, penalties and bad words (V1: after bias and bad words,
+before penalties). Image codes are therefore sampled from the model's own logits of the step
+(``ChameleonForConditionalGeneration.raw_logits``) plus the request's logit bias, with every token
+that an earlier stage forbade kept forbidden: exactly what V1 samples them from, so penalties act on
+text only, on both runners. Guidance twins are dropped when their request leaves the batch through the
+model-state hooks V2 offers (:class:`ReleasesTwins`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from vllm.v1.worker.gpu.sample.logits_processor.interface import (
+    LogitsContext,
+    LogitsProcessor,
+    LogitsProcRequestState,
+)
+
+from engine.shared.vocab import TokenLayout
+from engine.worker.guidance import Guidance
+from engine.worker.live import live_model, live_v2_guidance, register_v2_guidance
+from engine.worker.span_grammar import IMAGE_ONLY, TEXT_ONLY, SpanGrammar, SpanParams
+from engine.worker.transfers import to_device
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
+    """Span grammar and image sampling for Model Runner V2; rows map to slots by ``ctx.idx_mapping_np``."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        SpanParams.from_sampling_params(sampling_params)
+
+    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState) -> None:
+        if vllm_config.speculative_config is not None:
+            # Draft rows would need the draft tokens folded into the span state; not done.
+            raise ValueError("the image-span logits processor does not support speculative decoding")
+        layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
+        self.req_states = req_states
+        self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
+        self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.rows_framed else None)
+        self._boi = layout.boi
+        register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
+        # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
+        self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        params = SpanParams.from_sampling_params(sampling_params)
+        self.grammar.add(req_idx, params)  # placed from the device history at every step (_positions)
+        if params.guided and self.guidance.span_only and params.mode != IMAGE_ONLY:
+            # its twin would restart at each image's BOI, which only the device knows (server/prompt.py refuses)
+            logger.warning("Model Runner V2 guides span-only twins (Lumina-mGPT) in image-only replies only; "
+                           "this interleaved request is not guided")
+            params = dataclasses.replace(params, cfg_scale=1.0)
+        self.guidance.add(req_idx, params, sampling_params.max_tokens)
+        bias = sampling_params.logit_bias if params.mode != TEXT_ONLY else None
+        self._bias[req_idx] = None if not bias else (
+            torch.tensor(list(bias), dtype=torch.long).to(self.req_states.device),
+            torch.tensor(list(bias.values()), dtype=torch.float32).to(self.req_states.device))
+        return True
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        slots = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
+        if logits.shape[0] != len(slots):  # several rows per request; not expected without speculation
+            slots = ctx.expanded_idx_mapping.cpu().numpy().astype(np.int64)
+        rows = np.flatnonzero(self.grammar.mode[slots] != TEXT_ONLY)
+        if not len(rows):  # text only: every mask is known on the host
+            return self.grammar.apply(logits, slots)
+        placed = slots[rows]
+        pos, num_output = self._positions(placed)
+        codes = self._code_logits(logits, slots, rows)
+        if self.guidance.any(placed):
+            # committed lengths are known on the host (exact without speculative decoding), token ids are not
+            prompt_len = self.req_states.prompt_len.np[placed]
+            self.guidance.apply_on_device(codes, placed, ctx.seq_lens_upper_bound_np[rows] - prompt_len, prompt_len,
+                                          self.req_states.all_token_ids.gpu,
+                                          self.grammar.samples_code_on_device(placed, pos))
+        return self.grammar.apply_on_device(logits, slots, rows, pos, num_output, codes)
+
+    def _positions(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per slot, on the device: tokens written since an unclosed BOI (-1 outside a span), read from the last
+        :meth:`SpanGrammar.tail_length` tokens of its history as ``span_position`` reads them on the host, and
+        its output tokens so far. Nothing is carried from step to step: entry, preemption and resumption
+        need no bookkeeping."""
+        rs, grammar = self.req_states, self.grammar
+        dev = rs.device
+        idx = to_device(slots, dev)
+        total = rs.total_len.gpu[idx].long()
+        width = max(grammar.tail_length(int(slot)) for slot in slots)
+        at = total.unsqueeze(1) + torch.arange(-width, 0, device=dev)  # the window's positions, oldest first
+        tokens = rs.all_token_ids.gpu[idx.unsqueeze(1), at.clamp(min=0)].long()
+        inner = grammar.is_span_inner(tokens) & (at >= 0)
+        run = inner.flip(1).int().cumprod(dim=1).sum(dim=1)  # span-inner tokens at the end of the window
+        before = (width - 1 - run).clamp(min=0).unsqueeze(1)  # the token just before them
+        opened = (run < width) & (tokens.gather(1, before).squeeze(1) == self._boi) & \
+            (at.gather(1, before).squeeze(1) >= 0)
+        num_output = total - to_device(rs.prompt_len.np[slots].astype(np.int64), dev)
+        return torch.where(opened, run, -1), num_output
+
+    def _code_logits(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """For ``rows``, what V1 samples image codes from: the model's logits plus each request's logit bias,
+        and -inf wherever an earlier stage put it in ``logits`` (bad words, min_tokens, a grammar); not
+        penalties."""
+        rows_t = to_device(rows, logits.device)
+        processed = logits.index_select(0, rows_t)
+        raw = live_model().raw_logits
+        if raw is None or raw.shape != logits.shape:  # not this step's rows: nothing better than V2's own
+            return processed
+        x = raw.index_select(0, rows_t).float()  # a copy: raw is vLLM's too (its raw logprobs)
+        for i, slot in enumerate(slots[rows]):
+            if self._bias[slot] is not None:
+                ids, values = self._bias[slot]
+                x[i].index_add_(0, ids, values)
+        return x.masked_fill_(processed == float("-inf"), float("-inf"))
+
+
+class ReleasesTwins:
+    """Model-state hooks that drop a guided request's twin the moment the request leaves the batch (finish,
+    abort, preemption): Model Runner V2 tells its model state, with request ids, but not logits processors,
+    which would otherwise keep the twin's cache until their slot is reused."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots: dict[str, int] = {}
+
+    def add_request(self, req_index: int, new_req_data: Any) -> None:
+        super().add_request(req_index, new_req_data)
+        self._slots[new_req_data.req_id] = req_index
+
+    def remove_request(self, req_id: str) -> None:
+        slot = self._slots.pop(req_id, None)
+        guidance = live_v2_guidance()
+        if slot is not None and guidance is not None:
+            guidance.remove(slot)
+        super().remove_request(req_id)
+
+
+@functools.cache
+def model_state_cls() -> type:
+    """Model Runner V2's model state for our models (``get_model_state_cls``): vLLM's default plus
+    :class:`ReleasesTwins`. Built on first use: vLLM's model-state module is worker-side and heavy."""
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+
+    return type("ChameleonModelState", (ReleasesTwins, DefaultModelState), {})

@@ -1,0 +1,423 @@
+"""The image-span grammar and image sampling, once, as batched tensor work over per-slot state.
+
+Outside a span image codes and EOI are forbidden (BOI too unless the request
+may write images); after BOI the checkpoint family's span (``engine/shared/span_format.py``):
+Chameleon's ``image_seq_length`` codes then EOI, or Lumina-mGPT's size tokens and
+EOL-closed rows of the request's grid then EOI, every forced step chosen per row by
+array arithmetic on its position. Rows
+inside a span are sampled here with the request's image temperature/top-k/top-p
+(Anole's inference code: 0.7 / off / 0.9), because vLLM's own temperature and
+top-k/top-p run after logits processors; the row is left with that one token
+finite, so whatever vLLM does next picks it. No vLLM imports here: the V1 and
+V2 adapters (``runner_v1.py``, ``runner_v2.py``) feed it slots and tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from engine.shared.span_format import CODES_PER_PATCH
+from engine.shared.vocab import TokenLayout
+from engine.worker.transfers import to_device
+
+TEXT_ONLY, INTERLEAVED, IMAGE_ONLY = 0, 1, 2
+_MODES = {frozenset({"text"}): TEXT_ONLY, frozenset({"text", "image"}): INTERLEAVED,
+          frozenset({"image"}): IMAGE_ONLY}
+DEFAULT_IMAGE_TEMPERATURE = 0.7  # Anole: image tokens at temperature 0.7, top-p 0.9, no top-k
+DEFAULT_IMAGE_TOP_K = 0  # 0 = off
+DEFAULT_IMAGE_TOP_P = 0.9
+_MASK63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpanParams:
+    """Per-request grammar arguments, read from ``SamplingParams.extra_args``."""
+
+    mode: int = TEXT_ONLY
+    image_temperature: float = DEFAULT_IMAGE_TEMPERATURE
+    image_top_k: int = DEFAULT_IMAGE_TOP_K
+    image_top_p: float = DEFAULT_IMAGE_TOP_P
+    seed: int | None = None
+    cfg_scale: float = 1.0  # classifier-free guidance of image codes; 1.0 = off
+    uncond_prompt: tuple[int, ...] = ()  # the unconditional sequence's prompt (engine/worker/guidance.py)
+    image_grid: tuple[int, int] | None = None  # (rows, codes per row); None: the checkpoint's native square
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    @classmethod
+    def from_extra_args(cls, extra_args: Mapping[str, Any] | None, seed: int | None = None) -> SpanParams:
+        """Parse and check ``modalities``, ``image_temperature``, ``image_top_k``, ``image_top_p``."""
+        xa = extra_args or {}
+        modalities = xa.get("modalities", ["text"])
+        if isinstance(modalities, str) or not isinstance(modalities, Sequence) or not modalities:
+            raise ValueError(f'modalities must be a non-empty list of "text"/"image", got {modalities!r}')
+        unknown = [m for m in modalities if m not in ("text", "image")]
+        if unknown:
+            raise ValueError(f'unknown modality {unknown[0]!r}: expected "text" or "image"')
+        temp = xa.get("image_temperature", DEFAULT_IMAGE_TEMPERATURE)
+        top_k = xa.get("image_top_k", DEFAULT_IMAGE_TOP_K)
+        top_p = xa.get("image_top_p", DEFAULT_IMAGE_TOP_P)
+        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp < math.inf:
+            raise ValueError(f"image_temperature must be a number >= 0 (0 = greedy), got {temp!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"image_top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"image_top_p must be in (0, 1], got {top_p!r}")
+        mode = _MODES[frozenset(modalities)]
+        scale, uncond = xa.get("cfg_scale", 1.0), xa.get("cfg_uncond_prompt", [])
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
+            raise ValueError(f"cfg_scale must be a number >= 0 (1 = no guidance), got {scale!r}")
+        if scale != 1.0 and mode == TEXT_ONLY:
+            raise ValueError("cfg_scale guides image codes: it needs image output (modalities with \"image\")")
+        if not isinstance(uncond, Sequence) or not all(isinstance(t, int) and t >= 0 for t in uncond) or \
+                (scale != 1.0 and "cfg_uncond_prompt" not in xa):
+            raise ValueError("cfg_uncond_prompt must be a list of token ids when cfg_scale is set (empty: "
+                             "the image alone, as Lumina-mGPT guides)")
+        grid = xa.get("image_grid")
+        if grid is not None and (isinstance(grid, str) or not isinstance(grid, Sequence) or len(grid) != 2 or
+                                 not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+            raise ValueError(f"image_grid must be [rows, codes per row] of positive integers, got {grid!r}")
+        return cls(mode, float(temp), top_k, float(top_p), seed, float(scale), tuple(uncond),
+                   None if grid is None else (grid[0], grid[1]))
+
+    @classmethod
+    def from_sampling_params(cls, sampling_params: Any) -> SpanParams:
+        return cls.from_extra_args(sampling_params.extra_args, sampling_params.seed)
+
+
+def validate_params(sampling_params: Any) -> None:
+    """Raise ValueError for bad span arguments in ``sampling_params.extra_args`` (shared by both adapters)."""
+    SpanParams.from_sampling_params(sampling_params)
+
+
+def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
+    """Tokens written since an unclosed BOI at the end of ``tail``, or -1 outside a span.
+
+    ``tail`` needs only the span's length + 1 last tokens of the history.
+    """
+    for count, tok in enumerate(reversed(tail)):
+        if tok == layout.boi:
+            return count
+        if tok == layout.eoi or not layout.is_span_token(tok):
+            return -1
+    return -1
+
+
+# splitmix64's constants as int64 (two's complement): the same code then runs on numpy arrays and torch tensors
+_SPLITMIX = tuple(c - (1 << 64) if c >> 63 else c for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03,
+                                                            0x8CB92BA72F3D8DD7, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+Ints = TypeVar("Ints", np.ndarray, torch.Tensor)
+
+
+def _shift_right(z: Ints, bits: int) -> Ints:
+    """A logical right shift of int64 values (``>>`` on int64 copies the sign bit)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def counter_uniforms(seeds: Ints, steps: Ints, attempts: Ints) -> Ints:
+    """Uniforms in [0, 1) (float64) from (request seed, output index, attempt) by splitmix64, broadcast
+    together; int64 numpy arrays on the host, or int64 tensors on any device, with equal results.
+
+    Counter-based rather than a stateful generator, so a seeded request draws the same codes whatever its
+    batch and across preemption, on every tensor-parallel rank. int64 arithmetic wraps, as splitmix64 wants.
+    """
+    a, b, c, m1, m2 = _SPLITMIX
+    z = seeds * a + steps * b + attempts * c
+    z = (z ^ _shift_right(z, 30)) * m1
+    z = (z ^ _shift_right(z, 27)) * m2
+    bits = _shift_right(z ^ _shift_right(z, 31), 11)  # 53 random bits
+    return (bits.double() if isinstance(bits, torch.Tensor) else bits.astype(np.float64)) * 2.0**-53
+
+
+class SpanGrammar:
+    """Per-slot span state (host numpy) and the batched masking/sampling of one logits tensor."""
+
+    MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback (engine/worker/nucleus.py)
+
+    def __init__(self, layout: TokenLayout, max_slots: int, device: torch.device | str = "cpu") -> None:
+        self.layout, self.format = layout, layout.span
+        self.device = torch.device(device)
+        codes = layout.code_ids()
+        self._code_ids = codes.to(self.device)
+        lo = layout.code_to_id[0]
+        contiguous = layout.code_to_id == tuple(range(lo, lo + layout.codebook_size))
+        # Chameleon's codes are one id block: slicing it is far cheaper than gathering
+        self._code_cols: slice | torch.Tensor = slice(lo, lo + layout.codebook_size) if contiguous \
+            else self._code_ids
+        inner = self.format.inner_ids()
+        self._inner_cols = torch.tensor(inner, dtype=torch.long, device=self.device)
+        self._is_inner = np.zeros(max(layout.vocab_size, int(codes.max()) + 1, *(t + 1 for t in inner)), dtype=bool)
+        self._is_inner[codes.numpy()] = True
+        self._is_inner[inner] = True
+        self._is_inner_t = torch.from_numpy(self._is_inner).to(self.device)
+        self._size_ids = np.asarray(self.format.size_ids, dtype=np.int64)
+        self._size_ids_t = torch.from_numpy(self._size_ids).to(self.device)
+        self.mode = np.zeros(max_slots, dtype=np.int8)
+        self.pos = np.full(max_slots, -1, dtype=np.int64)  # tokens since BOI; -1 outside a span
+        native = self.format.native_grid
+        self.rows = np.full(max_slots, native, dtype=np.int64)  # the grid this slot's images are written in
+        self.cols = np.full(max_slots, native, dtype=np.int64)
+        self.num_output = np.zeros(max_slots, dtype=np.int64)  # output tokens accounted for
+        self.temperature = np.zeros(max_slots, dtype=np.float32)
+        self.top_k = np.zeros(max_slots, dtype=np.int64)
+        self.top_p = np.ones(max_slots, dtype=np.float32)
+        self.seed = np.zeros(max_slots, dtype=np.int64)  # every image draw is counter-based on this seed
+        # Imported here, not with this module: once numba's llvmlite is imported, the scan of module namespaces
+        # that vLLM's CPU platform runs as its worker starts fails on it (vLLM 0.32); processors are built after.
+        from engine.worker.nucleus import draw_nucleus
+
+        self._draw_nucleus = draw_nucleus
+        half = torch.full((1, self.MAX_ATTEMPTS + 1), 0.5, device=self.device)
+        draw_nucleus(half[:, :2].clone(), half, self.top_p[:1])  # compiles (or loads numba's cache) now, not in a step
+
+    def tail_length(self, slot: int) -> int:
+        """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
+        return self.format.span_length((int(self.rows[slot]), int(self.cols[slot]))) + 1
+
+    def add(self, slot: int, params: SpanParams, tail: Sequence[int] = (), num_output: int = 0) -> None:
+        """(Re)initialise ``slot`` for a request whose history ends with ``tail`` (``()``: place it later with
+        :meth:`resync`, which needs :meth:`tail_length` tokens, known once the grid is set here).
+
+        A grid the checkpoint cannot write (the server refuses those with a 400) falls back to the native one.
+        """
+        grid = params.image_grid or (self.format.native_grid, self.format.native_grid)
+        try:
+            self.format.check_grid(grid)
+        except ValueError:
+            grid = (self.format.native_grid, self.format.native_grid)
+        self.rows[slot], self.cols[slot] = grid
+        self.mode[slot] = params.mode
+        self.temperature[slot] = params.image_temperature
+        self.top_k[slot] = params.image_top_k
+        self.top_p[slot] = params.image_top_p
+        self.seed[slot] = _request_seed(params.seed) if params.mode != TEXT_ONLY else 0
+        self.resync(slot, tail, num_output)
+
+    def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
+        """Place ``slot`` from its committed history (entry, resumption, or several new tokens)."""
+        self.pos[slot] = span_position(tail, self.layout) if self.mode[slot] != TEXT_ONLY else -1
+        self.num_output[slot] = num_output
+
+    def remove(self, slot: int) -> None:
+        self.mode[slot], self.pos[slot] = TEXT_ONLY, -1
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        """``dst`` takes ``src``'s state; with ``swap`` the two exchange."""
+        for a in (self.mode, self.pos, self.rows, self.cols, self.num_output, self.temperature, self.top_k,
+                  self.top_p, self.seed):
+            a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
+        if not swap:
+            self.remove(src)
+
+    def sampling_code(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot of ``slots``: whether this step samples one of its image codes."""
+        return (self.pos[slots] >= 0) & (self._span_step(self.pos[slots], self.rows[slots], self.cols[slots]) < 0)
+
+    def _span_step(self, pos: Ints, rows: Ints, cols: Ints) -> Ints:
+        """Per row inside a span (``pos`` tokens since its BOI, images of ``rows`` x ``cols`` codes): the token its
+        grammar forces next, or -1 where it samples a code. Host arrays, or tensors on the device."""
+        host = isinstance(pos, np.ndarray)
+        where, size_ids = (np.where, self._size_ids) if host else (torch.where, self._size_ids_t)
+        eoi = self.layout.eoi
+        if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
+            return where(pos >= rows * cols, eoi, -1)
+        # BOI, height, width, rows x (cols codes + EOL), EOI
+        q = pos - 2
+        step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
+        step = where(q >= rows * (cols + 1), eoi, step)
+        step = where(pos == 1, size_ids[cols // CODES_PER_PATCH], step)
+        return where(pos == 0, size_ids[rows // CODES_PER_PATCH], step)
+
+    def is_span_inner(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per token id on the device: whether it is a code or another token inside a span (not BOI or EOI)."""
+        return self._is_inner_t[tokens.clamp(0, len(self._is_inner_t) - 1)] & (tokens >= 0)
+
+    def tracked(self, slots: np.ndarray) -> np.ndarray:
+        """Those of ``slots`` whose state follows their tokens (text-only rows never change)."""
+        return slots[self.mode[slots] != TEXT_ONLY]
+
+    def advance(self, slots: np.ndarray, tokens: np.ndarray) -> None:
+        """Account one newly committed token per slot."""
+        if not len(slots):
+            return
+        lay, pos = self.layout, self.pos[slots]
+        inner = self._is_inner[np.clip(tokens, 0, len(self._is_inner) - 1)] & (tokens >= 0)
+        self.pos[slots] = np.where(tokens == lay.boi, 0, np.where(inner & (pos >= 0), pos + 1, -1))
+        self.num_output[slots] += 1
+
+    def apply(self, logits: torch.Tensor, slots: np.ndarray, code_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask row ``i`` of ``logits`` for the request in ``slots[i]``; sample rows inside spans, from
+        ``code_logits`` where given (rows as ``logits``; Model Runner V2's logits before its penalties).
+
+        Runs once per engine step over the whole batch: every tensor operation here is a pass over rows of
+        the vocabulary, so masks that would touch no row are skipped, and a batch of forced rows only is
+        filled whole. A forced token that an earlier stage set to -inf stays -inf: nothing is re-allowed.
+        """
+        mode, pos = self.mode[slots], self.pos[slots]
+        in_span = pos >= 0
+        force_boi = ~in_span & (mode == IMAGE_ONLY) & (self.num_output[slots] == 0)
+        text = ~(in_span | force_boi)
+        forced = np.flatnonzero(~text)  # rows left with one finite token: BOI, a code, or EOI
+        if len(forced):
+            placed = slots[forced]
+            step = np.where(in_span[forced], self._span_step(pos[forced], self.rows[placed], self.cols[placed]),
+                            self.layout.boi)
+            tokens = self._to_device(step)
+            all_rows = len(forced) == len(slots)
+            rows_forced = slice(None) if all_rows else self._to_device(forced)
+            sample = np.flatnonzero(step < 0)
+            # 0.0 for the one token each forced row keeps; read (before the masks below) where the grammar forces
+            # a token that an earlier stage may have forbidden: BOI, EOI, Lumina-mGPT's EOL and size tokens
+            kept: torch.Tensor | float = 0.0
+            if len(sample) < len(forced):
+                clamped = tokens.clamp(min=0)  # a sampled row's -1, read for nothing and set to 0.0 below
+                read = logits.gather(1, clamped.unsqueeze(1)).squeeze(1) if all_rows else logits[rows_forced, clamped]
+                kept = _zero_unless_forbidden(read)
+            if len(sample):
+                source = logits if code_logits is None else code_logits
+                sample_t = self._to_device(sample)
+                sampled = slots[forced[sample]]
+                tokens[sample_t] = self._sample_codes(source, forced[sample], sampled, self.num_output[sampled])
+                if isinstance(kept, torch.Tensor):
+                    kept[sample_t] = 0.0
+        if len(forced) < len(slots):
+            # Every row, by column slices: forced rows are overwritten below and their codes were read above,
+            # and a slice fill is several times cheaper than indexing the text rows.
+            self._forbid_span_tokens(logits)
+        no_boi = text & (mode != INTERLEAVED)
+        if no_boi.any():
+            logits[slice(None) if no_boi.all() else self._to_device(np.flatnonzero(no_boi)), self.layout.boi] = \
+                float("-inf")
+        if len(forced) == len(slots) > 0:
+            kept_rows = kept.unsqueeze(1) if isinstance(kept, torch.Tensor) else kept
+            logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept_rows)
+        elif len(forced):
+            logits.index_fill_(0, rows_forced, float("-inf"))
+            logits[rows_forced, tokens] = kept
+        return logits
+
+    def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
+        """Per slot, on the device (``pos`` from the device history): whether this step samples an image code."""
+        step = self._span_step(pos, self._to_device(self.rows[slots]), self._to_device(self.cols[slots]))
+        return (pos >= 0) & (step < 0)
+
+    def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor,
+                        num_output: torch.Tensor, code_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`apply` for a runner whose committed tokens stay on the device (Model Runner V2), without a
+        device->host read, so that no step waits for the one before it.
+
+        ``rows`` (host) are the rows whose requests may write images; ``pos`` and ``num_output`` (device, one
+        per row of ``rows``) place them, as read from the device history; ``code_logits`` (one row per row of
+        ``rows``) are what their codes are drawn from, else ``logits``. Every decision about those rows is a
+        mask on the device, and each draws a code whether or not it samples one this step: work for nothing
+        on rows writing text, traded for a step that never waits. Other rows are text-only: their masks are
+        known on the host, as in :meth:`apply`.
+        """
+        placed = slots[rows]
+        rows_t = self._to_device(rows)
+        mode = self._to_device(self.mode[placed])
+        in_span = pos >= 0
+        step = self._span_step(pos, self._to_device(self.rows[placed]), self._to_device(self.cols[placed]))
+        forced = in_span | ((mode == IMAGE_ONLY) & (num_output == 0))
+        sampled = in_span & (step < 0)
+        token = torch.where(in_span, step, self.layout.boi).clamp_(min=0)
+        tracked = logits.index_select(0, rows_t)  # read before the masks below
+        kept = _zero_unless_forbidden(tracked.gather(1, token.unsqueeze(1)))
+        source = tracked if code_logits is None else code_logits
+        code = self._sample_codes(source, np.arange(len(rows)), placed, num_output)
+        token = torch.where(sampled, code, token)
+        kept = torch.where(sampled.unsqueeze(1), 0.0, kept)
+        self._forbid_span_tokens(logits)
+        text_only = np.flatnonzero(self.mode[slots] == TEXT_ONLY)
+        if len(text_only):
+            logits[self._to_device(text_only), self.layout.boi] = float("-inf")
+        tracked = logits.index_select(0, rows_t)
+        tracked[:, self.layout.boi].masked_fill_(~forced & (mode != INTERLEAVED), float("-inf"))
+        fill = torch.full_like(tracked, float("-inf")).scatter_(1, token.unsqueeze(1), kept)
+        return logits.index_copy_(0, rows_t, torch.where(forced.unsqueeze(1), fill, tracked))
+
+    def _forbid_span_tokens(self, logits: torch.Tensor) -> None:
+        """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in every row, as
+        text rows need; :meth:`apply` rewrites forced rows afterwards."""
+        for cols in (self._code_cols, self._inner_cols):
+            if not isinstance(cols, torch.Tensor) or len(cols):
+                logits[:, cols] = float("-inf")
+        logits[:, self.layout.eoi] = float("-inf")
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return to_device(array, self.device)
+
+    def _sample_codes(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
+                      num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Vocabulary ids of one image code per row of ``rows``, under each slot's image sampling settings and
+        the seed's draws for each request's ``num_output`` (host, or on the device).
+
+        Reads ``logits`` and leaves them as they are (``apply`` overwrites these rows afterwards).
+        """
+        if isinstance(self._code_cols, slice):  # rows ascending: all of them is the whole batch, a view
+            x = logits[:, self._code_cols]
+            if len(rows) < logits.shape[0]:  # a row copy: a tensor index beside a slice costs 4x as much
+                x = x.index_select(0, self._to_device(rows))
+        else:
+            x = logits[self._to_device(rows).unsqueeze(1), self._code_cols]
+        hot = self.temperature[slots] > 0
+        if not hot.any():  # image_temperature 0: greedy
+            return self._code_ids[x.argmax(dim=1)]
+        uniforms = self._uniforms(slots, num_output)
+        if hot.all():
+            return self._code_ids[self._sample_hot(x, slots, uniforms)]
+        choice = x.argmax(dim=1)
+        hot_t = self._to_device(np.flatnonzero(hot))
+        choice[hot_t] = self._sample_hot(x[hot_t], slots[hot], uniforms[hot_t])
+        return self._code_ids[choice]
+
+    def _sample_hot(self, x: torch.Tensor, slots: np.ndarray, uniforms: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, then top-p (``engine/worker/nucleus.py``: rejection rounds, ``MAX_ATTEMPTS`` of them
+        before a sort) with the rows' ``uniforms``. ``x`` is not written to."""
+        width = x.shape[1]
+        x = x / self._to_device(self.temperature[slots]).unsqueeze(1)
+        top_k = self.top_k[slots]
+        k_on = (top_k > 0) & (top_k < width)
+        if k_on.any():
+            k_max = int(top_k[k_on].max())
+            kth_index = self._to_device(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
+            kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
+            x = x.masked_fill((x < kth) & self._to_device(k_on).unsqueeze(1), float("-inf"))
+        return self._draw_nucleus(x.softmax(dim=1), uniforms, self.top_p[slots])
+
+    def _uniforms(self, slots: np.ndarray, num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Uniforms per row, one per rejection round and one for the sorted fallback (float32), from each
+        request's seed and output index: the same on every tensor-parallel rank and across preemption.
+        Computed where ``num_output`` lives: on the host, or on the device for the on-device path."""
+        if isinstance(num_output, np.ndarray):
+            attempts = np.arange(self.MAX_ATTEMPTS + 1)
+            return self._to_device(counter_uniforms(self.seed[slots, None], num_output[:, None], attempts)
+                                   .astype(np.float32))
+        attempts = torch.arange(self.MAX_ATTEMPTS + 1, device=self.device)
+        return counter_uniforms(self._to_device(self.seed[slots])[:, None], num_output[:, None], attempts).float()
+
+
+def _zero_unless_forbidden(values: torch.Tensor) -> torch.Tensor:
+    """0.0 for each forced token's logit, or -inf where an earlier stage forbade it (vLLM's min_tokens, a bad
+    word, a grammar): Model Runner V2's interface forbids re-allowing a token, and both runners then agree."""
+    return torch.where(values == float("-inf"), values, 0.0)
+
+
+def _request_seed(seed: int | None) -> int:
+    """The seed of a request's image draws: its own, else one drawn from numpy's global generator.
+
+    The server draws a seed at admission for every request that may write images
+    (``server/sampling.py``), so the fallback serves only requests made to the engine directly. It
+    agrees across tensor-parallel ranks as vLLM's own Model Runner V2 sampler does for unseeded
+    requests: vLLM seeds every worker's numpy alike and adds requests in the same order.
+    """
+    return (int(np.random.randint(0, _MASK63, dtype=np.int64)) if seed is None else seed) & _MASK63

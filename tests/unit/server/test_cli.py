@@ -1,0 +1,140 @@
+"""The command line: make-tiny with its defaults, and flags mapped to Settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from server.cli import build_parser, default_to_v1_model_runner, main, settings_from_args
+
+SET_BY_THE_CLI = ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_CPU_KVCACHE_SPACE")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored(monkeypatch):
+    """settings_from_args sets environment defaults for vLLM; each test's are undone after it."""
+    for name in SET_BY_THE_CLI:
+        original = os.environ.get(name)
+        monkeypatch.setenv(name, original or "")  # records the original, restored after the test
+        if original is None:
+            monkeypatch.delenv(name)
+
+
+def test_make_tiny_defaults(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(tmp_path / "m"), "--codebook-size", "64"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("m")
+    assert json.loads((tmp_path / "m" / "processor_config.json").read_text())["image_seq_length"] == 32 * 32
+
+
+def test_flags_reach_settings(tmp_path):
+    args = build_parser().parse_args([
+        "--model", str(tmp_path), "--served-model-name", "served", "--port", "9001", "--api-key", "k",
+        "--max-queued-requests", "3", "--max-body-bytes", "1000", "--dtype", "bfloat16", "--max-model-len", "2048",
+        "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5", "--shutdown-grace-seconds", "5",
+        "--max-guidance-memory-gib", "0.25",
+    ])
+    s = settings_from_args(args)
+    assert (s.served_model_name, s.port, s.api_key, s.max_queued_requests, s.max_body_bytes, s.shutdown_grace_s,
+            s.max_guidance_bytes) == ("served", 9001, "k", 3, 1000, 5.0, 2**28)
+    e = s.engine_args
+    assert (e.dtype, e.max_model_len, e.tensor_parallel_size, e.gpu_memory_utilization) == ("bfloat16", 2048, 2, 0.5)
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_queued_requests"):
+        settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-queued-requests", "-1"]))
+    with pytest.raises(ValueError, match="max_guidance_bytes"):
+        settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-guidance-memory-gib", "0"]))
+
+
+def test_embedded_tiny_model_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setattr("server.cli.DEFAULT_CACHE", tmp_path)
+    s = settings_from_args(build_parser().parse_args([]))
+    assert s.served_model_name == "tiny-chameleon" and s.model == str(tmp_path / "tiny-chameleon")
+    assert s.engine_args.enforce_eager and (tmp_path / "tiny-chameleon" / "vqgan.ckpt").exists()
+
+
+def test_convert_and_make_tiny_meta_layout(tmp_path):
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    release = cli("make-tiny", str(tmp_path / "meta"), "--meta-layout", "--shards", "2", "--codebook-size", "64")
+    assert sorted(p.name for p in (tmp_path / "meta" / "models" / "7b").iterdir()) == [
+        "consolidated.00.pth", "consolidated.01.pth", "params.json"]
+    out = cli("convert", release, str(tmp_path / "hf"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert out.endswith("hf") and config["model_parallel_size"] == 2 and "<image>" in config["vocabulary_map"]
+
+
+def test_v1_model_runner_is_the_default_and_the_user_may_choose_v2(tmp_path, monkeypatch):
+    import vllm.envs
+
+    env: dict[str, str] = {}
+    assert default_to_v1_model_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    env = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
+    assert not default_to_v1_model_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "1"}
+    # Wired where the server starts, before the engine config exists: vLLM reads it when choosing the runner.
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    settings_from_args(build_parser().parse_args(["--model", str(tmp_path)]))
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0" and vllm.envs.VLLM_USE_V2_MODEL_RUNNER is False
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    settings_from_args(build_parser().parse_args(["--model", str(tmp_path)]))
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1" and vllm.envs.VLLM_USE_V2_MODEL_RUNNER is True
+
+
+def _memory_node(monkeypatch, free: int, total: int) -> None:
+    from vllm.utils import cpu_resource_utils
+    from vllm.utils.cpu_resource_utils import MemoryNodeInfo
+
+    monkeypatch.setattr(cpu_resource_utils, "get_memory_node_info",
+                        lambda node=0: MemoryNodeInfo(total_memory=total, available_memory=free))
+
+
+def test_cpu_kv_cache_sized_from_free_memory_unless_the_user_gave_one(tmp_path, monkeypatch):
+    """Issue 21: NUMA node 0 of 8.21 GiB with 7.19 GiB free, where vLLM's default (0.92 of the total, 7.56 GiB)
+    refuses to start; with no size given, the server passes a KV size that fits."""
+    from vllm.platforms import current_platform
+
+    from engine.frontend.cpu_kv import GIB, cpu_kv_cache_bytes, weight_bytes
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU build's rule")
+    free, total = int(7.19 * GIB), int(8.21 * GIB)
+    _memory_node(monkeypatch, free, total)
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 4096)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+    def engine_args(*flags: str):
+        return settings_from_args(build_parser().parse_args(["--model", str(tmp_path), *flags])).engine_args
+
+    auto = engine_args()
+    assert auto.kv_cache_memory_bytes == cpu_kv_cache_bytes(free, total, weight_bytes(tmp_path)) > 2 * GIB
+    assert auto.gpu_memory_utilization == 0.92  # vLLM's default, restored where the user gave none
+    assert engine_args("--tensor-parallel-size", "2").kv_cache_memory_bytes == cpu_kv_cache_bytes(
+        free, total, weight_bytes(tmp_path), workers=2)
+    # The user's own choice is left alone: a size, a utilization, or the legacy variable.
+    assert engine_args("--kv-cache-memory-bytes", "1G").kv_cache_memory_bytes == 2**30
+    given = engine_args("--gpu-memory-utilization", "0.5")
+    assert (given.kv_cache_memory_bytes, given.gpu_memory_utilization) == (None, 0.5)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert engine_args().kv_cache_memory_bytes is None  # vLLM's CPU platform turns the variable into bytes
+
+
+def test_no_room_for_a_cpu_kv_cache_is_one_clear_line(tmp_path, monkeypatch):
+    from vllm.platforms import current_platform
+
+    from engine.frontend.cpu_kv import GIB
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU build's rule")
+    _memory_node(monkeypatch, 2 * GIB, 8 * GIB)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr("server.cli.preflight", lambda *a: pytest.fail("the memory check comes first"))
+    with pytest.raises(SystemExit, match="chameleon-serve: error: not enough free memory for a KV cache"):
+        main(["--model", str(tmp_path)])
