@@ -237,7 +237,7 @@ def load_from_source(path: Path, *names: str) -> list[Any]:
 def chameleon_stand_in(dst: Path) -> Path:
     """A folder with only what the token layout reads, shaped as facebook/chameleon-7b's vocabulary (65,536
     ids, 8,192 codes from id 4, EOI 8196, BOI 8197; 1,024 codes an image): the default without --model."""
-    from engine.plugin import ARCHITECTURE
+    from engine.shared.families.base import CHAMELEON_ARCHITECTURE as ARCHITECTURE
     from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
     vocab = {code_name(i): 4 + i for i in range(8192)}
@@ -367,12 +367,13 @@ def judge(row: Row, counts: Counter[str]) -> None:
 def grammar_for(reqs: list[Request], slots: np.ndarray, layout: Any, device: torch.device) -> Any:
     """A grammar holding ``reqs`` in ``slots``; numpy seeded first, as vLLM seeds every worker's, so that
     requests without a seed get the same one on the CPU and on the device."""
-    from engine.worker.span_grammar import SpanGrammar, SpanParams
+    from engine.shared.request_options import RequestOptions
+    from engine.worker.span_grammar import SpanGrammar
 
     np.random.seed(0)
     grammar = SpanGrammar(layout, len(slots), device)
     for slot, req in zip(slots, reqs, strict=True):
-        grammar.add(int(slot), SpanParams.from_sampling_params(req.params), req.output, len(req.output))
+        grammar.add(int(slot), RequestOptions.from_sampling_params(req.params), req.output, len(req.output))
     return grammar
 
 

@@ -9,8 +9,9 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 import torch
 
+from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, RequestOptions
 from engine.shared.vocab import TokenLayout
-from engine.worker.span_grammar import IMAGE_ONLY, INTERLEAVED, SpanGrammar, SpanParams
+from engine.worker.span_grammar import SpanGrammar
 
 torch.set_num_threads(1)
 V = 65536
@@ -23,9 +24,9 @@ def bench(kinds, reps=600):
     slots = np.arange(len(kinds))
     for s, k in enumerate(kinds):
         if k == "image":
-            g.add(s, SpanParams(mode=IMAGE_ONLY, image_temperature=0.7, image_top_p=0.9, seed=s), [8197, 4, 5], 2)
+            g.add(s, RequestOptions(mode=IMAGE_ONLY, image_temperature=0.7, image_top_p=0.9, seed=s), [8197, 4, 5], 2)
         else:
-            g.add(s, SpanParams(mode=INTERLEAVED, seed=s), [1, 2, 3], 3)
+            g.add(s, RequestOptions(mode=INTERLEAVED, seed=s), [1, 2, 3], 3)
     logits = torch.randn(len(kinds), V)
     for _ in range(20):
         g.apply(logits.clone(), slots)

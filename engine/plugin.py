@@ -1,16 +1,15 @@
-"""vLLM general plugin: our Chameleon model takes the architecture name over.
+"""vLLM general plugin: our models take every family's architecture names over (``Family.model_class``).
 
-vLLM calls ``register`` in every process it starts, so it must be re-entrant.
+vLLM calls ``register`` in every process it starts (the API server's and its workers'), so it must be
+re-entrant, and it imports only the family registry.
 """
-
-ARCHITECTURE = "ChameleonForConditionalGeneration"
-# Lumina-mGPT's class only adds training hooks to Chameleon's (same weights, same names: Alpha-VLLM/Lumina-mGPT
-# lumina_mgpt/model/modeling_xllmx_chameleon.py), so our model serves it; the span grammar follows its config.
-LUMINA_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
 
 
 def register() -> None:
     from vllm import ModelRegistry
 
-    for name in (ARCHITECTURE, LUMINA_ARCHITECTURE):
-        ModelRegistry.register_model(name, "engine.worker.model:ChameleonForConditionalGeneration")
+    from engine.shared.families import FAMILIES
+
+    for family in FAMILIES:
+        for name in family.architectures:
+            ModelRegistry.register_model(name, family.model_class)

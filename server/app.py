@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The socket opens at once and the engine loads in a thread beside it (AsyncLLM supports being
         # built outside the event loop), so probes get answers (503 until loaded) during a long load.
-        load = asyncio.create_task(asyncio.to_thread(ChameleonEngine.start, settings.engine_args,
+        load = asyncio.create_task(asyncio.to_thread(ChameleonEngine.start, settings.engine_args, settings.family,
                                                      vqgan=settings.vqgan,
                                                      max_guidance_bytes=settings.max_guidance_bytes))
         watch = asyncio.create_task(_serve_when_loaded(app, load))

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         sys.exit(f"chameleon-serve: error: {e}")
     logging.getLogger(__name__).info("checkpoint family %s: sampling defaults %s", settings.family.name,
-                                     settings.family)
+                                     settings.family.sampling)
 
     from server.app import create_app
 
@@ -243,7 +243,8 @@ def _convert_cli(argv: list[str]) -> None:
 
 
 def _make_tiny_cli(argv: list[str]) -> None:
-    from engine.offline.tiny import FAMILIES, TinySpec, make_tiny, make_tiny_meta
+    from engine.offline.tiny import TinySpec, make_tiny, make_tiny_meta
+    from engine.shared.families import CHAMELEON, FAMILIES
 
     parser = argparse.ArgumentParser(prog="chameleon-serve make-tiny", description="write a tiny random checkpoint")
     defaults = TinySpec()
@@ -255,10 +256,10 @@ def _make_tiny_cli(argv: list[str]) -> None:
     parser.add_argument("--shards", type=int, default=1, help="tensor-parallel files (with --meta-layout)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--family", default=defaults.family, choices=FAMILIES,
-                        help="lumina: Lumina-mGPT's config, size and end-of-line tokens (Hugging Face layout)")
+    parser.add_argument("--family", default=defaults.family, choices=[f.name for f in FAMILIES],
+                        help="write the checkpoint as this family's authors publish theirs (Hugging Face layout)")
     a = parser.parse_args(argv)
-    if a.meta_layout and a.family != "chameleon":
+    if a.meta_layout and a.family != CHAMELEON.name:
         parser.error("--meta-layout writes Chameleon's release layout only")
     spec = TinySpec(grid=a.grid, codebook_size=a.codebook_size, swin_norm=a.swin_norm, dtype=a.dtype, seed=a.seed,
                     family=a.family)

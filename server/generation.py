@@ -19,6 +19,7 @@ from engine.frontend.client import ChameleonEngine
 from engine.frontend.splitter import ImageCodes, SpanSplitter, StopTextHold
 from server import metrics
 from server.errors import APIError, Unavailable
+from server.pipeline import Prepared
 from server.previews import ImagePreviews, Preview
 
 T = TypeVar("T")
@@ -81,19 +82,19 @@ async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> lis
     return [PNG(next(pngs)) if isinstance(p, ImageCodes) else p for p in pieces]
 
 
-async def stream_deltas(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str,
+async def stream_deltas(engine: ChameleonEngine, request: Prepared,
                         partial_images: int = 0) -> AsyncIterator[list[ChoiceDelta]]:
     """Per-choice deltas; with ``partial_images`` K, up to K previews of each image precede it."""
+    params = request.params
     splitters: dict[int, SpanSplitter] = {}
     previews: dict[int, ImagePreviews] = {}
     # Stop strings that vLLM reports without holding text back (image replies: see StopTextHold).
     holds = {i: StopTextHold(params.stop) for i in range(params.n)} if params.include_stop_str_in_output else {}
-    asked = (params.extra_args or {}).get("image_grid")
-    grid = tuple(asked) if asked else engine.image_grid
+    grid = request.options.image_grid or engine.image_grid
     previewing = (partial_images, grid) if partial_images and grid else None
     try:
-        with engine.guidance_held(params) as kv_bytes, metrics.guided_request(kv_bytes):
-            async for out in engine.generate(prompt_ids, params, request_id):
+        with engine.guidance_held(request.options, params) as kv_bytes, metrics.guided_request(kv_bytes):
+            async for out in engine.generate(request.prompt.token_ids, params, request.request_id):
                 yield [await _delta(engine, o, splitters, previews, previewing, holds.get(o.index))
                        for o in out.outputs]
     finally:
@@ -124,9 +125,9 @@ async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
                        _finish(o.finish_reason), o.logprobs)
 
 
-async def collect_choices(engine: ChameleonEngine, prompt_ids: list[int], params, request_id: str) -> list[Choice]:
-    choices = [Choice(index=i) for i in range(params.n)]
-    async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
+async def collect_choices(engine: ChameleonEngine, request: Prepared) -> list[Choice]:
+    choices = [Choice(index=i) for i in range(request.params.n)]
+    async for deltas in stream_deltas(engine, request):
         for d in deltas:
             choices[d.index].add(d)
     return choices

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from engine.frontend.client import ChameleonEngine
 from engine.frontend.images import decode_image
 from schemas.chat import ChatMessage, ImagePart, TextPart
-from schemas.common import GuidanceFields
 from server import metrics
 from server.errors import BadRequest
 from server.image_urls import image_url_bytes
@@ -46,31 +45,6 @@ async def build_chat_prompt(
     else:
         ids = _default_ids(engine, messages, spans)
     return Prompt(token_ids=ids, num_images=len(spans))
-
-
-async def guidance_args(engine: ChameleonEngine, fields: GuidanceFields, settings: Settings) -> dict:
-    """``extra_args`` of classifier-free guidance: the scale (the request's; for image output else the
-    checkpoint family's, where the reply can be guided: ``ChameleonEngine.can_guide``), and the unconditional prompt, which is the
-    negative prompt (or an empty turn) in the same chat format as the request's."""
-    scale = fields.cfg_scale
-    modalities = getattr(fields, "modalities", ["image"])
-    guidable = "image" in modalities and engine.can_guide(modalities)
-    if "cfg_scale" not in fields.model_fields_set and guidable:
-        scale = settings.family.cfg_scale
-    if scale != 1.0 and "image" in modalities and not guidable:
-        raise BadRequest("on vLLM's Model Runner V2 this model's guidance (from the image alone) runs in "
-                         'image-only replies: ask for modalities ["image"], or serve on the V1 runner (the default)',
-                         param="cfg_scale")
-    if scale == 1.0:
-        if fields.negative_prompt is not None:
-            raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
-                             param="negative_prompt")
-        return {}
-    if engine.layout.span.rows_framed and fields.negative_prompt is None:
-        return {"cfg_scale": scale, "cfg_uncond_prompt": []}  # Lumina-mGPT: the image alone (engine/worker/guidance.py)
-    turn = ChatMessage(role="user", content=fields.negative_prompt or "")
-    uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
-    return {"cfg_scale": scale, "cfg_uncond_prompt": uncond.token_ids}
 
 
 def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]]) -> list[int]:

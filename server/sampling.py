@@ -2,63 +2,30 @@
 
 from __future__ import annotations
 
-import secrets
-
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from engine.frontend.client import ChameleonEngine
 from engine.shared.families import Family
-from engine.worker.span_grammar import SpanParams
+from engine.shared.request_options import RequestOptions
 from schemas.common import SamplingFields
 from server.errors import BadRequest
-
-IMAGE_ARGS = ("image_temperature", "image_top_k", "image_top_p")
-
-
-def span_args(modalities: list[str], fields: object, engine: ChameleonEngine, family: Family,
-              size_param: str = "image_size") -> dict:
-    """``extra_args`` for the span logits processor: modalities, the image sampling fields (the request's, else
-    the checkpoint family's), and the grid of the image size asked for (``fields.image_size``; a 400 naming
-    ``size_param`` for one it cannot do)."""
-    args: dict = {"modalities": list(modalities), **family.image_defaults()}
-    args.update({k: getattr(fields, k) for k in IMAGE_ARGS if getattr(fields, k, None) is not None})
-    if "image" in modalities and engine.can_paint:
-        args.update(_grid_args(engine, getattr(fields, "image_size", None), size_param))
-    return args
-
-
-def _grid_args(engine: ChameleonEngine, size: str | None, param: str) -> dict:
-    """``image_grid`` for a checkpoint whose images vary in size (Lumina-mGPT), from a ``"WxH"`` size."""
-    if size in (None, "auto"):
-        grid = engine.image_grid
-    elif size in engine.image_sizes:
-        grid = engine.image_sizes[size]
-    else:
-        raise BadRequest(f"{param} {size!r} is not a size this model writes: 'auto' or one of "
-                         f"{', '.join(engine.image_sizes)}", param=param)
-    return {"image_grid": list(grid)} if engine.layout.span.rows_framed and grid else {}
 
 
 def sampling_params(
     req: SamplingFields, engine: ChameleonEngine, prompt_len: int, max_new_tokens: int | None,
-    *, end_of_turn: bool, family: Family, extra_args: dict | None = None,
+    *, end_of_turn: bool, family: Family, options: RequestOptions,
 ) -> SamplingParams:
-    """One request's params; ``end_of_turn`` makes the chat separator a stop token; ``family`` gives the
-    text top-k where the request sets none."""
-    extra_args = extra_args or {"modalities": ["text"]}
-    try:
-        SpanParams.from_extra_args(extra_args)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    modalities = set(extra_args["modalities"])
-    grid = extra_args.get("image_grid") or engine.image_grid
-    image_len = engine.layout.span.image_tokens(tuple(grid) if grid else None)
-    if "image" in modalities and not engine.can_paint:
+    """One request's params, carrying ``options`` (the only place they are written to ``extra_args``);
+    ``end_of_turn`` makes the chat separator a stop token; ``family`` gives the text top-k where the request
+    sets none."""
+    image_only = options.image_only
+    image_len = engine.layout.span.image_tokens(options.image_grid or engine.image_grid)
+    if options.writes_images and not engine.can_paint:
         raise BadRequest("this server has no VQGAN decoder, so it cannot write images: start it with --vqgan",
                          param="modalities", code="image_output_unavailable")
     room = engine.max_model_len - prompt_len
-    needed = image_len if modalities == {"image"} else 1
+    needed = image_len if image_only else 1
     if room < needed:
         raise BadRequest(f"the prompt has {prompt_len} tokens; this model's context is {engine.max_model_len}"
                          + (f" and an image takes {image_len}" if needed > 1 else ""),
@@ -67,8 +34,8 @@ def sampling_params(
         raise BadRequest(f"max_tokens {max_new_tokens} + prompt {prompt_len} tokens exceeds this model's context "
                          f"of {engine.max_model_len}", param="max_tokens", code="context_length_exceeded")
     if max_new_tokens is None:
-        max_new_tokens = image_len if modalities == {"image"} else room
-    if req.min_tokens and modalities == {"image"}:
+        max_new_tokens = image_len if image_only else room
+    if req.min_tokens and image_only:
         # min_tokens forbids the stop tokens, EOI among them, and the span grammar re-allows nothing
         raise BadRequest("min_tokens does not apply to an image-only reply (one image, then the reply ends)",
                          param="min_tokens")
@@ -78,7 +45,6 @@ def sampling_params(
     if any(tid >= engine.layout.vocab_size for tid in bias):
         raise BadRequest("logit_bias names a token id outside the vocabulary", param="logit_bias")
     stop_ids = [engine.layout.sep] if end_of_turn else []
-    image_only = modalities == {"image"}
     if image_only:
         stop_ids.append(engine.layout.eoi)  # one image, then done
     # An image-only reply has no text: no stop string can match, and vLLM's incremental detokenizer would
@@ -88,37 +54,26 @@ def sampling_params(
         n=req.n,
         temperature=_engine_temperature(req) if image_only else req.temperature,
         top_p=req.top_p,
-        top_k=req.top_k if family.text_top_k is None or "top_k" in req.model_fields_set else family.text_top_k,
+        top_k=req.top_k if family.sampling.text_top_k is None or "top_k" in req.model_fields_set
+        else family.sampling.text_top_k,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
         logit_bias=bias or None,
         repetition_penalty=req.repetition_penalty,
-        seed=_request_seed(req.seed, modalities),
+        seed=options.seed,
         stop=stop,
         detokenize=not image_only,
         # With images in the reply, the stop string's text is held back and dropped by the front end
         # (engine.frontend.splitter.StopTextHold), so that text before an image is not released after it.
-        include_stop_str_in_output=bool(stop) and "image" in modalities,
+        include_stop_str_in_output=bool(stop) and options.writes_images,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
         max_tokens=max_new_tokens,
         min_tokens=req.min_tokens,
         logprobs=req.num_logprobs,
         output_kind=RequestOutputKind.DELTA,
-        extra_args=extra_args,
+        extra_args=options.extra_args(),
     )
-
-
-def _request_seed(seed: int | None, modalities: set[str]) -> int | None:
-    """The request's seed; for one that may write images and has none, a seed drawn here, at admission.
-
-    Image codes are drawn from a generator keyed by this seed (``engine/worker/span_grammar.py``), so every
-    tensor-parallel rank draws the same codes without a broadcast of sampled tokens, which Model Runner V2
-    does not do. vLLM gives each choice of an ``n`` > 1 request its own seed from it (seed + index).
-    """
-    if seed is not None or "image" not in modalities:
-        return seed
-    return secrets.randbits(62)  # room for vLLM's seed + index within int64
 
 
 def _engine_temperature(req: SamplingFields) -> float:

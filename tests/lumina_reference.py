@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
-from engine.shared.span_format import EOL_NAME, size_token_name
+from engine.shared.families.lumina import EOL_NAME, size_token_name
 from engine.shared.vocab import TokenLayout
 
 

@@ -37,10 +37,10 @@ from engine.frontend.vqgan import (
     load_hf_vqmodel,
     load_meta_vqgan,
 )
-from engine.shared.span_format import image_sizes, target_resolution
+from engine.shared.families import CHAMELEON, Family
+from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import CheckpointError, TokenLayout
 from engine.worker.private_kv import kv_bytes_per_token
-from engine.worker.span_grammar import SpanParams
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ class ImageTokenizer:
     max_encode_pixels: int = MAX_PIXELS_PER_PASS
 
     @classmethod
-    def from_checkpoint(cls, model_dir: str | Path, device: torch.device) -> ImageTokenizer:
+    def from_checkpoint(cls, model_dir: str | Path, device: torch.device, family: Family = CHAMELEON) -> ImageTokenizer:
         return cls(
             layout=TokenLayout.from_checkpoint(model_dir),
-            preprocess=ImagePreprocessor.from_checkpoint(model_dir),
+            preprocess=ImagePreprocessor.from_checkpoint(model_dir, family),
             vqmodel=load_hf_vqmodel(model_dir, device=device),
             device=device,
         )
@@ -229,8 +229,9 @@ class ChameleonEngine:
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
                  max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
-                 max_guidance_bytes: int | None = None, model_runner: str = "v1") -> None:
+                 max_guidance_bytes: int | None = None, model_runner: str = "v1", family: Family = CHAMELEON) -> None:
         self.llm = llm
+        self.family = family
         self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
         self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
         self._guidance_in_flight = 0
@@ -244,14 +245,15 @@ class ChameleonEngine:
         self._painter = MicroBatcher(painter.paint) if painter else None
         vq = image_tokenizer.vqmodel.config
         # "WxH" -> (rows, codes per row) of the images this checkpoint writes, the default first; {} without a decoder
-        self.image_sizes = image_sizes(self.layout.span, vq.resolution // vq.grid,
-                                       target_resolution(model_dir, vq.resolution)) if painter else {}
+        self.image_sizes = family.image_sizes(self.layout.span, vq.resolution // vq.grid, model_dir) if painter else {}
 
     @classmethod
-    def start(cls, engine_args, vqgan: Path | None = None, max_guidance_bytes: int | None = None) -> ChameleonEngine:
-        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer and the painter
-        of ``vqgan`` (as ``engine.offline.preflight.preflight`` found it; None: no image output), with guided
-        requests admitted while their twins' memory stays under ``max_guidance_bytes``."""
+    def start(cls, engine_args, family: Family, vqgan: Path | None = None,
+              max_guidance_bytes: int | None = None) -> ChameleonEngine:
+        """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer of a ``family``
+        checkpoint and the painter of ``vqgan`` (as ``engine.offline.preflight.preflight`` found it; None: no
+        image output), with guided requests admitted while their twins' memory stays under
+        ``max_guidance_bytes``."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -267,7 +269,7 @@ class ChameleonEngine:
             llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
                                             disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device)
+        image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device, family)
         llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
         skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout.span_token_ids())
         painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
@@ -277,13 +279,13 @@ class ChameleonEngine:
                                       model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
-                   max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1")
+                   max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1", family)
 
     def can_guide(self, modalities: list[str]) -> bool:
         """Whether a reply of ``modalities`` can be guided: everywhere, except span-only twins (Lumina-mGPT)
         in interleaved replies on Model Runner V2, where a twin would restart at a BOI that only the device
         sees (``engine/worker/runner_v2.py``)."""
-        return self.model_runner == "v1" or not self.layout.span.rows_framed or set(modalities) == {"image"}
+        return self.model_runner == "v1" or not self.layout.span.guided_from_boi or set(modalities) == {"image"}
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)
@@ -321,19 +323,19 @@ class ChameleonEngine:
 
         return self.llm.generate(tokens_input(prompt_ids), params, request_id)
 
-    def guidance_kv_bytes(self, params) -> int:
+    def guidance_kv_bytes(self, options: RequestOptions, params) -> int:
         """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/worker/guidance.py)."""
-        span = SpanParams.from_extra_args(params.extra_args)
-        if not span.guided:
+        if not options.guided:
             return 0
-        return params.n * (len(span.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
+        return params.n * (len(options.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
 
-    def check_guidance(self, params) -> int:
-        """The twins' memory of ``params`` if it fits beside the guided requests in flight, under
-        ``max_guidance_bytes``; else GuidanceMemoryFull, or VLLMValidationError when it could never fit."""
+    def check_guidance(self, options: RequestOptions, params) -> int:
+        """The twins' memory of a request (``options`` and vLLM's ``params``) if it fits beside the guided
+        requests in flight, under ``max_guidance_bytes``; else GuidanceMemoryFull, or VLLMValidationError when
+        it could never fit."""
         from vllm.exceptions import VLLMValidationError
 
-        kv_bytes = self.guidance_kv_bytes(params)
+        kv_bytes = self.guidance_kv_bytes(options, params)
         limit = self.max_guidance_bytes
         if not kv_bytes or limit is None:
             return kv_bytes
@@ -347,9 +349,9 @@ class ChameleonEngine:
         return kv_bytes
 
     @contextmanager
-    def guidance_held(self, params) -> Iterator[int]:
-        """Admit ``params``'s twins (``check_guidance``) and count their memory in flight until exit."""
-        kv_bytes = self.check_guidance(params)
+    def guidance_held(self, options: RequestOptions, params) -> Iterator[int]:
+        """Admit a request's twins (``check_guidance``) and count their memory in flight until exit."""
+        kv_bytes = self.check_guidance(options, params)
         self._guidance_in_flight += kv_bytes
         try:
             yield kv_bytes

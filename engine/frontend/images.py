@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from engine.shared.span_format import LUMINA_ARCHITECTURE
+from engine.shared.families import CHAMELEON, Family
 from engine.shared.vocab import CheckpointError
 
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -91,9 +91,9 @@ class ImagePreprocessor:
             raise ValueError("image_mean and image_std need 3 values (RGB)")
 
     @classmethod
-    def from_checkpoint(cls, model_dir: str | Path) -> ImagePreprocessor:
+    def from_checkpoint(cls, model_dir: str | Path, family: Family = CHAMELEON) -> ImagePreprocessor:
         """Read ``processor_config.json`` (nested ``image_processor``) or ``preprocessor_config.json``; a
-        Lumina-mGPT folder as its authors publish it has neither, and gets :meth:`meta_tokenizer`'s."""
+        ``family`` whose folders come without either gets :meth:`meta_tokenizer`'s."""
         model_dir = Path(model_dir)
         nested, flat = model_dir / "processor_config.json", model_dir / "preprocessor_config.json"
         settings = json.loads(nested.read_text()).get("image_processor") if nested.exists() else None
@@ -103,15 +103,15 @@ class ImagePreprocessor:
         if settings is not None:
             return cls.from_settings(settings, source)
         config = json.loads((model_dir / "config.json").read_text())
-        if LUMINA_ARCHITECTURE in (config.get("architectures") or []) and config.get("vq_config"):
+        if not family.processor_config_required and config.get("vq_config"):
             return cls.meta_tokenizer(int(config["vq_config"]["resolution"]))
         raise CheckpointError(f"{model_dir}: no image-processor settings in processor_config.json "
                               "or preprocessor_config.json")
 
     @classmethod
     def meta_tokenizer(cls, resolution: int) -> ImagePreprocessor:
-        """What Meta's image tokenizer does before its VQGAN, which Lumina-mGPT's authors feed their crops
-        to: the short side resized to the VQGAN's ``resolution``, a centered square, values to [-1, 1]."""
+        """What Meta's image tokenizer does before its VQGAN (which Lumina-mGPT's authors feed their crops
+        to): the short side resized to the VQGAN's ``resolution``, a centered square, values to [-1, 1]."""
         return cls.from_settings({"size": {"shortest_edge": resolution},
                                   "crop_size": {"height": resolution, "width": resolution}},
                                  "Meta's image tokenizer")

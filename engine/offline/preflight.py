@@ -11,10 +11,8 @@ from pathlib import Path
 
 from engine.frontend.images import ImagePreprocessor
 from engine.frontend.vqgan import VQGANConfig
-from engine.plugin import ARCHITECTURE, LUMINA_ARCHITECTURE
+from engine.shared.families import for_architectures, served_architectures
 from engine.shared.vocab import CheckpointError, TokenLayout
-
-_SERVED = {ARCHITECTURE: "Chameleon or Anole", LUMINA_ARCHITECTURE: "Lumina-mGPT"}
 
 
 def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
@@ -34,7 +32,7 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
         layout = TokenLayout.from_checkpoint(model_dir)
     except CheckpointError as e:  # name the file where the message does not
         raise CheckpointError(str(e) if str(config_path) in str(e) else f"{config_path}: {e}") from None
-    ImagePreprocessor.from_checkpoint(model_dir)
+    ImagePreprocessor.from_checkpoint(model_dir, for_architectures(config.get("architectures") or []))
     if not config.get("vq_config"):
         raise CheckpointError(f"{config_path} has no vq_config: the image tokenizer's shape is unknown")
     encoder = VQGANConfig.from_hf_vq_config(config["vq_config"])
@@ -50,9 +48,10 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
 
 def _check_architecture(config: dict, config_path: Path) -> None:
     architectures = config.get("architectures") or []
-    if any(name in _SERVED for name in architectures):
+    served_names = served_architectures()
+    if any(name in served_names for name in architectures):
         return
-    served = ", ".join(f"{name} ({family})" for name, family in _SERVED.items())
+    served = ", ".join(f"{name} ({family})" for name, family in served_names.items())
     raise CheckpointError(f"{config_path}: architectures {architectures} is not a Chameleon checkpoint; "
                           f"this server serves {served}")
 

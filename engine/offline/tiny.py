@@ -5,13 +5,9 @@ own ``save_pretrained`` (``config.json`` with ``vocabulary_map``,
 ``model.safetensors`` holding the transformer and ``model.vqmodel.*`` encoder,
 ``tokenizer.json``, ``processor_config.json``) plus a VQGAN in Meta's release
 format (``vqgan.ckpt`` + ``vqgan.yaml``) for decoding generated images. It is the
-embedded default model of ``make serve`` and the fixture of the tests. ``family="lumina"``
-writes a Lumina-mGPT checkpoint in the layout its authors publish (Alpha-VLLM/Lumina-mGPT-7B-768):
-their config (``ChameleonXLLMXForConditionalGeneration``, ``model_parallel_size``, ``mask_image_logits``,
-``z_loss_weight``, ``rope_theta``), weights in safetensors shards with an index, q/k norms of one row per
-model-parallel rank (their ``ChameleonLayerNorm``, repeated over the heads at run time), tokenizer files
-and no image-processor config (their item processor crops and normalizes images itself); its vocabulary
-has the end-of-line and size tokens (``engine/shared/span_format.py``).
+embedded default model of ``make serve`` and the fixture of the tests. Another ``family`` writes its
+checkpoint as that family's authors publish theirs, with its own tokens (``Family.save_tiny`` and
+``Family.tiny_special_tokens`` in ``engine/shared/families/``).
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.shared.span_format import EOL_NAME, LUMINA_ARCHITECTURE, size_token_name
+from engine.shared.families import FAMILIES, by_name
 from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
 # A fixed corpus makes the byte-level BPE merges (and so the token ids) reproducible.
@@ -36,7 +32,6 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Colors: red, green, blue, yellow, purp
 User: can you generate an image? Assistant: yes, here it is. Thank you very much.
 """
 _TEXT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-FAMILIES = ("chameleon", "lumina")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +50,11 @@ class TinySpec:
     dtype: str = "float32"
     seed: int = 0
     max_position_embeddings: int = 4096
-    family: str = "chameleon"  # or "lumina"
+    family: str = "chameleon"  # a Family.name (engine/shared/families/)
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.family not in [f.name for f in FAMILIES]:
+            raise ValueError(f"family must be one of {', '.join(f.name for f in FAMILIES)}, got {self.family!r}")
         if self.hidden_size // self.num_heads < 32:
             raise ValueError("head_dim must be >= 32 (vLLM's CPU attention rejects smaller heads)")
         if self.grid < 2 or self.codebook_size < 2:
@@ -88,7 +83,7 @@ def _build_tokenizer(spec: TinySpec):
               json.loads(trainer_tok.to_str())["model"]["merges"]]
 
     fixed = [*_TEXT_SPECIALS, *(code_name(i) for i in range(spec.codebook_size)),
-             EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
+             EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *by_name(spec.family).tiny_special_tokens(spec.grid)]
     vocab = {name: i for i, name in enumerate(fixed)}
     for name, _ in sorted(learned.items(), key=lambda kv: kv[1]):
         vocab.setdefault(name, len(vocab))
@@ -96,7 +91,8 @@ def _build_tokenizer(spec: TinySpec):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [*_TEXT_SPECIALS, EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME, *_family_specials(spec)]
+    specials = [*_TEXT_SPECIALS, EOI_NAME, BOI_NAME, SEP_NAME, IMAGE_PLACEHOLDER_NAME,
+                *by_name(spec.family).tiny_special_tokens(spec.grid)]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
@@ -104,22 +100,9 @@ def _build_tokenizer(spec: TinySpec):
     return tok, vocab
 
 
-def _family_specials(spec: TinySpec) -> list[str]:
-    """Lumina's end-of-line token and size tokens for up to 2 * grid patches a side (aspect 4 at the target)."""
-    if spec.family != "lumina":
-        return []
-    return [EOL_NAME, *(size_token_name(n) for n in range(2 * spec.grid + 1))]
-
-
 def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a tiny checkpoint into ``dst`` and return it; same spec, same bytes."""
-    from transformers import (
-        ChameleonConfig,
-        ChameleonForConditionalGeneration,
-        ChameleonProcessor,
-        PreTrainedTokenizerFast,
-    )
-    from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration, PreTrainedTokenizerFast
 
     from engine.frontend.vqgan import write_meta_vqgan
 
@@ -143,44 +126,11 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
     model = ChameleonForConditionalGeneration(config).eval()
     _spread_weights(model, spec.seed)
     model.to(getattr(torch, spec.dtype))
-    if spec.family == "lumina":
-        _save_as_lumina_authors(model, dst)
-        tokenizer.save_pretrained(dst)
-    else:
-        model.save_pretrained(dst)
-        image_processor = ChameleonImageProcessorPil(
-            size={"shortest_edge": spec.resolution},
-            crop_size={"height": spec.resolution, "width": spec.resolution},
-        )
-        ChameleonProcessor(image_processor, tokenizer, image_seq_length=spec.grid * spec.grid).save_pretrained(dst)
+    by_name(spec.family).save_tiny(model, tokenizer, dst, spec.resolution, spec.grid)
     vq_state = {k.removeprefix("model.vqmodel."): v.float() for k, v in model.state_dict().items()
                 if k.startswith("model.vqmodel.")}
     write_meta_vqgan(dst, vq_state, vq_config, seed=spec.seed)
     return dst
-
-
-def _save_as_lumina_authors(model: torch.nn.Module, dst: Path) -> None:
-    """``model`` as Lumina-mGPT's authors publish theirs: their config fields, two safetensors shards and an
-    index, and each q/k norm as one row (their ``model_parallel_size`` of 1) that their code repeats over the
-    heads: the heads' rows are made equal first, so the checkpoint means what the model computed."""
-    from safetensors.torch import save_file
-
-    state = {name: t.contiguous() for name, t in model.state_dict().items()}
-    for name in [n for n in state if ".q_norm." in n or ".k_norm." in n]:
-        state[name] = state[name][:1].clone()
-        model.get_parameter(name).data.copy_(state[name].expand_as(model.get_parameter(name)))
-    names = sorted(state)
-    shards = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
-    for shard, keys in shards.items():
-        save_file({k: state[k] for k in keys}, dst / shard, metadata={"format": "pt"})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
-             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config = json.loads(model.config.to_json_string())
-    rope = config.pop("rope_parameters", None) or {}
-    config.update(architectures=[LUMINA_ARCHITECTURE], model_parallel_size=1, mask_image_logits=True, dropout=0.0,
-                  z_loss_weight=1e-5, rope_theta=rope.get("rope_theta", 10000.0), rope_scaling=None)
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _spread_weights(model: torch.nn.Module, seed: int) -> None:

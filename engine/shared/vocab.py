@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine.shared.families import for_architectures
 from engine.shared.span_format import SpanFormat
 
 BOI_NAME = "<racm3:break>"
@@ -77,7 +78,7 @@ class TokenLayout:
         if sorted(codes) != list(range(len(codes))) or not codes:
             raise CheckpointError("vocabulary_map image codes IMGIMG...Z are not a contiguous 0..N-1 codebook")
         try:
-            span = SpanFormat.for_checkpoint(architectures or [], vocabulary_map, round(image_seq_length ** 0.5))
+            span = for_architectures(architectures or []).span_format(vocabulary_map, round(image_seq_length ** 0.5))
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         return cls(

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.shared.request_options import RequestOptions
 from engine.worker.live import live_model
 from engine.worker.private_kv import PrivateBatch, PrivateKV
-from engine.worker.span_grammar import SpanParams
 from engine.worker.transfers import to_device
 
 
@@ -65,7 +65,7 @@ class Guidance:
         """Whether twins follow the open span only (Lumina-mGPT), not the whole reply."""
         return self._span_boi is not None
 
-    def add(self, slot: int, params: SpanParams, max_tokens: int) -> None:
+    def add(self, slot: int, params: RequestOptions, max_tokens: int) -> None:
         self._twins[slot] = _Twin(params.uncond_prompt, params.cfg_scale, len(params.uncond_prompt) + max_tokens) \
             if params.guided else None
 

@@ -50,6 +50,7 @@ from vllm.model_executor.models.utils import (
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
+from engine.shared.families import Family, for_architectures
 from engine.worker.live import register_model
 from engine.worker.private_kv import PrivateBatch, PrivateKV, kv_heads_per_rank
 
@@ -62,15 +63,14 @@ class ChameleonQKNorm(nn.Module):
     """LayerNorm over head_dim only, then each head's own scale and shift.
 
     ``weight``/``bias`` are (local heads, head_dim): under TP each rank keeps the rows
-    of the heads its QKV shard computes (KV heads replicated when fewer than ranks). A checkpoint may hold
-    fewer rows than heads: Lumina-mGPT's authors keep one row per model-parallel rank of their training
-    (``model_parallel_size``, 1 in their releases) and repeat each over that rank's heads at run time
-    (``ChameleonLayerNorm.repeat_param`` in their ``modeling_chameleon.py``); they are repeated so here.
+    of the heads its QKV shard computes (KV heads replicated when fewer than ranks). A checkpoint's tensors
+    become one row per head as its family lays them out (``Family.qk_norm_rows``).
     """
 
-    def __init__(self, total_heads: int, local_heads: int, head_dim: int) -> None:
+    def __init__(self, total_heads: int, local_heads: int, head_dim: int, family: Family) -> None:
         super().__init__()
         self.total_heads, self.local_heads, self.head_dim = total_heads, local_heads, head_dim
+        self.family = family
         tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         replicas = max(1, tp_size // total_heads)
         self.first_head = (tp_rank // replicas) * local_heads
@@ -80,12 +80,7 @@ class ChameleonQKNorm(nn.Module):
             set_weight_attrs(p, {"weight_loader": self._load_heads})
 
     def _load_heads(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
-        rows = loaded.shape[0]
-        if rows != self.total_heads:
-            if self.total_heads % rows:
-                raise ValueError(f"q/k norm of {rows} rows for {self.total_heads} heads: not one row per head, "
-                                 "nor one per equal group of heads")
-            loaded = loaded.repeat_interleave(self.total_heads // rows, dim=0)
+        loaded = self.family.qk_norm_rows(loaded, self.total_heads)
         default_weight_loader(param, loaded.narrow(0, self.first_head, self.local_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,8 +130,9 @@ class ChameleonAttention(nn.Module):
         )
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size,
                                         bias=bool(config.attention_bias), prefix=f"{prefix}.o_proj")
-        self.q_norm = ChameleonQKNorm(total_heads, self.num_heads, self.head_dim)
-        self.k_norm = ChameleonQKNorm(total_kv, self.num_kv_heads, self.head_dim)
+        family = for_architectures(config.architectures or [])
+        self.q_norm = ChameleonQKNorm(total_heads, self.num_heads, self.head_dim, family)
+        self.k_norm = ChameleonQKNorm(total_kv, self.num_kv_heads, self.head_dim, family)
         self.rotary_emb = get_rope(
             self.head_dim,
             max_position=config.max_position_embeddings,

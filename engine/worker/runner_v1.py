@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
-from engine.worker.span_grammar import SpanGrammar, SpanParams, validate_params
+from engine.worker.span_grammar import SpanGrammar
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -36,13 +37,13 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate_params(sampling_params)
+        RequestOptions.from_sampling_params(sampling_params)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
-        self.guidance = Guidance(max_slots, layout.boi if layout.span.rows_framed else None)
+        self.guidance = Guidance(max_slots, layout.boi if layout.span.guided_from_boi else None)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)
@@ -60,10 +61,10 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         for slot, params, prompt, output in batch_update.added:
             self._prompts[slot], self._outputs[slot] = prompt or (), output
             n = _committed(output)
-            span_params = SpanParams.from_sampling_params(params)
-            self.grammar.add(slot, span_params)
+            options = RequestOptions.from_sampling_params(params)
+            self.grammar.add(slot, options)
             self.grammar.resync(slot, self._tail(slot, n), n)
-            self.guidance.add(slot, span_params, params.max_tokens)
+            self.guidance.add(slot, options, params.max_tokens)
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)

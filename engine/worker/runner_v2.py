@@ -32,10 +32,11 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcRequestState,
 )
 
+from engine.shared.request_options import IMAGE_ONLY, TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
 from engine.worker.live import live_model, live_v2_guidance, register_v2_guidance
-from engine.worker.span_grammar import IMAGE_ONLY, TEXT_ONLY, SpanGrammar, SpanParams
+from engine.worker.span_grammar import SpanGrammar
 from engine.worker.transfers import to_device
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        SpanParams.from_sampling_params(sampling_params)
+        RequestOptions.from_sampling_params(sampling_params)
 
     def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState) -> None:
         if vllm_config.speculative_config is not None:
@@ -59,14 +60,14 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.req_states = req_states
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
-        self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.rows_framed else None)
+        self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.guided_from_boi else None)
         self._boi = layout.boi
         register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
         # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
         self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        params = SpanParams.from_sampling_params(sampling_params)
+        params = RequestOptions.from_sampling_params(sampling_params)
         self.grammar.add(req_idx, params)  # placed from the device history at every step (_positions)
         if params.guided and self.guidance.span_only and params.mode != IMAGE_ONLY:
             # its twin would restart at each image's BOI, which only the device knows (server/prompt.py refuses)

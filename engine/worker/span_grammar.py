@@ -14,88 +14,17 @@ V2 adapters (``runner_v1.py``, ``runner_v2.py``) feed it slots and tokens.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from engine.shared.span_format import CODES_PER_PATCH
+from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.transfers import to_device
 
-TEXT_ONLY, INTERLEAVED, IMAGE_ONLY = 0, 1, 2
-_MODES = {frozenset({"text"}): TEXT_ONLY, frozenset({"text", "image"}): INTERLEAVED,
-          frozenset({"image"}): IMAGE_ONLY}
-DEFAULT_IMAGE_TEMPERATURE = 0.7  # Anole: image tokens at temperature 0.7, top-p 0.9, no top-k
-DEFAULT_IMAGE_TOP_K = 0  # 0 = off
-DEFAULT_IMAGE_TOP_P = 0.9
 _MASK63 = (1 << 63) - 1
-
-
-@dataclass(frozen=True, slots=True)
-class SpanParams:
-    """Per-request grammar arguments, read from ``SamplingParams.extra_args``."""
-
-    mode: int = TEXT_ONLY
-    image_temperature: float = DEFAULT_IMAGE_TEMPERATURE
-    image_top_k: int = DEFAULT_IMAGE_TOP_K
-    image_top_p: float = DEFAULT_IMAGE_TOP_P
-    seed: int | None = None
-    cfg_scale: float = 1.0  # classifier-free guidance of image codes; 1.0 = off
-    uncond_prompt: tuple[int, ...] = ()  # the unconditional sequence's prompt (engine/worker/guidance.py)
-    image_grid: tuple[int, int] | None = None  # (rows, codes per row); None: the checkpoint's native square
-
-    @property
-    def guided(self) -> bool:
-        return self.cfg_scale != 1.0
-
-    @classmethod
-    def from_extra_args(cls, extra_args: Mapping[str, Any] | None, seed: int | None = None) -> SpanParams:
-        """Parse and check ``modalities``, ``image_temperature``, ``image_top_k``, ``image_top_p``."""
-        xa = extra_args or {}
-        modalities = xa.get("modalities", ["text"])
-        if isinstance(modalities, str) or not isinstance(modalities, Sequence) or not modalities:
-            raise ValueError(f'modalities must be a non-empty list of "text"/"image", got {modalities!r}')
-        unknown = [m for m in modalities if m not in ("text", "image")]
-        if unknown:
-            raise ValueError(f'unknown modality {unknown[0]!r}: expected "text" or "image"')
-        temp = xa.get("image_temperature", DEFAULT_IMAGE_TEMPERATURE)
-        top_k = xa.get("image_top_k", DEFAULT_IMAGE_TOP_K)
-        top_p = xa.get("image_top_p", DEFAULT_IMAGE_TOP_P)
-        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp < math.inf:
-            raise ValueError(f"image_temperature must be a number >= 0 (0 = greedy), got {temp!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"image_top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"image_top_p must be in (0, 1], got {top_p!r}")
-        mode = _MODES[frozenset(modalities)]
-        scale, uncond = xa.get("cfg_scale", 1.0), xa.get("cfg_uncond_prompt", [])
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
-            raise ValueError(f"cfg_scale must be a number >= 0 (1 = no guidance), got {scale!r}")
-        if scale != 1.0 and mode == TEXT_ONLY:
-            raise ValueError("cfg_scale guides image codes: it needs image output (modalities with \"image\")")
-        if not isinstance(uncond, Sequence) or not all(isinstance(t, int) and t >= 0 for t in uncond) or \
-                (scale != 1.0 and "cfg_uncond_prompt" not in xa):
-            raise ValueError("cfg_uncond_prompt must be a list of token ids when cfg_scale is set (empty: "
-                             "the image alone, as Lumina-mGPT guides)")
-        grid = xa.get("image_grid")
-        if grid is not None and (isinstance(grid, str) or not isinstance(grid, Sequence) or len(grid) != 2 or
-                                 not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
-            raise ValueError(f"image_grid must be [rows, codes per row] of positive integers, got {grid!r}")
-        return cls(mode, float(temp), top_k, float(top_p), seed, float(scale), tuple(uncond),
-                   None if grid is None else (grid[0], grid[1]))
-
-    @classmethod
-    def from_sampling_params(cls, sampling_params: Any) -> SpanParams:
-        return cls.from_extra_args(sampling_params.extra_args, sampling_params.seed)
-
-
-def validate_params(sampling_params: Any) -> None:
-    """Raise ValueError for bad span arguments in ``sampling_params.extra_args`` (shared by both adapters)."""
-    SpanParams.from_sampling_params(sampling_params)
 
 
 def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
@@ -183,7 +112,7 @@ class SpanGrammar:
         """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
         return self.format.span_length((int(self.rows[slot]), int(self.cols[slot]))) + 1
 
-    def add(self, slot: int, params: SpanParams, tail: Sequence[int] = (), num_output: int = 0) -> None:
+    def add(self, slot: int, params: RequestOptions, tail: Sequence[int] = (), num_output: int = 0) -> None:
         """(Re)initialise ``slot`` for a request whose history ends with ``tail`` (``()``: place it later with
         :meth:`resync`, which needs :meth:`tail_length` tokens, known once the grid is set here).
 
@@ -234,8 +163,8 @@ class SpanGrammar:
         q = pos - 2
         step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
         step = where(q >= rows * (cols + 1), eoi, step)
-        step = where(pos == 1, size_ids[cols // CODES_PER_PATCH], step)
-        return where(pos == 0, size_ids[rows // CODES_PER_PATCH], step)
+        step = where(pos == 1, size_ids[cols // self.format.patch], step)
+        return where(pos == 0, size_ids[rows // self.format.patch], step)
 
     def is_span_inner(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per token id on the device: whether it is a code or another token inside a span (not BOI or EOI)."""

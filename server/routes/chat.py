@@ -25,8 +25,7 @@ from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
 from server.image_shapes import DeltaShaper, message_fields
 from server.logprobs import chat_logprobs
-from server.prompt import build_chat_prompt, guidance_args
-from server.sampling import sampling_params, span_args
+from server.pipeline import Prepared, prepare_chat
 from server.settings import Settings
 from server.sse import sse, with_error_event
 
@@ -51,24 +50,18 @@ async def chat_completions(
     settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
 ) -> ChatCompletionResponse | StreamingResponse:
     check_model(req.model, settings)
-    prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
-    extra_args = span_args(req.modalities, req, engine, settings.family) | await guidance_args(engine, req, settings)
-    params = sampling_params(req, engine, len(prompt.token_ids), req.max_new_tokens, end_of_turn=True,
-                             family=settings.family, extra_args=extra_args)
-    request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    shape = req.image_output_format or settings.image_output_format
     log = request.state.log
-    log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
+    prepared = await prepare_chat(engine, settings, req, f"chatcmpl-{uuid.uuid4().hex}", log)
+    created, prompt = int(time.time()), prepared.prompt
+    shape = req.image_output_format or settings.image_output_format
     if req.stream:
-        engine.check_guidance(params)  # a 429 as a status line; once streaming, it could only be in-band
-        events = _stream(req, engine, prompt.token_ids, params, request_id, created, settings.served_model_name,
-                         log, shape)
+        events = _stream(req, engine, prepared, created, settings.served_model_name, log, shape)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")
-    choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
+    choices = await until_disconnect(request, collect_choices(engine, prepared))
     log.update(completion_tokens=sum(len(c.token_ids) for c in choices),
                images_out=sum(isinstance(p, PNG) for c in choices for p in c.pieces))
     return ChatCompletionResponse(
-        id=request_id, created=created, model=settings.served_model_name,
+        id=prepared.request_id, created=created, model=settings.served_model_name,
         choices=[ChatChoice(index=c.index, message=ResponseMessage(**message_fields(c.pieces, shape)),
                             logprobs=_logprobs(engine, req, c.token_ids, c.logprobs), finish_reason=c.finish_reason,
                             token_ids=c.token_ids if req.return_token_ids else None)
@@ -78,16 +71,19 @@ async def chat_completions(
     )
 
 
-async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int], params,
-                  request_id: str, created: int, model: str, log: dict, shape) -> AsyncIterator[str]:
+async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prepared: Prepared, created: int, model: str,
+                  log: dict, shape) -> AsyncIterator[str]:
+    prompt_ids = prepared.prompt.token_ids
+
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
-        return sse(ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, **extra))
+        return sse(ChatCompletionChunk(id=prepared.request_id, created=created, model=model, choices=choices,
+                                       **extra))
 
     yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(req.n)],
                 prompt_token_ids=prompt_ids if req.return_token_ids else None)
     generated: list[int] = []
     shapers = [DeltaShaper(shape) for _ in range(req.n)]
-    async for deltas in stream_deltas(engine, prompt_ids, params, request_id, req.partial_images):
+    async for deltas in stream_deltas(engine, prepared, req.partial_images):
         for d in deltas:
             generated += d.token_ids
             log["completion_tokens"] = len(generated)

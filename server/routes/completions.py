@@ -15,8 +15,7 @@ from schemas.completions import CompletionChoice, CompletionRequest, CompletionR
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import BadRequest
 from server.generation import collect_choices, stream_deltas, until_disconnect
-from server.prompt import build_text_prompt
-from server.sampling import sampling_params
+from server.pipeline import Prepared, prepare_text
 from server.settings import Settings
 from server.sse import sse, with_error_event
 
@@ -35,19 +34,18 @@ async def completions(
         prompt_text: str | list[int] = req.prompt[0]
     else:
         prompt_text = req.prompt
-    prompt_ids = build_text_prompt(engine, prompt_text)
-    params = sampling_params(req, engine, len(prompt_ids), req.max_tokens, end_of_turn=False, family=settings.family)
-    request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    request.state.log["prompt_tokens"] = len(prompt_ids)
+    log = request.state.log
+    prepared = await prepare_text(engine, settings, req, prompt_text, f"cmpl-{uuid.uuid4().hex}", log)
+    created, prompt_ids = int(time.time()), prepared.prompt.token_ids
     echo = prompt_text if req.echo and isinstance(prompt_text, str) else ""
     if req.stream:
-        events = _stream(req, engine, prompt_ids, params, request_id, created, settings.served_model_name, echo)
+        events = _stream(req, engine, prepared, created, settings.served_model_name, echo)
         return StreamingResponse(with_error_event(events), media_type="text/event-stream")
-    choices = await until_disconnect(request, collect_choices(engine, prompt_ids, params, request_id))
+    choices = await until_disconnect(request, collect_choices(engine, prepared))
     completion_tokens = sum(len(c.token_ids) for c in choices)
     request.state.log["completion_tokens"] = completion_tokens
     return CompletionResponse(
-        id=request_id, created=created, model=settings.served_model_name,
+        id=prepared.request_id, created=created, model=settings.served_model_name,
         choices=[CompletionChoice(index=c.index, text=echo + "".join(c.pieces), finish_reason=c.finish_reason,
                                   token_ids=c.token_ids if req.return_token_ids else None) for c in choices],
         usage=UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
@@ -56,14 +54,17 @@ async def completions(
     )
 
 
-async def _stream(req: CompletionRequest, engine: ChameleonEngine, prompt_ids: list[int], params,
-                  request_id: str, created: int, model: str, echo: str) -> AsyncIterator[str]:
+async def _stream(req: CompletionRequest, engine: ChameleonEngine, prepared: Prepared, created: int, model: str,
+                  echo: str) -> AsyncIterator[str]:
+    prompt_ids = prepared.prompt.token_ids
+
     def chunk(choices: list[CompletionChoice], **extra) -> str:
-        return sse(CompletionResponse(id=request_id, created=created, model=model, choices=choices, **extra))
+        return sse(CompletionResponse(id=prepared.request_id, created=created, model=model, choices=choices,
+                                      **extra))
 
     completion_tokens, first = 0, {i: echo for i in range(req.n)}
     prompt_once = prompt_ids if req.return_token_ids else None
-    async for deltas in stream_deltas(engine, prompt_ids, params, request_id):
+    async for deltas in stream_deltas(engine, prepared):
         completion_tokens += sum(len(d.token_ids) for d in deltas)
         yield chunk([CompletionChoice(index=d.index, text=first.pop(d.index, "") + "".join(d.pieces),
                                       finish_reason=d.finish_reason,

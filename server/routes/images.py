@@ -14,8 +14,7 @@ from schemas.images import ImageData, ImageGenerationRequest, ImagesResponse, Im
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import APIError, BadRequest
 from server.generation import PNG, collect_choices, until_disconnect
-from server.prompt import build_chat_prompt, guidance_args
-from server.sampling import sampling_params, span_args
+from server.pipeline import prepare_chat
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -30,23 +29,20 @@ async def generate_images(
         check_model(req.model, settings)
     if req.response_format != "b64_json":
         raise BadRequest("only response_format 'b64_json' is supported", param="response_format")
-    # The prompt is one user turn, exactly as a chat request with modalities ["image"] would send it.
-    chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, seed=req.seed, modalities=["image"],
-                                 messages=[ChatMessage(role="user", content=req.prompt)],
-                                 image_temperature=req.image_temperature, image_top_k=req.image_top_k,
-                                 image_top_p=req.image_top_p, image_size=req.size)
-    prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=0)
-    extra_args = span_args(chat.modalities, chat, engine, settings.family, "size") | \
-        await guidance_args(engine, req, settings)
-    params = sampling_params(chat, engine, len(prompt.token_ids), None, end_of_turn=True, family=settings.family,
-                             extra_args=extra_args)
-    request_id = f"img-{uuid.uuid4().hex}"
-    choices = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, request_id))
+    # The prompt is one user turn, exactly as a chat request with modalities ["image"] would send it; fields
+    # left unset stay unset, so that the family's defaults apply as on chat.
+    chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, modalities=["image"],
+                                 messages=[ChatMessage(role="user", content=req.prompt)], image_size=req.size,
+                                 **req.model_dump(include={"seed", "image_temperature", "image_top_k", "image_top_p",
+                                                           "cfg_scale", "negative_prompt"}, exclude_unset=True))
+    prepared = await prepare_chat(engine, settings, chat, f"img-{uuid.uuid4().hex}", request.state.log,
+                                  size_param="size")
+    choices = await until_disconnect(request, collect_choices(engine, prepared))
     pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]
     if len(pngs) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
         raise APIError(f"generated {len(pngs)} of {req.n} images")
-    output_tokens = sum(len(c.token_ids) for c in choices)
-    request.state.log.update(prompt_tokens=len(prompt.token_ids), completion_tokens=output_tokens, images_out=len(pngs))
+    output_tokens, prompt = sum(len(c.token_ids) for c in choices), prepared.prompt
+    request.state.log.update(completion_tokens=output_tokens, images_out=len(pngs))
     return ImagesResponse(
         created=int(time.time()),
         data=[ImageData(b64_json=base64.b64encode(p.data).decode()) for p in pngs],

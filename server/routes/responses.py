@@ -36,9 +36,8 @@ from schemas.responses import (
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import BadRequest, as_api_error
 from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
-from server.prompt import build_chat_prompt, guidance_args
+from server.pipeline import Prepared, prepare_chat
 from server.response_items import OutputItems, ResponseEvents
-from server.sampling import sampling_params, span_args
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -101,29 +100,25 @@ async def create_response(
 ) -> ResponseObject | StreamingResponse:
     check_model(req.model, settings)
     chat = as_chat_request(req)
-    prompt = await build_chat_prompt(engine, chat.messages, settings, max_images=settings.max_images_per_request)
-    extra_args = span_args(chat.modalities, chat, engine, settings.family, size_param="tools[0].size") | \
-        await guidance_args(engine, chat, settings)
-    params = sampling_params(chat, engine, len(prompt.token_ids), chat.max_new_tokens, end_of_turn=True,
-                             family=settings.family, extra_args=extra_args)
-    response_id, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), settings.served_model_name
-    request.state.log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
+    prepared = await prepare_chat(engine, settings, chat, f"resp_{uuid.uuid4().hex}", request.state.log,
+                                  size_param="tools[0].size")
+    response_id, created, model = prepared.request_id, int(time.time()), settings.served_model_name
     if req.stream:
-        events = _stream(req, chat, engine, prompt.token_ids, params, response_id, created, model, request.state.log)
+        events = _stream(req, chat, engine, prepared, created, model, request.state.log)
         return StreamingResponse(events, media_type="text/event-stream")
-    [choice] = await until_disconnect(request, collect_choices(engine, prompt.token_ids, params, response_id))
+    [choice] = await until_disconnect(request, collect_choices(engine, prepared))
     status = "incomplete" if choice.finish_reason == "length" else "completed"
     request.state.log.update(completion_tokens=len(choice.token_ids),
                              images_out=sum(isinstance(p, PNG) for p in choice.pieces))
     return _response(req, chat, response_id, created, model, OutputItems.of(choice.pieces, status), status,
-                     _usage(engine, len(prompt.token_ids), choice.token_ids))
+                     _usage(engine, len(prepared.prompt.token_ids), choice.token_ids))
 
 
-async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prompt_ids: list[int],
-                  params, response_id: str, created: int, model: str, log: dict) -> AsyncIterator[str]:
+async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prepared: Prepared,
+                  created: int, model: str, log: dict) -> AsyncIterator[str]:
     """The Responses event sequence; a failure mid-stream (the engine's death among them) ends it with one
     ``response.failed`` event, so that a cut reply never looks complete."""
-    events = ResponseEvents()
+    events, response_id, prompt_ids = ResponseEvents(), prepared.request_id, prepared.prompt.token_ids
 
     def lifecycle(kind: str, status: str, **fields) -> str:
         snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **fields)
@@ -134,7 +129,7 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
     try:
         yield lifecycle("response.created", "in_progress")
         yield lifecycle("response.in_progress", "in_progress")
-        async for deltas in stream_deltas(engine, prompt_ids, params, response_id, req.partial_images):
+        async for deltas in stream_deltas(engine, prepared, req.partial_images):
             for d in deltas:
                 generated += d.token_ids
                 finish = d.finish_reason or finish

@@ -58,14 +58,14 @@ def _kill_engine_core(live) -> None:
 
 
 def test_a_reply_cut_by_the_engines_death_does_not_look_complete(tmp_path):
-    """Killed mid-reply: a chat stream ends with one in-band error event (OpenAI's error shape) and no finish
-    reason, a Responses stream with response.failed, and a reply not streamed is a 503."""
+    """Killed mid-reply: a chat or completions stream ends with one in-band error event (OpenAI's error shape)
+    and no finish reason, a Responses stream with response.failed, and a reply not streamed is a 503."""
     live = start_server(make_tiny(tmp_path / "m", TinySpec(grid=4, codebook_size=64)), tmp_path / "server.log")
     headers = {"Authorization": f"Bearer {API_KEY}"}
     long = {"max_tokens": 3000, "ignore_eos": True, "min_tokens": 3000}
     try:
         with httpx.Client(base_url=live.url, headers=headers, timeout=120) as http, \
-                ThreadPoolExecutor(3) as pool:
+                ThreadPoolExecutor(4) as pool:
             whole = pool.submit(http.post, "/v1/chat/completions",
                                 json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **long})
             responses_stream: list[str] = []
@@ -76,6 +76,14 @@ def test_a_reply_cut_by_the_engines_death_does_not_look_complete(tmp_path):
                     responses_stream.append(resp.read().decode())
 
             responses = pool.submit(read_responses)
+            completion_stream: list[str] = []
+
+            def read_completion() -> None:
+                with http.stream("POST", "/v1/completions", json={
+                        "model": MODEL, "prompt": "hi", "stream": True, **long}) as resp:
+                    completion_stream.append(resp.read().decode())
+
+            completion = pool.submit(read_completion)
             chat_events: list[str] = []
             with http.stream("POST", "/v1/chat/completions", json={
                     "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, **long}) as resp:
@@ -86,11 +94,17 @@ def test_a_reply_cut_by_the_engines_death_does_not_look_complete(tmp_path):
                         if len(chat_events) == 5:
                             _kill_engine_core(live)
             responses.result(timeout=120)
+            completion.result(timeout=120)
             cut = whole.result(timeout=120)
         assert chat_events[-1] == "[DONE]"
         payloads = [json.loads(e) for e in chat_events[:-1]]
         assert payloads[-1]["error"]["message"] and payloads[-1]["error"]["type"]
         assert not any(c.get("finish_reason") for p in payloads[:-1] for c in p["choices"]), payloads[-3:]
+        completion_events = [line[6:] for line in completion_stream[0].splitlines() if line.startswith("data: ")]
+        assert completion_events[-1] == "[DONE]"
+        completion_payloads = [json.loads(e) for e in completion_events[:-1]]
+        assert completion_payloads[-1]["error"]["message"]
+        assert not any(c.get("finish_reason") for p in completion_payloads[:-1] for c in p["choices"])
         responses_events = sse_events(responses_stream[0])
         name, failed = responses_events[-1]
         assert name == "response.failed", [n for n, _ in responses_events[-3:]]

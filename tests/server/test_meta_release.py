@@ -73,3 +73,22 @@ def test_anole_is_recognized_and_its_defaults_apply_unless_a_request_overrides_t
 def guided(live) -> float:
     found = re.search(r"^chameleon:guided_requests_total (\S+)$", httpx.get(f"{live.url}/metrics").text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def test_anole_responses_are_guided_by_default_as_chat_is(release):
+    """/v1/responses and /v1/images/generations take the same serving path as chat: Anole's default guidance
+    applies, so the same seed gives the same image codes on each route."""
+    live, _ = release
+    client = live.client()
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a dog"}],
+                                          modalities=["image"], seed=5)
+    chat_png = chat.choices[0].message.content[0]["image_url"]["url"].split(",", 1)[1]
+    before = guided(live)
+    reply = client.responses.create(model=MODEL, input="a dog", tool_choice={"type": "image_generation"},
+                                    tools=[{"type": "image_generation"}], extra_body={"seed": 5})
+    assert guided(live) == before + 1
+    assert reply.output[0].result == chat_png
+    images = client.images.generate(model=MODEL, prompt="a dog", n=1, response_format="b64_json",
+                                    extra_body={"seed": 5})
+    assert guided(live) == before + 2
+    assert images.data[0].b64_json == chat_png

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +11,8 @@ from engine.offline.tiny import TinySpec, make_tiny
 from engine.shared.families import CHAMELEON
 from engine.shared.vocab import TokenLayout
 from schemas.chat import ChatCompletionRequest
-from server.prompt import guidance_args
-from server.sampling import sampling_params, span_args
+from server.pipeline import chat_options
+from server.sampling import sampling_params
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,14 @@ def engine(tmp_path_factory):
     """The fields of ChameleonEngine that sampling_params reads, from a real tiny checkpoint's layout."""
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
     return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes={"64x64": (4, 4)}, can_paint=True,
-                           max_model_len=4096)
+                           max_model_len=4096, can_guide=lambda modalities: True)
 
 
 def _params(engine, modalities: list[str], **fields):
     req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "draw"}], modalities=modalities,
                                 **fields)
-    return sampling_params(req, engine, 8, req.max_new_tokens, end_of_turn=True, family=CHAMELEON,
-                           extra_args=span_args(modalities, req, engine, CHAMELEON))
+    options = asyncio.run(chat_options(engine, SimpleNamespace(family=CHAMELEON), req))
+    return sampling_params(req, engine, 8, req.max_new_tokens, end_of_turn=True, family=CHAMELEON, options=options)
 
 
 def test_an_image_only_reply_is_greedy_for_vllm_and_not_detokenized(engine):
@@ -78,13 +79,11 @@ def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
     """Lumina-mGPT guides from the image alone, its twin restarting at each image's BOI, which Model Runner V2
     keeps on the device: there its default cfg_scale applies to image-only replies, and an interleaved reply
     that asks for guidance is a 400 (on V1 both are guided)."""
-    import asyncio
-
     from engine.frontend.client import ChameleonEngine
     from engine.shared.families import LUMINA
     from server.errors import BadRequest
 
-    engine = SimpleNamespace(model_runner=runner, layout=TokenLayout.from_checkpoint(
+    engine = SimpleNamespace(model_runner=runner, can_paint=False, layout=TokenLayout.from_checkpoint(
         make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64, family="lumina"))))
     engine.can_guide = lambda modalities: ChameleonEngine.can_guide(engine, modalities)
     settings = SimpleNamespace(family=LUMINA)
@@ -92,7 +91,9 @@ def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
     def args(modalities, **fields):
         req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "draw"}], modalities=modalities,
                                     **fields)
-        return asyncio.run(guidance_args(engine, req, settings))
+        options = asyncio.run(chat_options(engine, settings, req))
+        return {"cfg_scale": options.cfg_scale, "cfg_uncond_prompt": list(options.uncond_prompt)} if options.guided \
+            else {}
 
     assert args(["image"]) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
     interleaved = ["text", "image"]

@@ -23,6 +23,7 @@ def test_recognize(tmp_path):
 
 
 def test_authors_defaults():
-    assert ANOLE.image_defaults() == {"image_temperature": 0.7, "image_top_k": 0, "image_top_p": 0.9}
-    assert ANOLE.cfg_scale == 3.0 and CHAMELEON.cfg_scale == 1.0
-    assert (LUMINA.image_top_k, LUMINA.cfg_scale, LUMINA.text_top_k, LUMINA.image_temperature) == (2000, 3.0, 10, 1.0)
+    anole, lumina = ANOLE.sampling, LUMINA.sampling
+    assert (anole.image_temperature, anole.image_top_k, anole.image_top_p) == (0.7, 0, 0.9)
+    assert anole.cfg_scale == 3.0 and CHAMELEON.sampling.cfg_scale == 1.0
+    assert (lumina.image_top_k, lumina.cfg_scale, lumina.text_top_k, lumina.image_temperature) == (2000, 3.0, 10, 1.0)

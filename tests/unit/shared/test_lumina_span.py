@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from engine.frontend.splitter import ImageCodes, SpanSplitter
-from engine.shared.span_format import (
+from engine.shared.families import CHAMELEON, LUMINA
+from engine.shared.families.lumina import (
     LUMINA_ARCHITECTURE,
-    SpanFormat,
-    image_sizes,
     lumina_grids,
     size_token_name,
     target_resolution,
 )
+from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, TEXT_ONLY, RequestOptions
+from engine.shared.span_format import SpanFormat
 from engine.shared.vocab import (
     BOI_NAME,
     EOI_NAME,
@@ -25,7 +26,7 @@ from engine.shared.vocab import (
     TokenLayout,
     code_name,
 )
-from engine.worker.span_grammar import IMAGE_ONLY, INTERLEAVED, TEXT_ONLY, SpanGrammar, SpanParams
+from engine.worker.span_grammar import SpanGrammar
 
 V, NATIVE = 48, 4
 VOCAB = {**{code_name(i): 4 + i for i in range(8)}, EOI_NAME: 12, BOI_NAME: 13, IMAGE_PLACEHOLDER_NAME: 14,
@@ -48,7 +49,7 @@ def expected_span(rows: int, cols: int) -> list[object]:
 @pytest.mark.parametrize("grid", [(2, 6), (6, 2), (4, 4), (2, 2)])
 def test_every_position_of_a_lumina_span(grid):
     g = SpanGrammar(LAYOUT, max_slots=4)
-    g.add(0, SpanParams(mode=INTERLEAVED, image_temperature=1.0, image_grid=grid), [1, 2], 0)
+    g.add(0, RequestOptions(mode=INTERLEAVED, image_temperature=1.0, image_grid=grid), [1, 2], 0)
     slots = np.array([0])
     g.advance(slots, np.array([BOI]))
     for want in expected_span(*grid):
@@ -66,11 +67,11 @@ def test_one_batch_mixes_grids_positions_and_text_rows():
     want = expected_span(*grid)
     g = SpanGrammar(LAYOUT, max_slots=len(want) + 2)
     for slot in range(len(want)):
-        g.add(slot, SpanParams(mode=IMAGE_ONLY, image_temperature=0.0, image_grid=grid), [1], 1)
+        g.add(slot, RequestOptions(mode=IMAGE_ONLY, image_temperature=0.0, image_grid=grid), [1], 1)
         history = [BOI, 30 + 1, 30 + 2, *([4, 5, 6, 7, EOL] * 2)]
         g.resync(slot, [1, *history[:slot + 1]], slot + 1)
-    g.add(len(want), SpanParams(mode=TEXT_ONLY), [1], 0)
-    g.add(len(want) + 1, SpanParams(mode=IMAGE_ONLY), [1], 0)  # forced BOI first
+    g.add(len(want), RequestOptions(mode=TEXT_ONLY), [1], 0)
+    g.add(len(want) + 1, RequestOptions(mode=IMAGE_ONLY), [1], 0)  # forced BOI first
     slots = np.arange(len(want) + 2)
     out = g.apply(torch.randn(len(slots), V), slots)
     for row, w in zip(out[:len(want)], want, strict=True):
@@ -81,14 +82,14 @@ def test_one_batch_mixes_grids_positions_and_text_rows():
 
 def test_text_rows_never_get_eol_or_size_tokens():
     g = SpanGrammar(LAYOUT, max_slots=2)
-    g.add(0, SpanParams(mode=INTERLEAVED), [1, 2], 0)
+    g.add(0, RequestOptions(mode=INTERLEAVED), [1, 2], 0)
     assert allowed(g.apply(torch.randn(1, V), np.array([0]))[0]) == TEXT | {BOI}
     assert set(LAYOUT.forbidden_outside_span().tolist()) == CODES | SIZES | {BOI, EOI, EOL}
 
 
 def test_resync_places_a_slot_inside_a_row_and_after_an_eol():
     g = SpanGrammar(LAYOUT, max_slots=2)
-    params = SpanParams(mode=INTERLEAVED, image_grid=(2, 2))
+    params = RequestOptions(mode=INTERLEAVED, image_grid=(2, 2))
     g.add(0, params, [1, BOI, 31, 31, 4, 5, EOL], 6)
     assert g.pos[0] == 5 and g.tail_length(0) == 3 + 2 * 3 + 1
     assert allowed(g.apply(torch.randn(1, V), np.array([0]))[0]) <= CODES
@@ -98,10 +99,10 @@ def test_resync_places_a_slot_inside_a_row_and_after_an_eol():
 
 def test_a_grid_the_checkpoint_cannot_write_falls_back_to_native():
     g = SpanGrammar(LAYOUT, max_slots=1)
-    g.add(0, SpanParams(mode=INTERLEAVED, image_grid=(3, 4)), [1], 0)  # odd side: no size token
+    g.add(0, RequestOptions(mode=INTERLEAVED, image_grid=(3, 4)), [1], 0)  # odd side: no size token
     assert (g.rows[0], g.cols[0]) == (NATIVE, NATIVE)
     with pytest.raises(ValueError, match="image_grid"):
-        SpanParams.from_extra_args({"modalities": ["image"], "image_grid": [0, 4]})
+        RequestOptions.from_extra_args({"modalities": ["image"], "image_grid": [0, 4]})
 
 
 def test_splitter_strips_size_and_eol_tokens():
@@ -129,7 +130,7 @@ def test_sizes_follow_the_authors_crop_list():
     grids = lumina_grids(24, 100)
     assert grids[0] == (24, 96) and (48, 48) in grids and all(r * c <= 576 * 4 for r, c in grids)
     assert all(max(r, c) / min(r, c) <= 4 for r, c in grids)
-    sizes = image_sizes(LAYOUT.span, pixels_per_code=2, target_pixels=8)  # 2 patches of 4 px a side
+    sizes = LUMINA.image_sizes(LAYOUT.span, pixels_per_code=2, model_dir="/tmp/tiny")  # 2 patches of 4 px a side
     assert next(iter(sizes.items())) == ("8x8", (4, 4))
     assert sizes["16x4"] == (2, 8) and sizes["4x16"] == (8, 2)
     assert target_resolution("/models/Lumina-mGPT-7B-768/", 512) == 768
@@ -138,7 +139,7 @@ def test_sizes_follow_the_authors_crop_list():
 
 def test_chameleon_format_is_one_square():
     fmt = SpanFormat(32)
-    assert image_sizes(fmt, 16, 512) == {"512x512": (32, 32)}
+    assert CHAMELEON.image_sizes(fmt, 16, "/models/chameleon-7b") == {"512x512": (32, 32)}
     with pytest.raises(ValueError, match="32x32"):
         fmt.check_grid((32, 16))
 
@@ -149,9 +150,9 @@ def test_the_on_device_form_allows_what_the_host_form_allows(grid):
     against the host path, at every position of a Lumina-mGPT span and before and after it, beside a text-only
     row and an image-only row before its BOI."""
     g = SpanGrammar(LAYOUT, max_slots=4)
-    g.add(0, SpanParams(mode=INTERLEAVED, image_temperature=0.0, image_grid=grid), [1, 2], 0)
-    g.add(1, SpanParams(mode=TEXT_ONLY), [1], 0)
-    g.add(2, SpanParams(mode=IMAGE_ONLY, image_grid=grid), [1], 0)
+    g.add(0, RequestOptions(mode=INTERLEAVED, image_temperature=0.0, image_grid=grid), [1, 2], 0)
+    g.add(1, RequestOptions(mode=TEXT_ONLY), [1], 0)
+    g.add(2, RequestOptions(mode=IMAGE_ONLY, image_grid=grid), [1], 0)
     slots, tracked = np.array([1, 0, 2]), np.array([1, 2])
     g.advance(np.array([0]), np.array([BOI]))
     for _ in range(3 + grid[0] * (grid[1] + 1) + 1):

@@ -9,19 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.shared.families import CHAMELEON
+from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
-from engine.worker.span_grammar import (
-    DEFAULT_IMAGE_TEMPERATURE,
-    DEFAULT_IMAGE_TOP_P,
-    IMAGE_ONLY,
-    INTERLEAVED,
-    TEXT_ONLY,
-    SpanGrammar,
-    SpanParams,
-    counter_uniforms,
-    span_position,
-    validate_params,
-)
+from engine.worker.span_grammar import SpanGrammar, counter_uniforms, span_position
 
 V, N = 40, 4
 CODES = tuple(range(4, 12))
@@ -35,7 +26,7 @@ def allowed(row: torch.Tensor) -> set[int]:
     return set(torch.isfinite(row).nonzero().flatten().tolist())
 
 
-def grammar(*params: SpanParams, tails=None) -> SpanGrammar:
+def grammar(*params: RequestOptions, tails=None) -> SpanGrammar:
     g = SpanGrammar(LAYOUT, max_slots=8)
     for slot, p in enumerate(params):
         g.add(slot, p, tails[slot] if tails else [1, 2, 3], 0)
@@ -52,24 +43,24 @@ def commit(g: SpanGrammar, slots: list[int], tokens: list[int]) -> None:
 
 
 def test_text_only_rows_forbid_codes_boi_eoi():
-    g = grammar(SpanParams(mode=TEXT_ONLY), SpanParams(mode=TEXT_ONLY))
+    g = grammar(RequestOptions(mode=TEXT_ONLY), RequestOptions(mode=TEXT_ONLY))
     out = step(g, [0, 1])
     for row in out:
         assert allowed(row) == set(TEXT)
 
 
 def test_text_only_never_enters_a_span_even_after_a_boi_in_history():
-    g = grammar(SpanParams(mode=TEXT_ONLY), tails=[[1, BOI, 4]])
+    g = grammar(RequestOptions(mode=TEXT_ONLY), tails=[[1, BOI, 4]])
     assert allowed(step(g, [0])[0]) == set(TEXT)
 
 
 def test_interleaved_allows_boi_only():
-    g = grammar(SpanParams(mode=INTERLEAVED))
+    g = grammar(RequestOptions(mode=INTERLEAVED))
     assert allowed(step(g, [0])[0]) == set(TEXT) | {BOI}
 
 
 def test_after_boi_exactly_n_codes_then_eoi_then_text():
-    g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=1.0))
+    g = grammar(RequestOptions(mode=INTERLEAVED, image_temperature=1.0))
     commit(g, [0], [BOI])
     for _ in range(N):
         row = step(g, [0])[0]
@@ -84,19 +75,19 @@ def test_after_boi_exactly_n_codes_then_eoi_then_text():
 def test_a_forced_token_forbidden_by_an_earlier_stage_stays_forbidden():
     """Model Runner V2's interface: a processor must not re-allow what an earlier stage (vLLM's min_tokens, a
     bad word, a grammar) set to -inf. Codes drawn by the grammar itself stay allowed."""
-    g = grammar(SpanParams(mode=IMAGE_ONLY), SpanParams(mode=IMAGE_ONLY, image_temperature=0.0),
-                SpanParams(mode=INTERLEAVED), tails=[[1], [BOI], [BOI, *CODES[:N]]])
+    g = grammar(RequestOptions(mode=IMAGE_ONLY), RequestOptions(mode=IMAGE_ONLY, image_temperature=0.0),
+                RequestOptions(mode=INTERLEAVED), tails=[[1], [BOI], [BOI, *CODES[:N]]])
     logits = torch.randn(3, V)
     logits[0, BOI] = logits[2, EOI] = float("-inf")
     rows = step(g, [0, 1, 2], logits)
     assert allowed(rows[0]) == set() and allowed(rows[2]) == set()
     assert len(allowed(rows[1])) == 1
-    lone = grammar(SpanParams(mode=IMAGE_ONLY))
+    lone = grammar(RequestOptions(mode=IMAGE_ONLY))
     assert allowed(step(lone, [0], torch.full((1, V), float("-inf")))[0]) == set()  # a batch of forced rows only
 
 
 def test_image_only_forces_boi_first_then_text_after_the_image():
-    g = grammar(SpanParams(mode=IMAGE_ONLY))
+    g = grammar(RequestOptions(mode=IMAGE_ONLY))
     assert allowed(step(g, [0])[0]) == {BOI}
     commit(g, [0], [BOI])
     for _ in range(N):
@@ -109,11 +100,11 @@ def test_image_only_forces_boi_first_then_text_after_the_image():
 
 def test_one_apply_over_a_batch_mixing_every_mode_and_phase():
     g = grammar(
-        SpanParams(mode=TEXT_ONLY),
-        SpanParams(mode=INTERLEAVED),
-        SpanParams(mode=IMAGE_ONLY),
-        SpanParams(mode=INTERLEAVED),  # mid-span
-        SpanParams(mode=IMAGE_ONLY),  # span full: EOI next
+        RequestOptions(mode=TEXT_ONLY),
+        RequestOptions(mode=INTERLEAVED),
+        RequestOptions(mode=IMAGE_ONLY),
+        RequestOptions(mode=INTERLEAVED),  # mid-span
+        RequestOptions(mode=IMAGE_ONLY),  # span full: EOI next
         tails=[[1], [1], [1], [1, BOI, 4], [1, BOI, 4, 5, 6, 7]],
     )
     g.num_output[4] = 5
@@ -126,12 +117,12 @@ def test_one_apply_over_a_batch_mixing_every_mode_and_phase():
 
 
 def test_an_empty_batch_is_left_as_it_is():
-    g = grammar(SpanParams(mode=IMAGE_ONLY), tails=[[BOI]])
+    g = grammar(RequestOptions(mode=IMAGE_ONLY), tails=[[BOI]])
     assert step(g, [], torch.empty(0, V)).shape == (0, V)
 
 
 def test_untouched_text_logits_keep_their_values():
-    g = grammar(SpanParams(mode=INTERLEAVED), SpanParams(mode=TEXT_ONLY))
+    g = grammar(RequestOptions(mode=INTERLEAVED), RequestOptions(mode=TEXT_ONLY))
     logits = torch.randn(2, V)
     out = step(g, [0, 1], logits.clone())
     assert torch.equal(out[:, TEXT], logits[:, TEXT])
@@ -158,7 +149,7 @@ def test_position_rebuilt_from_history(tail, expected):
 
 def test_resumed_request_continues_its_span():
     """A request preempted after BOI + 2 codes re-enters and must write exactly 2 more."""
-    g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=0.0), tails=[[1, 2, BOI, 4, 5]])
+    g = grammar(RequestOptions(mode=INTERLEAVED, image_temperature=0.0), tails=[[1, 2, BOI, 4, 5]])
     for _ in range(2):
         (tok,) = allowed(step(g, [0])[0])
         assert tok in CODES
@@ -167,7 +158,7 @@ def test_resumed_request_continues_its_span():
 
 
 def test_resync_replaces_state():
-    g = grammar(SpanParams(mode=INTERLEAVED))
+    g = grammar(RequestOptions(mode=INTERLEAVED))
     g.resync(0, [1, BOI, 4, 5, 6], 7)
     assert g.pos[0] == 3 and g.num_output[0] == 7
 
@@ -175,8 +166,8 @@ def test_resync_replaces_state():
 @pytest.mark.parametrize("beside_text", [False, True])
 def test_greedy_image_rows_take_the_argmax_among_codes(beside_text):
     """Beside a text row, the image row's codes are read before the text rows' codes are masked."""
-    greedy = SpanParams(mode=INTERLEAVED, image_temperature=0.0)
-    g = grammar(SpanParams(mode=TEXT_ONLY), greedy, tails=[[1], [BOI]]) if beside_text else \
+    greedy = RequestOptions(mode=INTERLEAVED, image_temperature=0.0)
+    g = grammar(RequestOptions(mode=TEXT_ONLY), greedy, tails=[[1], [BOI]]) if beside_text else \
         grammar(greedy, tails=[[BOI]])
     slots = [0, 1] if beside_text else [0]
     logits = torch.zeros(len(slots), V)
@@ -191,7 +182,7 @@ def test_greedy_image_rows_take_the_argmax_among_codes(beside_text):
 
 @pytest.mark.parametrize("params", [{"image_top_k": 1}, {"image_top_p": 1e-6}])
 def test_top_k_1_or_tiny_top_p_is_the_argmax(params):
-    g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=1.0, **params), tails=[[BOI]])
+    g = grammar(RequestOptions(mode=INTERLEAVED, image_temperature=1.0, **params), tails=[[BOI]])
     for _ in range(20):
         logits = torch.randn(1, V)
         best = CODES[int(logits[0, list(CODES)].argmax())]
@@ -202,7 +193,7 @@ def test_top_k_1_or_tiny_top_p_is_the_argmax(params):
 def test_a_row_without_usable_code_logits_samples_every_code(bad_codes, value):
     """No finite code logit, or a NaN among them: the row still gets one code, drawn uniformly, and the other
     rows of the batch are sampled from their own logits."""
-    g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, image_top_p=0.9)] * 2, tails=[[BOI], [BOI]])
+    g = grammar(*[RequestOptions(mode=IMAGE_ONLY, image_temperature=1.0, image_top_p=0.9)] * 2, tails=[[BOI], [BOI]])
     seen = set()
     for i in range(200):
         g.seed[:] = i  # each draw from another seed
@@ -222,13 +213,13 @@ def test_top_k_limits_the_support():
     logits[0, [4, 5, 6]] = torch.tensor([3.0, 2.0, 1.0])
     seen = set()
     for seed in range(200):
-        g = grammar(SpanParams(mode=INTERLEAVED, image_temperature=5.0, image_top_k=2, image_top_p=1.0,
+        g = grammar(RequestOptions(mode=INTERLEAVED, image_temperature=5.0, image_top_k=2, image_top_p=1.0,
                                seed=seed), tails=[[BOI]])
         seen |= allowed(step(g, [0], logits.clone())[0])
     assert seen == {4, 5}
 
 
-def _frequencies(params: SpanParams, logits_row: torch.Tensor, draws: int = 20000) -> torch.Tensor:
+def _frequencies(params: RequestOptions, logits_row: torch.Tensor, draws: int = 20000) -> torch.Tensor:
     """Empirical distribution over the 8 codes of ``draws`` image rows sharing one logits row."""
     g = SpanGrammar(LAYOUT, max_slots=draws)
     for s in range(draws):
@@ -261,7 +252,7 @@ def test_image_sampling_matches_the_reference_distribution(monkeypatch, temperat
     code_logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, 3.0])
     logits[0, list(CODES)] = code_logits
     logits[0, 1] = 50.0  # text never leaks into an image row
-    params = SpanParams(mode=INTERLEAVED, image_temperature=temperature, image_top_k=top_k, image_top_p=top_p)
+    params = RequestOptions(mode=INTERLEAVED, image_temperature=temperature, image_top_k=top_k, image_top_p=top_p)
     got = _frequencies(params, logits)
     want = _nucleus(code_logits, temperature, top_k, top_p)
     assert torch.all((want == 0) <= (got == 0))  # nothing outside the nucleus
@@ -271,7 +262,7 @@ def test_image_sampling_matches_the_reference_distribution(monkeypatch, temperat
 def _image_codes(seed: int | None, slot_order: list[int], others: int | None | str = "same") -> list[int]:
     """Codes of slot 0's image; the other slots' requests have seed ``others`` (default: slot 0's)."""
     seeds = [seed if others == "same" or slot == 0 else others for slot in range(len(slot_order))]
-    g = grammar(*[SpanParams(mode=IMAGE_ONLY, image_temperature=1.0, seed=s) for s in seeds])
+    g = grammar(*[RequestOptions(mode=IMAGE_ONLY, image_temperature=1.0, seed=s) for s in seeds])
     torch.manual_seed(123)
     codes = []
     commit(g, slot_order, [BOI] * len(slot_order))
@@ -314,7 +305,7 @@ def test_counter_uniforms_are_splitmix64_of_seed_step_and_attempt():
 
 
 def test_unseeded_rows_sample_in_one_draw_and_vary():
-    g = grammar(*[SpanParams(mode=INTERLEAVED, image_temperature=1.0) for _ in range(8)],
+    g = grammar(*[RequestOptions(mode=INTERLEAVED, image_temperature=1.0) for _ in range(8)],
                 tails=[[BOI]] * 8)
     rows = step(g, list(range(8)), torch.zeros(8, V))
     toks = [allowed(r).pop() for r in rows]
@@ -322,7 +313,7 @@ def test_unseeded_rows_sample_in_one_draw_and_vary():
 
 
 def test_move_and_swap_carry_state():
-    g = grammar(SpanParams(mode=INTERLEAVED), SpanParams(mode=IMAGE_ONLY), tails=[[BOI, 4], [1]])
+    g = grammar(RequestOptions(mode=INTERLEAVED), RequestOptions(mode=IMAGE_ONLY), tails=[[BOI, 4], [1]])
     g.move(0, 1, swap=True)
     assert (g.mode[0], g.mode[1], g.pos[1]) == (IMAGE_ONLY, INTERLEAVED, 1)
     g.move(1, 5, swap=False)
@@ -332,13 +323,13 @@ def test_move_and_swap_carry_state():
 
 
 def test_defaults_and_modalities():
-    sp = SpanParams.from_extra_args(None)
+    sp = RequestOptions.from_extra_args(None)
     assert (sp.mode, sp.image_temperature, sp.image_top_k, sp.image_top_p) == (
-        TEXT_ONLY, DEFAULT_IMAGE_TEMPERATURE, 0, DEFAULT_IMAGE_TOP_P)
-    assert SpanParams.from_extra_args({"modalities": ["image", "text"]}).mode == INTERLEAVED
-    image_only = SpanParams.from_extra_args({"modalities": ["image"]}, seed=3)
-    assert image_only == SpanParams(mode=IMAGE_ONLY, seed=3)
-    validate_params(SimpleNamespace(extra_args={"modalities": ["text"], "other_processor_key": 1}, seed=None))
+        TEXT_ONLY, CHAMELEON.sampling.image_temperature, 0, CHAMELEON.sampling.image_top_p)
+    assert RequestOptions.from_extra_args({"modalities": ["image", "text"]}).mode == INTERLEAVED
+    image_only = RequestOptions.from_extra_args({"modalities": ["image"]}, seed=3)
+    assert image_only == RequestOptions(mode=IMAGE_ONLY, seed=3)
+    RequestOptions.from_sampling_params(SimpleNamespace(extra_args={"modalities": ["text"], "other_processor_key": 1}, seed=None))
 
 
 @pytest.mark.parametrize(
@@ -359,7 +350,7 @@ def test_defaults_and_modalities():
 )
 def test_validate_params_rejects_bad_values(extra_args, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
-        validate_params(SimpleNamespace(extra_args=extra_args, seed=None))
+        RequestOptions.from_sampling_params(SimpleNamespace(extra_args=extra_args, seed=None))
 
 
 def check_stream(tokens: list[int], mode: int) -> None:
@@ -386,7 +377,7 @@ def test_random_streams_obey_the_span_rule():
     rng = random.Random(0)
     for trial in range(60):
         slots = rng.sample(range(8), rng.randint(1, 8))
-        params = {s: SpanParams(mode=rng.choice([TEXT_ONLY, INTERLEAVED, IMAGE_ONLY]),
+        params = {s: RequestOptions(mode=rng.choice([TEXT_ONLY, INTERLEAVED, IMAGE_ONLY]),
                                 image_temperature=rng.choice([0.0, 0.7, 2.0]),
                                 image_top_k=rng.choice([0, 1, 3]), image_top_p=rng.choice([1.0, 0.5]),
                                 seed=rng.choice([None, trial])) for s in slots}
@@ -418,9 +409,9 @@ def test_codes_out_of_id_order_mask_every_text_row_fully(n_text):
                          code_to_id=tuple(reversed(CODES)))
     g = SpanGrammar(layout, max_slots=16)
     for slot in range(n_text):
-        g.add(slot, SpanParams(mode=TEXT_ONLY), [1, 2, 3], 0)
-    g.add(n_text, SpanParams(mode=IMAGE_ONLY), [1, 2, 3], 0)  # forced BOI
-    g.add(n_text + 1, SpanParams(mode=IMAGE_ONLY, image_temperature=0.0), [1, BOI], 1)  # inside a span
+        g.add(slot, RequestOptions(mode=TEXT_ONLY), [1, 2, 3], 0)
+    g.add(n_text, RequestOptions(mode=IMAGE_ONLY), [1, 2, 3], 0)  # forced BOI
+    g.add(n_text + 1, RequestOptions(mode=IMAGE_ONLY, image_temperature=0.0), [1, BOI], 1)  # inside a span
     out = g.apply(torch.randn(n_text + 2, V), np.arange(n_text + 2, dtype=np.int64))
     for row in out[:n_text]:
         assert allowed(row) == set(TEXT)

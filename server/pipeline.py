@@ -1,0 +1,136 @@
+"""One serving path for every route: prompt -> request options -> sampling params -> admission, then the
+route runs ``server/generation.py`` on the result and shapes the reply for its wire format.
+
+Chat, Responses and Images all arrive here as a chat request (each route maps its wire fields onto one),
+completions as a text prompt; from here on nothing depends on the route, so a family's defaults, the
+checks of image sizes and guidance, and the guidance-memory admission apply on all of them alike.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+
+from engine.frontend.client import ChameleonEngine
+from engine.shared.request_options import TEXT_ONLY, RequestOptions, mode_of
+from schemas.chat import ChatCompletionRequest, ChatMessage
+from schemas.completions import CompletionRequest
+from server.errors import BadRequest
+from server.prompt import Prompt, build_chat_prompt, build_text_prompt
+from server.sampling import sampling_params
+from server.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request ready for the engine: what the model reads, what it is asked, and under which id."""
+
+    prompt: Prompt
+    options: RequestOptions
+    params: SamplingParams
+    request_id: str
+
+
+async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest, request_id: str,
+                       log: dict, *, size_param: str = "image_size") -> Prepared:
+    """A chat-shaped request (chat, Responses, Images); ``size_param`` names ``req.image_size`` in 400s."""
+    prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
+    options = await chat_options(engine, settings, req, size_param)
+    return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
+
+
+async def prepare_text(engine: ChameleonEngine, settings: Settings, req: CompletionRequest, prompt: str | list[int],
+                       request_id: str, log: dict) -> Prepared:
+    """A completions request of one ``prompt`` (text, or token ids): text replies, no end-of-turn stop."""
+    options = _checked(mode=TEXT_ONLY, seed=req.seed)
+    text = Prompt(build_text_prompt(engine, prompt), num_images=0)
+    return _admitted(engine, settings, req, text, options, req.max_tokens, False, request_id, log)
+
+
+def _admitted(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest | CompletionRequest,
+              prompt: Prompt, options: RequestOptions, max_new_tokens: int | None, end_of_turn: bool,
+              request_id: str, log: dict) -> Prepared:
+    params = sampling_params(req, engine, len(prompt.token_ids), max_new_tokens, end_of_turn=end_of_turn,
+                             family=settings.family, options=options)
+    engine.check_guidance(options, params)  # a 429 as a status line; once streaming, it could only be in-band
+    log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
+    return Prepared(prompt, options, params, request_id)
+
+
+async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
+                       size_param: str = "image_size") -> RequestOptions:
+    """The request's options: its modalities, its image sampling fields (else the checkpoint family's), the grid
+    of the image size it asks for, guidance, and a seed for a reply that may write images."""
+    try:
+        mode = mode_of(req.modalities)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="modalities") from None
+    family = settings.family.sampling
+    image = {name: getattr(req, name) if getattr(req, name) is not None else getattr(family, name)
+             for name in ("image_temperature", "image_top_k", "image_top_p")}
+    grid = _image_grid(engine, req.image_size, size_param) if mode != TEXT_ONLY else None
+    scale, uncond = await _guidance(engine, settings, req, mode)
+    return _checked(mode=mode, seed=_request_seed(req.seed, mode), cfg_scale=scale, uncond_prompt=uncond,
+                    image_grid=grid, **image)
+
+
+def _checked(**fields) -> RequestOptions:
+    try:
+        return RequestOptions(**fields)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _image_grid(engine: ChameleonEngine, size: str | None, param: str) -> tuple[int, int] | None:
+    """The grid of a ``"WxH"`` size for a checkpoint whose images vary in size (Lumina-mGPT); None where the
+    checkpoint writes one size (or none: the sampling check refuses image output then)."""
+    if not engine.can_paint:
+        return None
+    if size in (None, "auto"):
+        grid = engine.image_grid
+    elif size in engine.image_sizes:
+        grid = engine.image_sizes[size]
+    else:
+        raise BadRequest(f"{param} {size!r} is not a size this model writes: 'auto' or one of "
+                         f"{', '.join(engine.image_sizes)}", param=param)
+    return grid if engine.layout.span.rows_framed else None
+
+
+async def _guidance(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
+                    mode: int) -> tuple[float, tuple[int, ...]]:
+    """Classifier-free guidance: the scale (the request's; for image output else the checkpoint family's, where
+    the reply can be guided: ``ChameleonEngine.can_guide``), and the unconditional prompt, which is the
+    negative prompt (or an empty turn) in the same chat format as the request's."""
+    scale = req.cfg_scale
+    guidable = mode != TEXT_ONLY and engine.can_guide(req.modalities)
+    if "cfg_scale" not in req.model_fields_set and guidable:
+        scale = settings.family.sampling.cfg_scale
+    if scale != 1.0 and mode != TEXT_ONLY and not guidable:
+        raise BadRequest("on vLLM's Model Runner V2 this model's guidance (from the image alone) runs in "
+                         'image-only replies: ask for modalities ["image"], or serve on the V1 runner (the default)',
+                         param="cfg_scale")
+    if scale == 1.0 or mode == TEXT_ONLY:
+        if req.negative_prompt is not None and scale == 1.0:
+            raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
+                             param="negative_prompt")
+        return scale, ()
+    if engine.layout.span.guided_from_boi and req.negative_prompt is None:
+        return scale, ()  # the image alone (engine/worker/guidance.py)
+    turn = ChatMessage(role="user", content=req.negative_prompt or "")
+    uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
+    return scale, tuple(uncond.token_ids)
+
+
+def _request_seed(seed: int | None, mode: int) -> int | None:
+    """The request's seed; for one that may write images and has none, a seed drawn here, at admission.
+
+    Image codes are drawn from a generator keyed by this seed (``engine/worker/span_grammar.py``), so every
+    tensor-parallel rank draws the same codes without a broadcast of sampled tokens, which Model Runner V2
+    does not do. vLLM gives each choice of an ``n`` > 1 request its own seed from it (seed + index).
+    """
+    if seed is not None or mode == TEXT_ONLY:
+        return seed
+    return secrets.randbits(62)  # room for vLLM's seed + index within int64
+
