@@ -39,9 +39,9 @@ def _run(model_dir: Path, batch: int, requests: int) -> dict:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from bench.servers import ENGINE_FLAGS
-    from engine.frontend.client import model_in_engine_core
     from engine.shared.vocab import TokenLayout
     from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
+    from server.cli import model_in_engine_core
 
     cli = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(
         ["--model", str(model_dir), *ENGINE_FLAGS, "--max-num-seqs", str(batch)])

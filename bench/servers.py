@@ -27,7 +27,7 @@ _MODULES = {
     # Our span logits processor is the engine work our server adds to every request; vLLM's server gets it
     # too (the plugin model itself comes from the entry point). Its executor stays vLLM's default, as users
     # run it: on the CPU build a worker process, where ours runs the model in the EngineCore
-    # (engine.frontend.client.model_in_engine_core), so on CPU the text ratio includes that choice.
+    # (server.cli.model_in_engine_core), so on CPU the text ratio includes that choice.
     "vllm": ("vllm.entrypoints.openai.api_server", "--logits-processors",
              "engine.worker.runner_v1:ChameleonSpanLogitsProcessorV1"),
 }

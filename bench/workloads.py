@@ -1,8 +1,8 @@
 """What each benchmark request asks for: text chat, image-in chat, image-out chat, completions, a mix.
 
 A workload is a name plus a function from the request index to the arguments of one
-streamed request, spelled as the ``openai`` client's keyword arguments; fixed output lengths (``ignore_eos`` + ``min_tokens``) keep
-text figures comparable across servers and runs.
+streamed request, spelled as the ``openai`` client's keyword arguments; fixed output lengths
+(``ignore_eos`` + ``min_tokens``) keep text figures comparable across servers and runs.
 """
 
 from __future__ import annotations

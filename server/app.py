@@ -79,9 +79,8 @@ async def _serve_when_loaded(app: FastAPI, load: asyncio.Task) -> None:
         logger.exception("the inference engine failed to start; shutting down with exit code 1")
         _stop_with_error(app)
         return
-    # Before the first request, as vLLM's own server does: the startup heap (torch, vLLM, transformers: ~0.7 M
-    # tracked objects) leaves the collector's reach, so a full collection no longer stalls every stream for
-    # ~0.3 s (bench/RESULTS.md).
+    # Before the first request, as vLLM's own server does: the startup heap (torch, vLLM, transformers) leaves
+    # the collector's reach, so a full collection no longer stalls every stream (bench/RESULTS.md).
     freeze_gc_heap()
     app.state.engine, app.state.model_class = engine, engine.model_class
     app.state.model_runner = engine.model_runner

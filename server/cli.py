@@ -4,7 +4,7 @@ and ``chameleon-serve convert META_RELEASE DST``.
 Engine flags are vLLM's own (``--dtype``, ``--max-model-len``,
 ``--tensor-parallel-size``, ``--gpu-memory-utilization``, ``--enforce-eager``, ...),
 parsed by vLLM's parser so every ``vllm serve`` engine flag passes through. This
-is the only module that reads the environment.
+is the only module that reads or sets the environment; the server flags' defaults are ``Settings``'.
 """
 
 from __future__ import annotations
@@ -74,6 +74,25 @@ def default_to_v1_model_runner(environ: MutableMapping[str, str] = os.environ) -
     return True
 
 
+def model_in_engine_core(engine_args, environ: MutableMapping[str, str] = os.environ):
+    """``engine_args`` with the model run inside vLLM's EngineCore process (its ``uni`` executor), on the CPU
+    build at one worker where the user chose no executor.
+
+    That is vLLM's own default on GPUs; its CPU build instead starts a worker process beside the EngineCore
+    (unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the two hand every step over twice through a
+    shared-memory queue that each side polls, each taking most of a core while it waits (bench/RESULTS.md,
+    the note on executors). The front end stays in its own process either way (AsyncLLM always runs the
+    EngineCore apart); the EngineCore's threads get the worker's binding (``engine/frontend/client.py``).
+    """
+    from vllm.platforms import current_platform
+
+    world = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size * engine_args.data_parallel_size
+    if not current_platform.is_cpu() or world != 1 or engine_args.distributed_executor_backend is not None:
+        return engine_args
+    environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by the CPU platform when it checks the config
+    return dataclasses.replace(engine_args, distributed_executor_backend="uni")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -81,26 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RemoteImagePolicy()
     parser = FlexibleArgumentParser(prog="chameleon-serve", description=__doc__.splitlines()[0])
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="0.0.0.0")
-    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--host", default=_setting("host"))
+    server.add_argument("--port", type=int, default=_setting("port"))
     server.add_argument("--api-key", default=os.environ.get("CHAMELEON_API_KEY"),
                         help="require 'Authorization: Bearer KEY' (env CHAMELEON_API_KEY)")
-    server.add_argument("--max-images-per-request", type=int, default=8)
-    server.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+    server.add_argument("--max-images-per-request", type=int, default=_setting("max_images_per_request"))
+    server.add_argument("--max-image-pixels", type=int, default=_setting("max_image_pixels"),
                         help="refuse input images with more pixels, checked before decoding")
     server.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the checkpoint's")
-    server.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+    server.add_argument("--max-body-bytes", type=int, default=_setting("max_body_bytes"),
                         help="refuse larger request bodies with 413")
-    server.add_argument("--max-queued-requests", type=int, default=None,
+    server.add_argument("--max-queued-requests", type=int, default=_setting("max_queued_requests"),
                         help="requests allowed to wait beyond the engine's --max-num-seqs running ones; "
                              "past it, 429 with Retry-After (default: unbounded)")
     server.add_argument("--max-guidance-memory-gib", type=float, default=None,
                         help="cap on the memory the unconditional twins of guided requests (cfg_scale) hold "
                              "outside vLLM's KV cache, all in flight together; past it, 429 with Retry-After "
                              "(default: no cap)")
-    server.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
+    server.add_argument("--shutdown-grace-seconds", type=float, default=_setting("shutdown_grace_s"),
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
-    server.add_argument("--image-output-format", default="content_parts", choices=IMAGE_OUTPUT_FORMATS,
+    server.add_argument("--image-output-format", default=_setting("image_output_format"), choices=IMAGE_OUTPUT_FORMATS,
                         help="how chat replies carry generated images unless a request sets image_output_format: "
                              "an ordered content-part list, OpenRouter's message.images, or inline Markdown")
     server.add_argument("--no-playground", action="store_true", help="do not serve the browser playground at /")
@@ -119,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     # only where the user chose nothing (_size_cpu_kv_cache).
     parser.set_defaults(model=None, gpu_memory_utilization=None)
     return parser
+
+
+def _setting(name: str):
+    """The default of ``Settings.<name>``: the flags' defaults are written once, there."""
+    return Settings.__dataclass_fields__[name].default
 
 
 def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
@@ -171,7 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     given = args.model
     args.model = _hf_layout(args.model)
     _size_cpu_kv_cache(args)
-    engine_args = AsyncEngineArgs.from_cli_args(args)
+    engine_args = model_in_engine_core(AsyncEngineArgs.from_cli_args(args))
     names = engine_args.served_model_name
     served = (names[0] if isinstance(names, list) else names) or given
     template = Path(args.chat_template).read_text() if args.chat_template else None

@@ -79,6 +79,6 @@ def sampling_params(
 def _engine_temperature(req: SamplingFields) -> float:
     """vLLM's temperature for an image-only reply, whose every token the span processor picks (it leaves one
     finite logit per row): greedy, so vLLM's sampler takes an argmax instead of drawing over the whole
-    vocabulary (a third of a step's time at 8 rows on the tiny model, bench/RESULTS.md); vLLM refuses
+    vocabulary (a large share of a step's time on the tiny model: bench/RESULTS.md); vLLM refuses
     greedy with ``n`` > 1, which then keeps a random draw that can only pick the same token."""
     return 0.0 if req.n == 1 else 1.0

@@ -27,7 +27,8 @@ class Settings:
     vqgan: Path | None = None  # Meta's vqgan.ckpt (yaml beside it) for image output; None: text and image input only
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
-    max_guidance_bytes: int | None = None  # guided requests' twin memory in flight (engine/worker/guidance.py); None = no cap
+    # guided requests' twin memory in flight (engine/worker/guidance.py); None = no cap
+    max_guidance_bytes: int | None = None
     shutdown_grace_s: float = 30.0
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one

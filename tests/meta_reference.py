@@ -19,7 +19,8 @@ def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 def _rotate_adjacent_pairs(x: Tensor, theta: float) -> Tensor:
     """x: (T, heads, head_dim); pair (2i, 2i+1) of position t rotated by t * theta^(-2i/head_dim)."""
     t, _, d = x.shape
-    angles = torch.outer(torch.arange(t, dtype=torch.float64), theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d))
+    inverse_frequencies = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), inverse_frequencies)
     rotation = torch.polar(torch.ones_like(angles), angles)[:, None, :]
     pairs = torch.view_as_complex(x.double().reshape(t, -1, d // 2, 2).contiguous())
     return torch.view_as_real(pairs * rotation).reshape(x.shape).to(x.dtype)

@@ -36,7 +36,8 @@ class HFOracle:
             inputs = self.processor(text=rendered, images=images or None, return_tensors="pt")
             # transformers 5.19 appends the separator even with return_for_text_completion=True: drop it,
             # the rendered template is the whole prompt.
-            inputs["input_ids"], inputs["attention_mask"] = inputs["input_ids"][:, :-1], inputs["attention_mask"][:, :-1]
+            for key in ("input_ids", "attention_mask"):
+                inputs[key] = inputs[key][:, :-1]
             return inputs
         prompt = text + "<image>" * len(images)
         return self.processor(text=prompt, images=images or None, return_tensors="pt")

@@ -13,7 +13,6 @@ images the model writes (VQGAN decoder + PNG).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -79,8 +78,8 @@ class ImagePainter:
     vqmodel: VQModel
     device: torch.device
     max_decode_pixels: int = MAX_PIXELS_PER_PASS
-    # PNG encoding costs ~130 ms per 512×512 image on one core (more than its decode on a GPU); Pillow's zlib
-    # work runs outside the GIL, so encoders in threads scale with cores (7.7 -> 48 images/s with 8).
+    # PNG encoding can cost more than the image's decode on a GPU; Pillow's zlib work runs outside the GIL, so
+    # encoders in threads scale with cores (bench/RESULTS.md, "Figures kept out of the code").
     png_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="png"))
 
@@ -154,30 +153,10 @@ def codes_as_special(tokenizer, layout: TokenLayout):
     return output_side
 
 
-def model_in_engine_core(engine_args):
-    """``engine_args`` with the model run inside vLLM's EngineCore process (its ``uni`` executor), on the CPU
-    build at one worker where the user chose no executor.
-
-    That is vLLM's own default on GPUs; its CPU build instead starts a worker process beside the EngineCore
-    (unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the two hand every step over twice through a
-    shared-memory queue that each side polls, each taking most of a core while it waits: on 2 cores the
-    in-process model gave 1.4x the image throughput at 8 rows (bench/RESULTS.md). The front end stays in its
-    own process either way (AsyncLLM always runs the EngineCore apart); the EngineCore's threads get the
-    worker's binding (:func:`_engine_core_threads_bound`).
-    """
-    from vllm.platforms import current_platform
-
-    world = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size * engine_args.data_parallel_size
-    if not current_platform.is_cpu() or world != 1 or engine_args.distributed_executor_backend is not None:
-        return engine_args
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by the CPU platform when it checks the config
-    return dataclasses.replace(engine_args, distributed_executor_backend="uni")
-
-
 @contextmanager
 def _engine_core_threads_bound(vllm_config) -> Iterator[None]:
     """While the EngineCore process starts (it reads the environment then): the OpenMP binding that vLLM gives
-    its CPU worker process, for an EngineCore that runs the model itself (:func:`model_in_engine_core`).
+    its CPU worker process, for an EngineCore that runs the model itself (``server.cli.model_in_engine_core``).
 
     vLLM binds only worker processes; unbound, the EngineCore's OpenMP team takes every core, and its second
     thread spins on the core the front end needs. Bound, it keeps vLLM's layout: the model's threads on their
@@ -260,7 +239,7 @@ class ChameleonEngine:
 
         from engine.frontend.detokenize import skip_spans_when_detokenizing
 
-        vllm_config = model_in_engine_core(engine_args).create_engine_config(UsageContext.OPENAI_API_SERVER)
+        vllm_config = engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
         model_config = vllm_config.model_config
         # The adapter must match the model runner that this config selects (V1 on CPU, V2 on GPU).
         model_config.logits_processors = [*(model_config.logits_processors or []),

@@ -33,9 +33,9 @@ _HF_VQ_DEFAULTS = {
 }
 
 
-# Encoder and decoder activations take ~0.9 GiB of GPU memory per 512×512 image in fp32 (bench/RESULTS.md,
-# "VQGAN decode on a GPU"), outside the share that --gpu-memory-utilization gives vLLM. Passes over at most
-# this many pixels stay near 4 GiB, at ~80% of the batched throughput plateau.
+# Encoder and decoder activations take GPU memory per image outside the share that --gpu-memory-utilization
+# gives vLLM; passes over at most this many pixels bound it while keeping most of the batched throughput
+# (bench/RESULTS.md, "VQGAN decode on a GPU").
 MAX_PIXELS_PER_PASS = 4 * 512 * 512
 
 

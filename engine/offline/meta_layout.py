@@ -109,7 +109,8 @@ def _hf_state_dict(shards: list[dict[str, Tensor]], params: dict) -> dict[str, T
             state[hf + _HF_NAMES[name] + ".weight"] = shards[0][meta + name + ".weight"]
         state[hf + "self_attn.q_proj.weight"] = _rotary_rows(state[hf + "self_attn.q_proj.weight"], heads)
         state[hf + "self_attn.k_proj.weight"] = _rotary_rows(state[hf + "self_attn.k_proj.weight"], kv_heads)
-        for meta_norm, hf_norm, count in (("q_normalization", "q_norm", heads), ("k_normalization", "k_norm", kv_heads)):
+        norms = (("q_normalization", "q_norm", heads), ("k_normalization", "k_norm", kv_heads))
+        for meta_norm, hf_norm, count in norms:
             for part in ("weight", "bias"):
                 per_shard = torch.stack([s[f"{meta}attention.{meta_norm}.{part}"] for s in shards])
                 per_shard = _rotary_rows(per_shard.T, heads=1).T  # (shards, head_dim): permuted like q/k rows
@@ -155,7 +156,8 @@ def _write_processor(dst: Path, tokenizer_json: dict, vq_config: dict) -> None:
 
     from engine.shared.vocab import SEP_NAME
 
-    renamed = json.loads(json.dumps(tokenizer_json).replace(f'"{META_PLACEHOLDER_NAME}"', f'"{IMAGE_PLACEHOLDER_NAME}"'))
+    text = json.dumps(tokenizer_json).replace(f'"{META_PLACEHOLDER_NAME}"', f'"{IMAGE_PLACEHOLDER_NAME}"')
+    renamed = json.loads(text)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(renamed)), bos_token="<s>",
                                         eos_token="</s>", pad_token="<pad>", unk_token="<unk>", sep_token=SEP_NAME)
     side = vq_config["resolution"]

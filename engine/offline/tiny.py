@@ -192,7 +192,8 @@ def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1
             f"layers.{i}.attention.wk.weight": ((kv_heads * head_dim, dim), 0),
             f"layers.{i}.attention.wv.weight": ((kv_heads * head_dim, dim), 0),
             f"layers.{i}.attention.wo.weight": ((dim, heads * head_dim), 1),
-            f"layers.{i}.feed_forward.w1.weight": ((ffn, dim), 0), f"layers.{i}.feed_forward.w3.weight": ((ffn, dim), 0),
+            f"layers.{i}.feed_forward.w1.weight": ((ffn, dim), 0),
+            f"layers.{i}.feed_forward.w3.weight": ((ffn, dim), 0),
             f"layers.{i}.feed_forward.w2.weight": ((dim, ffn), 1),
             f"layers.{i}.attention_norm.weight": ((dim,), None), f"layers.{i}.ffn_norm.weight": ((dim,), None),
         })

@@ -99,7 +99,8 @@ class TokenLayout:
         config_path = model_dir / "config.json"
         config = json.loads(config_path.read_text())
         if not config.get("vocabulary_map"):
-            raise CheckpointError(f"{config_path} has no vocabulary_map: convert the checkpoint to the Hugging Face layout")
+            raise CheckpointError(f"{config_path} has no vocabulary_map: convert the checkpoint to the Hugging Face "
+                                  "layout")
         proc_path = model_dir / "processor_config.json"
         seq_len = json.loads(proc_path.read_text()).get("image_seq_length") if proc_path.exists() else None
         if seq_len is None:
@@ -143,7 +144,3 @@ class TokenLayout:
     def span_token_ids(self) -> frozenset[int]:
         """Every id :meth:`is_span_token` accepts."""
         return self._span_ids
-
-    def forbidden_outside_span(self) -> torch.Tensor:
-        """Ids no text-only request may ever sample: every image code, BOI, EOI and span framing tokens."""
-        return torch.cat([self.code_ids(), torch.tensor([self.boi, self.eoi, *self.span.inner_ids()])])

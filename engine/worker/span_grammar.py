@@ -6,7 +6,7 @@ Chameleon's ``image_seq_length`` codes then EOI, or Lumina-mGPT's size tokens an
 EOL-closed rows of the request's grid then EOI, every forced step chosen per row by
 array arithmetic on its position. Rows
 inside a span are sampled here with the request's image temperature/top-k/top-p
-(Anole's inference code: 0.7 / off / 0.9), because vLLM's own temperature and
+(the checkpoint family's defaults unless the request sets them), because vLLM's own temperature and
 top-k/top-p run after logits processors; the row is left with that one token
 finite, so whatever vLLM does next picks it. No vLLM imports here: the V1 and
 V2 adapters (``runner_v1.py``, ``runner_v2.py``) feed it slots and tokens.

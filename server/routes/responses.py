@@ -89,8 +89,9 @@ def _response(req: ResponsesRequest, chat: ChatCompletionRequest, response_id: s
 
 
 def _usage(engine: ChameleonEngine, prompt_len: int, token_ids: list[int]) -> ResponseUsage:
-    return ResponseUsage(input_tokens=prompt_len, output_tokens=len(token_ids), total_tokens=prompt_len + len(token_ids),
-                         output_tokens_details=OutputTokensDetails(image_tokens=count_image_tokens(engine, token_ids)))
+    details = OutputTokensDetails(image_tokens=count_image_tokens(engine, token_ids))
+    return ResponseUsage(input_tokens=prompt_len, output_tokens=len(token_ids),
+                         total_tokens=prompt_len + len(token_ids), output_tokens_details=details)
 
 
 @router.post("/responses", response_model=None)

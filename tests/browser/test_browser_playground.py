@@ -4,7 +4,8 @@ CI needs, besides the test extra (the lead's .ci/run installs them):
     apt-get update && apt-get install -y --no-install-recommends chromium     # Debian's Chromium, /usr/bin/chromium
     .venv/bin/pip install 'playwright>=1.45'                                  # or the project's [browser] extra
 No `playwright install`: Playwright drives the system Chromium (executable_path), nothing is downloaded.
-Without either, these tests are skipped (by the browser fixture, before a server starts) and say which is missing. Screenshots: tests/artifacts/browser/.
+Without either, these tests are skipped (by the browser fixture, before a server starts) and say which is
+missing. Screenshots: tests/artifacts/browser/.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def test_image_previews_sharpen_into_the_final_image(watch, api_key, tiny_dir, t
     page.fill("#settings [name=seed]", "3")
     page.evaluate("""() => new MutationObserver((records) => {  // every picture the page showed, in order
         for (const r of records) if (r.oldValue) (window.shown ||= []).push(r.oldValue);
-    }).observe(document.getElementById("messages"), {subtree: true, attributeFilter: ["src"], attributeOldValue: true})""")
+    }).observe(document.getElementById("messages"),
+               {subtree: true, attributeFilter: ["src"], attributeOldValue: true})""")
     reply = _send(page, "Draw a red circle on a white background.")
     figure = reply.locator("figure.image.final")
     img = figure.locator("img")

@@ -49,7 +49,8 @@ class Container:
 
 @pytest.fixture(scope="session")
 def docker_daemon() -> None:
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+    if shutil.which("docker") is None or \
+            subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
         pytest.skip(NO_DOCKER)
 
 

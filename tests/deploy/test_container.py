@@ -48,7 +48,8 @@ def test_runs_as_non_root(container: Container):
 
 
 def test_image_has_no_build_tools_or_caches(image: str):
-    probe = ("import os, shutil; print(sorted(p for p in ('/wheelhouse', '/root/.cache', os.path.expanduser('~/.cache'))"
+    probe = ("import os, shutil; print(sorted(p for p in "
+             "('/wheelhouse', '/root/.cache', os.path.expanduser('~/.cache'))"
              " if os.path.exists(p)), [t for t in ('pip', 'gcc', 'cc', 'make') if shutil.which(t)])")
     out = docker("run", "--rm", "--entrypoint", "python3", image, "-c", probe).stdout.strip()
     assert out == "[] []"

@@ -22,7 +22,7 @@ OUR_MODEL = "engine.worker.model.ChameleonForConditionalGeneration"
 
 def text_ids(layout: TokenLayout) -> list[int]:
     """Every id a text-only request may produce: no image code, no BOI/EOI."""
-    forbidden = set(layout.forbidden_outside_span().tolist())
+    forbidden = set(layout.span_token_ids())
     return [i for i in range(layout.vocab_size) if i not in forbidden]
 
 

@@ -19,7 +19,7 @@ SPEC = TinySpec(grid=8, codebook_size=64)  # 4 heads, 2 KV heads: each rank hold
 def prompts_for(layout: TokenLayout) -> list[list[int]]:
     gen = torch.Generator().manual_seed(5)
     codes = torch.randint(0, layout.codebook_size, (layout.image_seq_length,), generator=gen)
-    forbidden = set(layout.forbidden_outside_span().tolist())
+    forbidden = set(layout.span_token_ids())
     text = [i for i in range(layout.vocab_size) if i not in forbidden]
     words = [text[i] for i in torch.randint(0, len(text), (12,), generator=gen).tolist()]
     return [[0, *words], [0, *words[:3], *layout.image_span(codes), layout.sep]]

@@ -32,7 +32,7 @@ def prompts(layout: TokenLayout, count: int) -> list:
     """Short token-id prompts of plain text ids, distinct per index."""
     from vllm.inputs import TokensPrompt
 
-    text = [i for i in range(4, layout.vocab_size) if i not in set(layout.forbidden_outside_span().tolist())]
+    text = [i for i in range(4, layout.vocab_size) if i not in set(layout.span_token_ids())]
     return [TokensPrompt(prompt_token_ids=[0, *text[3 * k : 3 * k + 5], layout.sep]) for k in range(count)]
 
 
@@ -62,7 +62,7 @@ def spans_ok(tokens: list[int], layout: TokenLayout) -> int:
 
 def test_text_only_never_writes_image_tokens(engine):
     llm, layout = engine
-    forbidden = set(layout.forbidden_outside_span().tolist())
+    forbidden = set(layout.span_token_ids())
     # biases toward BOI, EOI and a code must not get through the grammar
     bias = {layout.boi: 8.0, layout.eoi: 8.0, layout.code_to_id[0]: 8.0}
     for extra in (None, {"modalities": ["text"]}):

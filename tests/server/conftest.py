@@ -52,7 +52,8 @@ def start_server(model_dir: Path, log_path: Path, *extra: str) -> LiveServer:
            "--served-model-name", MODEL, "--api-key", API_KEY, "--dtype", "float32", "--enforce-eager",
            "--max-model-len", "4096", *extra]
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     server = LiveServer(f"http://127.0.0.1:{port}", model_dir, log_path, proc, [])
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

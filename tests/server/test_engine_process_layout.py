@@ -7,7 +7,7 @@ import psutil
 
 def test_the_engine_core_runs_the_model_without_a_worker_process(server, client):
     """vLLM's CPU build would start a worker process under the EngineCore and hand each step over to it twice
-    through a polled shared-memory queue (engine.frontend.client.model_in_engine_core); here the EngineCore has no
+    through a polled shared-memory queue (server.cli.model_in_engine_core); here the EngineCore has no
     process of its own under it, and it answers."""
     [core] = [p for p in psutil.Process(server.process.pid).children() if "EngineCor" in p.name()]
     assert [p.name() for p in core.children(recursive=True)] == []

@@ -105,7 +105,7 @@ def test_sampling_knobs(client, oracle):
         extra_body={"min_tokens": 10, "ignore_eos": True, "return_token_ids": True})
     assert len(forced.choices[0].token_ids) == 10 and forced.choices[0].finish_reason == "length"
     layout = oracle.layout
-    forbidden = set(layout.forbidden_outside_span().tolist())
+    forbidden = set(layout.span_token_ids())
     hot = client.chat.completions.create(model=MODEL, messages=[user_message("Hi")], temperature=2.0, max_tokens=64,
                                          n=4, extra_body={"return_token_ids": True})
     assert all(not forbidden & set(c.token_ids) for c in hot.choices)  # text-only never writes image tokens

@@ -83,8 +83,8 @@ def test_decoder_of_another_model(copy, tmp_path):
 
 def test_the_server_command_says_it_in_one_line(copy):
     edit_config(copy, vocabulary_map=None)
-    done = subprocess.run([sys.executable, "-m", "server.cli", "--model", str(copy)], capture_output=True, text=True, check=False,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", "server.cli", "--model", str(copy)], capture_output=True, text=True,
+                          check=False, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"chameleon-serve: error: {copy / 'config.json'} has no vocabulary_map: "

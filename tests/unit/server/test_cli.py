@@ -25,8 +25,8 @@ def _environment_restored(monkeypatch):
 
 
 def test_make_tiny_defaults(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(tmp_path / "m"), "--codebook-size", "64"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(tmp_path / "m"),
+                          "--codebook-size", "64"], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("m")
     assert json.loads((tmp_path / "m" / "processor_config.json").read_text())["image_seq_length"] == 32 * 32
 

@@ -95,7 +95,8 @@ def test_image_output_format_flag(tmp_path):
 
 def test_response_events_build_items_in_order_and_fit_the_schema():
     events = ResponseEvents()
-    raw = [e for p in ["Hi", " there", PNG(b"\x89PNG-one"), "bye"] for e in events.piece(p)] + events.finish("completed")
+    raw = [e for p in ["Hi", " there", PNG(b"\x89PNG-one"), "bye"] for e in events.piece(p)]
+    raw += events.finish("completed")
     parsed = sse_events("".join(raw))
     for name, event in parsed:
         check("ResponseStreamEvent", event)

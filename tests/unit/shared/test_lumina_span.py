@@ -84,7 +84,7 @@ def test_text_rows_never_get_eol_or_size_tokens():
     g = SpanGrammar(LAYOUT, max_slots=2)
     g.add(0, RequestOptions(mode=INTERLEAVED), [1, 2], 0)
     assert allowed(g.apply(torch.randn(1, V), np.array([0]))[0]) == TEXT | {BOI}
-    assert set(LAYOUT.forbidden_outside_span().tolist()) == CODES | SIZES | {BOI, EOI, EOL}
+    assert set(LAYOUT.span_token_ids()) == CODES | SIZES | {BOI, EOI, EOL}
 
 
 def test_resync_places_a_slot_inside_a_row_and_after_an_eol():

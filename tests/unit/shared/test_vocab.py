@@ -33,7 +33,7 @@ def test_span_and_forbidden():
     layout = _layout()
     span = layout.image_span(torch.tensor([1, 2, 3, 4]))
     assert span[0] == layout.boi and span[-1] == layout.eoi and len(span) == 6
-    forbidden = set(layout.forbidden_outside_span().tolist())
+    forbidden = set(layout.span_token_ids())
     assert forbidden == set(range(4, 24)) | {layout.boi, layout.eoi}
 
 

@@ -57,6 +57,7 @@ def test_the_draw_compiles_where_numba_can_cache_nothing():
     code = ("import numpy as np, torch; from engine.worker.nucleus import draw_nucleus; "
             "print(draw_nucleus(torch.tensor([[0.0, 1.0]]), torch.full((1, 2), 0.5), np.ones(1, np.float32)).item())")
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}  # applies to notebook cells only
-    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"

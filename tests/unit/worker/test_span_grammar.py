@@ -329,7 +329,8 @@ def test_defaults_and_modalities():
     assert RequestOptions.from_extra_args({"modalities": ["image", "text"]}).mode == INTERLEAVED
     image_only = RequestOptions.from_extra_args({"modalities": ["image"]}, seed=3)
     assert image_only == RequestOptions(mode=IMAGE_ONLY, seed=3)
-    RequestOptions.from_sampling_params(SimpleNamespace(extra_args={"modalities": ["text"], "other_processor_key": 1}, seed=None))
+    other_keys = {"modalities": ["text"], "other_processor_key": 1}
+    RequestOptions.from_sampling_params(SimpleNamespace(extra_args=other_keys, seed=None))
 
 
 @pytest.mark.parametrize(

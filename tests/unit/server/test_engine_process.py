@@ -6,7 +6,7 @@ import os
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 
-from engine.frontend.client import model_in_engine_core
+from server.cli import model_in_engine_core
 
 
 def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch):
