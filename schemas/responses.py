@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from schemas.common import Text, WireModel, omitted_if_none
+from schemas.images import ImageFormatFields, OutputFormat
 
 
 class InputText(WireModel):
@@ -51,7 +52,7 @@ class ImageGenerationCallInput(WireModel):
 InputItem = InputMessage | ImageGenerationCallInput  # a message's "type" may be left out
 
 
-class ImageGenerationTool(WireModel):
+class ImageGenerationTool(ImageFormatFields):
     type: Literal["image_generation"]
     partial_images: int = Field(0, ge=0, le=3)  # previews of each image while it is written (streams only)
     size: str | None = None  # "auto" or a "WxH" the model writes, as on /v1/images/generations (400 otherwise)
@@ -100,6 +101,11 @@ class ResponsesRequest(WireModel):
         return self.tools[0].partial_images if self.tools and self.stream else 0
 
     @property
+    def image_format(self) -> ImageFormatFields:
+        """How images are encoded: the image tool's output fields (PNG without the tool)."""
+        return self.tools[0] if self.tools else ImageFormatFields()
+
+    @property
     def image_size(self) -> str | None:
         """The image tool's ``size``, None without the tool."""
         return self.tools[0].size if self.tools else None
@@ -135,8 +141,8 @@ class ImageGenerationCall(WireModel):
     type: Literal["image_generation_call"] = "image_generation_call"
     status: Literal["in_progress", "generating", "completed", "failed"]
     result: str | None  # base64 PNG once completed
-    # --- extension: what result holds ---
-    output_format: Literal["png"] = "png"
+    # --- extension: what result holds (the tool's output_format) ---
+    output_format: OutputFormat = "png"
 
 
 OutputItem = Annotated[MessageItem | ImageGenerationCall, Field(discriminator="type")]

@@ -7,6 +7,7 @@ frees its KV blocks (AsyncLLM.generate aborts on cancellation).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -16,7 +17,9 @@ from typing import TypeVar
 from fastapi import Request
 
 from engine.frontend.client import ChameleonEngine
+from engine.frontend.images import encode_as
 from engine.frontend.splitter import ImageCodes, SpanSplitter, StopTextHold
+from schemas.images import ImageFormatFields
 from server import metrics
 from server.errors import APIError, Unavailable
 from server.pipeline import Prepared
@@ -69,6 +72,18 @@ def _finish(reason: str | None) -> str | None:
         raise error(f"the inference engine ended this reply before it was complete ({reason})",
                     code=f"engine_{reason}")
     return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+ImageBytes = TypeVar("ImageBytes", PNG, Preview)
+
+
+async def in_format(image: ImageBytes, fields: ImageFormatFields) -> ImageBytes:
+    """A finished image or a preview in the ``output_format`` asked (PNG as painted; jpeg and webp re-encoded
+    on a thread, at ``output_compression``)."""
+    if fields.output_format == "png":
+        return image
+    data = await asyncio.to_thread(encode_as, image.data, fields.output_format, fields.output_compression)
+    return dataclasses.replace(image, data=data)
 
 
 async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> list[Piece]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
 from vllm import SamplingParams
 
 from engine.frontend.client import ChameleonEngine
@@ -34,10 +35,13 @@ class Prepared:
 
 
 async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest, request_id: str,
-                       log: dict, *, size_param: str = "image_size") -> Prepared:
-    """A chat-shaped request (chat, Responses, Images); ``size_param`` names ``req.image_size`` in 400s."""
+                       log: dict, *, size_param: str = "image_size", editable: np.ndarray | None = None) -> Prepared:
+    """A chat-shaped request (chat, Responses, Images); ``size_param`` names ``req.image_size`` in 400s.
+    ``editable`` (a masked edit): the code cells of the prompt's first image that the reply may change; the
+    rest are written as they are in that image."""
     prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
-    options = await chat_options(engine, settings, req, size_param)
+    kept = kept_codes(engine, prompt.token_ids, editable) if editable is not None else ()
+    options = await chat_options(engine, settings, req, size_param, kept)
     return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
 
 
@@ -59,10 +63,20 @@ def _admitted(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRe
     return Prepared(prompt, options, params, request_id)
 
 
+def kept_codes(engine: ChameleonEngine, prompt_ids: list[int], editable: np.ndarray) -> tuple[int, ...]:
+    """Per code cell of the prompt's first image (raster order): its code where ``editable`` is False, else -1."""
+    start = prompt_ids.index(engine.layout.boi)
+    cells = editable.size
+    span = prompt_ids[start + 1:start + engine.layout.span.image_tokens()]
+    codes = [t for t in span if t in engine.layout.code_of]
+    return tuple(-1 if free else code for code, free in zip(codes[:cells], editable.ravel().tolist(), strict=True))
+
+
 async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
-                       size_param: str = "image_size") -> RequestOptions:
+                       size_param: str = "image_size", kept: tuple[int, ...] = ()) -> RequestOptions:
     """The request's options: its modalities, its image sampling fields (else the checkpoint family's), the grid
-    of the image size it asks for, guidance, and a seed for a reply that may write images."""
+    of the image size it asks for (a masked edit's: its input image's), guidance, and a seed for a reply that
+    may write images."""
     try:
         mode = mode_of(req.modalities)
     except ValueError as exc:
@@ -71,9 +85,15 @@ async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCom
     image = {name: getattr(req, name) if getattr(req, name) is not None else getattr(family, name)
              for name in ("image_temperature", "image_top_k", "image_top_p")}
     grid = _image_grid(engine, req.image_size, size_param) if mode != TEXT_ONLY else None
+    if kept:
+        native = (engine.layout.span.native_grid,) * 2
+        if req.image_size not in (None, "auto") and grid not in (None, native):
+            raise BadRequest(f"{size_param}: a masked edit keeps its input image's size; use 'auto'",
+                             param=size_param)
+        grid = native if engine.layout.span.rows_framed else None
     scale, uncond = await _guidance(engine, settings, req, mode)
     return _checked(mode=mode, seed=_request_seed(req.seed, mode), cfg_scale=scale, uncond_prompt=uncond,
-                    image_grid=grid, **image)
+                    image_grid=grid, kept_codes=kept, **image)
 
 
 def _checked(**fields) -> RequestOptions:

@@ -17,8 +17,9 @@ from server.previews import Preview
 
 
 class OutputItems:
-    def __init__(self) -> None:
+    def __init__(self, output_format: str = "png") -> None:
         self.items: list[OutputItem] = []
+        self.output_format = output_format  # what the images' bytes are (the image tool's output_format)
 
     def add_text(self, text: str) -> tuple[MessageItem, bool]:
         """The message item the text joins, and whether it was opened by this text."""
@@ -36,7 +37,8 @@ class OutputItems:
         if isinstance(last, ImageGenerationCall) and last.status == "in_progress":
             return last, False
         self.close_text()
-        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="in_progress", result=None)
+        item = ImageGenerationCall(id=f"ig_{uuid.uuid4().hex}", status="in_progress", result=None,
+                                   output_format=self.output_format)
         self.items.append(item)
         return item, True
 
@@ -63,9 +65,9 @@ class OutputItems:
         return None
 
     @classmethod
-    def of(cls, pieces: list[Piece], status: str) -> list[OutputItem]:
+    def of(cls, pieces: list[Piece], status: str, output_format: str = "png") -> list[OutputItem]:
         """The items of a whole reply; an empty reply is still one (empty) message, as OpenAI answers."""
-        items = cls()
+        items = cls(output_format)
         for piece in pieces or [""]:
             items.add_text(piece) if isinstance(piece, str) else items.add_image(piece)
         items.close_text(status)
@@ -75,8 +77,8 @@ class OutputItems:
 class ResponseEvents:
     """SSE events of one streamed response, numbered from 0, and the items they have built so far."""
 
-    def __init__(self) -> None:
-        self.output = OutputItems()
+    def __init__(self, output_format: str = "png") -> None:
+        self.output = OutputItems(output_format)
         self._sequence = itertools.count()
 
     def event(self, kind: str, **fields) -> str:

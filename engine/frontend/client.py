@@ -218,6 +218,7 @@ class ChameleonEngine:
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
+        self.preprocess = image_tokenizer.preprocess  # the geometry of input images (and of an edit's mask)
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)

@@ -28,7 +28,12 @@ class ImageInputError(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int) -> PIL.Image.Image:
-    """PNG/JPEG/WebP/GIF bytes -> RGB image (first frame), transparency composited on white.
+    """PNG/JPEG/WebP/GIF bytes -> RGB image (first frame), transparency composited on white."""
+    return convert_to_rgb(decode_keeping_alpha(data, max_pixels))
+
+
+def decode_keeping_alpha(data: bytes, max_pixels: int) -> PIL.Image.Image:
+    """PNG/JPEG/WebP/GIF bytes -> the image as stored (first frame), transparency kept (an edit's mask).
 
     The size is checked from the header, before any pixel is decoded, so a small file
     that expands to a huge bitmap costs nothing.
@@ -46,7 +51,7 @@ def decode_image(data: bytes, max_pixels: int) -> PIL.Image.Image:
         raise ImageInputError(f"image is {width}x{height} = {width * height} pixels; limit {max_pixels}")
     try:
         img.load()  # first frame only for animated GIF/WebP
-        return convert_to_rgb(img)
+        return img
     except PIL.Image.DecompressionBombError as e:
         raise ImageInputError(f"image is too large: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -177,6 +182,21 @@ class ImagePreprocessor:
             arr = (arr - mean) / std
         return arr.astype(np.float32)
 
+    def editable_cells(self, mask: PIL.Image.Image, grid: int) -> np.ndarray:
+        """OpenAI's edit mask (fully transparent pixels mark the area to change, the mask the size of the image)
+        as a ``grid`` x ``grid`` boolean map of the image's code cells: the mask goes through this image's
+        resize and crop, and a cell is editable if any of its pixels was transparent."""
+        if "A" not in mask.getbands() and not (mask.mode == "P" and "transparency" in mask.info):
+            raise ImageInputError("the mask has no alpha channel: its fully transparent pixels mark the area to edit")
+        alpha = np.array(mask.convert("RGBA"))[..., 3]
+        transparent = PIL.Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+        if self.do_resize:
+            h, w = self._resize_hw(*mask.size)
+            transparent = transparent.resize((w, h), resample=PIL.Image.Resampling.BILINEAR)  # edges spread
+        arr = _center_crop(np.array(transparent)[None], *self.crop_size)[0]
+        cell_h, cell_w = self.crop_size[0] // grid, self.crop_size[1] // grid
+        return arr.reshape(grid, cell_h, grid, cell_w).max(axis=(1, 3)) > 0
+
     def __call__(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """PIL images -> float32 [B, 3, crop_h, crop_w] VQGAN input."""
         if not images:
@@ -211,3 +231,13 @@ def to_png(pixels: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     PIL.Image.fromarray(pixels_to_uint8(pixels).numpy(), "RGB").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def encode_as(png: bytes, output_format: str, compression: int) -> bytes:
+    """``png`` re-encoded as ``output_format`` (``png``: unchanged; ``jpeg``/``webp`` at quality ``compression``,
+    0-100, as OpenAI's ``output_compression``)."""
+    if output_format == "png":
+        return png
+    out = io.BytesIO()
+    PIL.Image.open(io.BytesIO(png)).convert("RGB").save(out, format=output_format.upper(), quality=compression)
+    return out.getvalue()

@@ -5,8 +5,8 @@ in ``SamplingParams.extra_args``, written by :meth:`RequestOptions.extra_args` o
 request by :meth:`RequestOptions.from_sampling_params` (the worker's adapters; vLLM also calls it to
 validate requests made to the engine directly). The keys are the ones a direct vLLM user passes:
 ``modalities``, ``image_temperature``, ``image_top_k``, ``image_top_p``, ``cfg_scale``,
-``cfg_uncond_prompt`` and ``image_grid``. The seed travels as vLLM's own ``SamplingParams.seed``, which vLLM
-offsets for each choice of an ``n`` > 1 request.
+``cfg_uncond_prompt``, ``image_grid`` and ``image_keep``. The seed travels as vLLM's own
+``SamplingParams.seed``, which vLLM offsets for each choice of an ``n`` > 1 request.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class RequestOptions:
     cfg_scale: float = 1.0  # classifier-free guidance of image codes; 1.0 = off
     uncond_prompt: tuple[int, ...] = ()  # the unconditional sequence's prompt (engine/worker/guidance.py)
     image_grid: tuple[int, int] | None = None  # (rows, codes per row); None: the checkpoint's native square
+    # A masked edit: per code cell of the image, in raster order, the vocabulary id the grammar writes there
+    # (the input image's code, outside the mask), or -1 where it samples one; () for no mask.
+    kept_codes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not _number(self.image_temperature) or not 0 <= self.image_temperature < math.inf:
@@ -68,6 +71,9 @@ class RequestOptions:
         if grid is not None and (len(grid) != 2 or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0
                                                             for g in grid)):
             raise ValueError(f"image_grid must be [rows, codes per row] of positive integers, got {list(grid)!r}")
+        if self.kept_codes and (self.mode == TEXT_ONLY or not all(isinstance(t, int) and t >= -1
+                                                                   for t in self.kept_codes)):
+            raise ValueError("image_keep must be a list of token ids (-1: sampled), one per code cell of an image")
 
     @property
     def guided(self) -> bool:
@@ -93,6 +99,8 @@ class RequestOptions:
             args.update(cfg_scale=self.cfg_scale, cfg_uncond_prompt=list(self.uncond_prompt))
         if self.image_grid is not None:
             args["image_grid"] = list(self.image_grid)
+        if self.kept_codes:
+            args["image_keep"] = list(self.kept_codes)
         return args
 
     @classmethod
@@ -105,12 +113,13 @@ class RequestOptions:
                 (scale != 1.0 and "cfg_uncond_prompt" not in xa):
             raise ValueError("cfg_uncond_prompt must be a list of token ids when cfg_scale is set (empty: "
                              "the image alone, as Lumina-mGPT guides)")
-        grid = xa.get("image_grid")
+        grid, keep = xa.get("image_grid"), xa.get("image_keep", [])
         if grid is not None and (isinstance(grid, str) or not isinstance(grid, Sequence)):
             raise ValueError(f"image_grid must be [rows, codes per row] of positive integers, got {grid!r}")
+        keep = [keep] if isinstance(keep, str) or not isinstance(keep, Sequence) else keep  # refused when built
         return cls(mode_of(xa.get("modalities", ["text"])), xa.get("image_temperature", _BASE.image_temperature),
                    xa.get("image_top_k", _BASE.image_top_k), xa.get("image_top_p", _BASE.image_top_p), seed, scale,
-                   tuple(uncond), None if grid is None else tuple(grid))
+                   tuple(uncond), None if grid is None else tuple(grid), tuple(keep))
 
     @classmethod
     def from_sampling_params(cls, sampling_params: Any) -> RequestOptions:

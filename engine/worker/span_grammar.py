@@ -100,6 +100,11 @@ class SpanGrammar:
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
         self.seed = np.zeros(max_slots, dtype=np.int64)  # every image draw is counter-based on this seed
+        # Masked edits: per slot, the token written at each code cell of a native-grid image (the input's code
+        # outside the mask), -1 where one is sampled; rows of slots without a mask are never read.
+        self.has_kept = np.zeros(max_slots, dtype=bool)
+        self.kept = np.full((max_slots, native * native), -1, dtype=np.int64)
+        self._kept_t = torch.from_numpy(self.kept).to(self.device)
         # Imported here, not with this module: once numba's llvmlite is imported, the scan of module namespaces
         # that vLLM's CPU platform runs as its worker starts fails on it (vLLM 0.32); processors are built after.
         from engine.worker.nucleus import draw_nucleus
@@ -129,7 +134,17 @@ class SpanGrammar:
         self.top_k[slot] = params.image_top_k
         self.top_p[slot] = params.image_top_p
         self.seed[slot] = _request_seed(params.seed) if params.mode != TEXT_ONLY else 0
+        self._set_kept(slot, params.kept_codes if grid == (self.format.native_grid,) * 2 else ())
         self.resync(slot, tail, num_output)
+
+    def _set_kept(self, slot: int, kept: Sequence[int]) -> None:
+        """A masked edit's cells (``RequestOptions.kept_codes``); ids that are not image codes are sampled, and a
+        list of the wrong length (the server refuses those) means no mask."""
+        self.has_kept[slot] = len(kept) == self.kept.shape[1]
+        if self.has_kept[slot]:
+            row = np.asarray(kept, dtype=np.int64)
+            self.kept[slot] = np.where(np.isin(row, self.layout.code_to_id), row, -1)
+            self._kept_t[slot] = to_device(self.kept[slot], self.device)
 
     def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
         """Place ``slot`` from its committed history (entry, resumption, or several new tokens)."""
@@ -142,29 +157,47 @@ class SpanGrammar:
     def move(self, src: int, dst: int, swap: bool) -> None:
         """``dst`` takes ``src``'s state; with ``swap`` the two exchange."""
         for a in (self.mode, self.pos, self.rows, self.cols, self.num_output, self.temperature, self.top_k,
-                  self.top_p, self.seed):
+                  self.top_p, self.seed, self.has_kept, self.kept):
             a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
+        if self.has_kept[[src, dst]].any():
+            self._kept_t[[src, dst]] = to_device(self.kept[[src, dst]], self.device)
         if not swap:
             self.remove(src)
 
     def sampling_code(self, slots: np.ndarray) -> np.ndarray:
         """Per slot of ``slots``: whether this step samples one of its image codes."""
-        return (self.pos[slots] >= 0) & (self._span_step(self.pos[slots], self.rows[slots], self.cols[slots]) < 0)
+        pos = self.pos[slots]
+        return (pos >= 0) & (self._span_step(pos, self.rows[slots], self.cols[slots], slots) < 0)
 
-    def _span_step(self, pos: Ints, rows: Ints, cols: Ints) -> Ints:
-        """Per row inside a span (``pos`` tokens since its BOI, images of ``rows`` x ``cols`` codes): the token its
-        grammar forces next, or -1 where it samples a code. Host arrays, or tensors on the device."""
+    def _span_step(self, pos: Ints, rows: Ints, cols: Ints, slots: np.ndarray) -> Ints:
+        """Per row inside a span (``pos`` tokens since its BOI, images of ``rows`` x ``cols`` codes, the request
+        in ``slots``): the token its grammar forces next (a masked edit's kept code among them), or -1 where it
+        samples a code. Host arrays, or tensors on the device."""
         host = isinstance(pos, np.ndarray)
         where, size_ids = (np.where, self._size_ids) if host else (torch.where, self._size_ids_t)
         eoi = self.layout.eoi
         if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
-            return where(pos >= rows * cols, eoi, -1)
+            return self._kept_code(where(pos >= rows * cols, eoi, -1), pos, slots)
         # BOI, height, width, rows x (cols codes + EOL), EOI
         q = pos - 2
         step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
         step = where(q >= rows * (cols + 1), eoi, step)
         step = where(pos == 1, size_ids[cols // self.format.patch], step)
-        return where(pos == 0, size_ids[rows // self.format.patch], step)
+        step = where(pos == 0, size_ids[rows // self.format.patch], step)
+        return self._kept_code(step, q // (cols + 1) * cols + q % (cols + 1), slots)
+
+    def _kept_code(self, step: Ints, cell: Ints, slots: np.ndarray) -> Ints:
+        """``step`` with a masked edit's kept code at the cells where it would sample (``cell``: the code cell
+        each row is at); unchanged, and no work, for a batch without masked edits."""
+        masked = self.has_kept[slots]
+        if not masked.any():
+            return step
+        last = self.kept.shape[1] - 1
+        if isinstance(step, np.ndarray):
+            kept = np.where(masked, self.kept[slots, np.clip(cell, 0, last)], -1)
+            return np.where(step < 0, kept, step)
+        kept = self._kept_t[self._to_device(slots), cell.clamp(0, last)]
+        return torch.where((step < 0) & self._to_device(masked), kept, step)
 
     def is_span_inner(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per token id on the device: whether it is a code or another token inside a span (not BOI or EOI)."""
@@ -198,7 +231,7 @@ class SpanGrammar:
         forced = np.flatnonzero(~text)  # rows left with one finite token: BOI, a code, or EOI
         if len(forced):
             placed = slots[forced]
-            step = np.where(in_span[forced], self._span_step(pos[forced], self.rows[placed], self.cols[placed]),
+            step = np.where(in_span[forced], self._span_step(pos[forced], self.rows[placed], self.cols[placed], placed),
                             self.layout.boi)
             tokens = self._to_device(step)
             all_rows = len(forced) == len(slots)
@@ -236,7 +269,7 @@ class SpanGrammar:
 
     def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
         """Per slot, on the device (``pos`` from the device history): whether this step samples an image code."""
-        step = self._span_step(pos, self._to_device(self.rows[slots]), self._to_device(self.cols[slots]))
+        step = self._span_step(pos, self._to_device(self.rows[slots]), self._to_device(self.cols[slots]), slots)
         return (pos >= 0) & (step < 0)
 
     def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor,
@@ -255,7 +288,7 @@ class SpanGrammar:
         rows_t = self._to_device(rows)
         mode = self._to_device(self.mode[placed])
         in_span = pos >= 0
-        step = self._span_step(pos, self._to_device(self.rows[placed]), self._to_device(self.cols[placed]))
+        step = self._span_step(pos, self._to_device(self.rows[placed]), self._to_device(self.cols[placed]), placed)
         forced = in_span | ((mode == IMAGE_ONLY) & (num_output == 0))
         sampled = in_span & (step < 0)
         token = torch.where(in_span, step, self.layout.boi).clamp_(min=0)

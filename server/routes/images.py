@@ -1,52 +1,192 @@
-"""`POST /v1/images/generations`: text to image, ``b64_json`` PNGs."""
+"""`POST /v1/images/generations` (text to image) and `POST /v1/images/edits` (images and text to image).
+
+Both become a chat request with modalities ["image"] and run the shared pipeline; they differ only in the
+prompt (an edit's user turn holds its input images, then the instruction). Replies are ``b64_json`` images in
+the asked ``output_format``; with ``stream`` they come as OpenAI's ``image_generation.*`` / ``image_edit.*``
+events: up to ``partial_images`` previews of each image while it is written, then one ``completed`` event per
+image with the usage of that image's tokens. Nothing follows the last event (OpenAI sends no ``[DONE]`` here);
+a failure mid-stream is one ``error`` event.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from engine.frontend.client import ChameleonEngine
-from schemas.chat import ChatCompletionRequest, ChatMessage
-from schemas.images import ImageData, ImageGenerationRequest, ImagesResponse, ImagesUsage, InputTokensDetails
+from engine.frontend.images import ImageInputError, decode_image, decode_keeping_alpha
+from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
+from schemas.images import (
+    SCHEMA_SIZES,
+    ImageData,
+    ImageEditRequest,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ImageStreamEvent,
+    ImagesUsage,
+    InputTokensDetails,
+)
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.errors import APIError, BadRequest
-from server.generation import PNG, collect_choices, until_disconnect
-from server.pipeline import prepare_chat
+from server.errors import APIError, BadRequest, as_api_error, error_body
+from server.generation import PNG, collect_choices, count_image_tokens, in_format, stream_deltas, until_disconnect
+from server.pipeline import Prepared, prepare_chat
+from server.previews import Preview
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+_SAMPLING = {"seed", "image_temperature", "image_top_k", "image_top_p", "cfg_scale", "negative_prompt"}  # chat's
 
 
-@router.post("/images/generations")
+@router.post("/images/generations", response_model=None)
 async def generate_images(
     req: ImageGenerationRequest, request: Request,
     settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
-) -> ImagesResponse:
+) -> ImagesResponse | StreamingResponse:
+    return await _images(req, [TextPart(type="text", text=req.prompt)], "image_generation", request, settings, engine)
+
+
+@router.post("/images/edits", response_model=None)
+async def edit_images(
+    request: Request, settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
+) -> ImagesResponse | StreamingResponse:
+    """Multipart form, as OpenAI takes it: ``image`` (or several ``image[]``), ``prompt``, an optional ``mask``,
+    and the fields of /v1/images/generations.
+
+    With a mask (a PNG the size of the first image, whose fully transparent pixels mark the area to change), the
+    reply is that image with only the code cells under the mask written anew: every other cell is forced to
+    the input's own code, so the untouched area decodes to the input's VQGAN reconstruction. The model writes
+    in raster order, so a changed cell sees the kept cells before it, not those after it.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("send the edit as multipart/form-data (image files and form fields)", param="image")
+    form = await request.form()
+    files = [f for key in ("image", "image[]") for f in form.getlist(key) if isinstance(f, UploadFile)]
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in ("image", "image[]", "mask")}
+    try:
+        req = ImageEditRequest(**fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    if not files:
+        raise BadRequest("image: at least one image file is required", param="image")
+    uploads = [(f.content_type or "", await f.read()) for f in files]
+    mask = form.get("mask")
+    editable = await _editable(engine, settings, uploads[0][1], await mask.read()) \
+        if isinstance(mask, UploadFile) else None
+    images = [ImagePart(type="image_url", image_url=ImageURL(url=_data_url(*u))) for u in uploads]
+    return await _images(req, [*images, TextPart(type="text", text=req.prompt)], "image_edit", request, settings,
+                         engine, editable)
+
+
+def _data_url(content_type: str, data: bytes) -> str:
+    """An uploaded file as the data URL the chat pipeline reads (its decoding checks are chat's)."""
+    kind = content_type if content_type.startswith("image/") else "image/png"
+    return f"data:{kind};base64," + base64.b64encode(data).decode()
+
+
+async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, mask: bytes) -> np.ndarray:
+    """The code cells of ``image`` that ``mask`` marks for change (``ImagePreprocessor.editable_cells``)."""
+    def cells() -> np.ndarray:
+        try:
+            size = decode_image(image, settings.max_image_pixels).size
+            drawn = decode_keeping_alpha(mask, settings.max_image_pixels)
+        except ImageInputError as exc:
+            raise BadRequest(f"image or mask: {exc}", param="mask") from None
+        if drawn.size != size:
+            raise BadRequest(f"the mask is {drawn.size[0]}x{drawn.size[1]} pixels but the image {size[0]}x{size[1]}:"
+                             " they must be the same size", param="mask")
+        try:
+            return engine.preprocess.editable_cells(drawn, engine.layout.span.native_grid)
+        except ImageInputError as exc:
+            raise BadRequest(str(exc), param="mask") from None
+
+    return await asyncio.to_thread(cells)
+
+
+async def _images(req: ImageGenerationRequest | ImageEditRequest, content: list, kind: str, request: Request,
+                  settings: Settings, engine: ChameleonEngine,
+                  editable: np.ndarray | None = None) -> ImagesResponse | StreamingResponse:
     if req.model is not None:
         check_model(req.model, settings)
     if req.response_format != "b64_json":
         raise BadRequest("only response_format 'b64_json' is supported", param="response_format")
-    # The prompt is one user turn, exactly as a chat request with modalities ["image"] would send it; fields
-    # left unset stay unset, so that the family's defaults apply as on chat.
+    # One user turn, exactly as a chat request with modalities ["image"] would send it; fields left unset stay
+    # unset, so that the family's defaults apply as on chat.
     chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, modalities=["image"],
-                                 messages=[ChatMessage(role="user", content=req.prompt)], image_size=req.size,
-                                 **req.model_dump(include={"seed", "image_temperature", "image_top_k", "image_top_p",
-                                                           "cfg_scale", "negative_prompt"}, exclude_unset=True))
+                                 messages=[ChatMessage(role="user", content=content)], image_size=req.size,
+                                 **req.model_dump(include=_SAMPLING, exclude_unset=True))
     prepared = await prepare_chat(engine, settings, chat, f"img-{uuid.uuid4().hex}", request.state.log,
-                                  size_param="size")
+                                  size_param="size", editable=editable)
+    shape = _Shape(req, engine, prepared)
+    if req.stream:
+        return StreamingResponse(_events(kind, engine, prepared, shape, request.state.log),
+                                 media_type="text/event-stream")
     choices = await until_disconnect(request, collect_choices(engine, prepared))
-    pngs = [p for c in choices for p in c.pieces if isinstance(p, PNG)]
-    if len(pngs) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
-        raise APIError(f"generated {len(pngs)} of {req.n} images")
-    output_tokens, prompt = sum(len(c.token_ids) for c in choices), prepared.prompt
-    request.state.log.update(completion_tokens=output_tokens, images_out=len(pngs))
+    images = [(p, c.token_ids) for c in choices for p in c.pieces if isinstance(p, PNG)]
+    if len(images) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
+        raise APIError(f"generated {len(images)} of {req.n} images")
+    output_tokens = sum(len(c.token_ids) for c in choices)
+    request.state.log.update(completion_tokens=output_tokens, images_out=len(images))
+    data = [ImageData(b64_json=await shape.b64(png), token_ids=ids if req.return_token_ids else None)
+            for png, ids in images]
     return ImagesResponse(
-        created=int(time.time()),
-        data=[ImageData(b64_json=base64.b64encode(p.data).decode()) for p in pngs],
-        usage=ImagesUsage(input_tokens=len(prompt.token_ids), output_tokens=output_tokens,
-                          total_tokens=len(prompt.token_ids) + output_tokens,
-                          input_tokens_details=InputTokensDetails(text_tokens=len(prompt.token_ids), image_tokens=0)),
-    )
+        created=int(time.time()), data=data,
+        background="opaque", output_format=req.output_format,
+        size=shape.size if shape.size in SCHEMA_SIZES else None,
+        quality=req.quality if req.quality in ("low", "medium", "high") else None,
+        usage=shape.usage(output_tokens))
+
+
+class _Shape:
+    """How one request's images are returned: format, reported size and quality, usage."""
+
+    def __init__(self, req: ImageGenerationRequest | ImageEditRequest, engine: ChameleonEngine,
+                 prepared: Prepared) -> None:
+        self.req = req
+        self.size = req.size if req.size in engine.image_sizes else next(iter(engine.image_sizes), "auto")
+        prompt = prepared.prompt.token_ids
+        image_tokens = count_image_tokens(engine, prompt)
+        self.input = InputTokensDetails(text_tokens=len(prompt) - image_tokens, image_tokens=image_tokens)
+
+    async def b64(self, image: PNG | Preview) -> str:
+        return base64.b64encode((await in_format(image, self.req)).data).decode()
+
+    def usage(self, output_tokens: int) -> ImagesUsage:
+        prompt_tokens = self.input.text_tokens + self.input.image_tokens
+        return ImagesUsage(input_tokens=prompt_tokens, output_tokens=output_tokens,
+                           total_tokens=prompt_tokens + output_tokens, input_tokens_details=self.input)
+
+    async def event(self, kind: str, image: PNG | Preview, **fields) -> str:
+        quality = self.req.quality if self.req.quality in ("low", "medium", "high") else "auto"
+        event = ImageStreamEvent(type=kind, b64_json=await self.b64(image), created_at=int(time.time()),
+                                 size=self.size if self.size in SCHEMA_SIZES else "auto", quality=quality,
+                                 background=self.req.background, output_format=self.req.output_format, **fields)
+        return f"event: {kind}\ndata: {event.model_dump_json()}\n\n"
+
+
+async def _events(kind: str, engine: ChameleonEngine, prepared: Prepared, shape: _Shape,
+                  log: dict) -> AsyncIterator[str]:
+    tokens = [0] * prepared.params.n  # each image's own tokens so far
+    try:
+        async for deltas in stream_deltas(engine, prepared, shape.req.partial_images):
+            for d in deltas:
+                tokens[d.index] += len(d.token_ids)
+                log["completion_tokens"] = sum(tokens)
+                for piece in d.pieces:
+                    if isinstance(piece, Preview):
+                        yield await shape.event(f"{kind}.partial_image", piece, partial_image_index=piece.index)
+                    elif isinstance(piece, PNG):
+                        log["images_out"] = log.get("images_out", 0) + 1
+                        yield await shape.event(f"{kind}.completed", piece, usage=shape.usage(tokens[d.index]))
+    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
+        yield f"event: error\ndata: {json.dumps(error_body(as_api_error(exc)))}\n\n"

@@ -35,7 +35,7 @@ from schemas.responses import (
 )
 from server.deps import check_model, get_engine, get_settings, require_api_key
 from server.errors import BadRequest, as_api_error
-from server.generation import PNG, collect_choices, count_image_tokens, stream_deltas, until_disconnect
+from server.generation import PNG, collect_choices, count_image_tokens, in_format, stream_deltas, until_disconnect
 from server.pipeline import Prepared, prepare_chat
 from server.response_items import OutputItems, ResponseEvents
 from server.settings import Settings
@@ -108,10 +108,12 @@ async def create_response(
         events = _stream(req, chat, engine, prepared, created, model, request.state.log)
         return StreamingResponse(events, media_type="text/event-stream")
     [choice] = await until_disconnect(request, collect_choices(engine, prepared))
+    fmt = req.image_format
+    pieces = [p if isinstance(p, str) else await in_format(p, fmt) for p in choice.pieces]
     status = "incomplete" if choice.finish_reason == "length" else "completed"
     request.state.log.update(completion_tokens=len(choice.token_ids),
                              images_out=sum(isinstance(p, PNG) for p in choice.pieces))
-    return _response(req, chat, response_id, created, model, OutputItems.of(choice.pieces, status), status,
+    return _response(req, chat, response_id, created, model, OutputItems.of(pieces, status, fmt.output_format), status,
                      _usage(engine, len(prepared.prompt.token_ids), choice.token_ids))
 
 
@@ -119,7 +121,8 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
                   created: int, model: str, log: dict) -> AsyncIterator[str]:
     """The Responses event sequence; a failure mid-stream (the engine's death among them) ends it with one
     ``response.failed`` event, so that a cut reply never looks complete."""
-    events, response_id, prompt_ids = ResponseEvents(), prepared.request_id, prepared.prompt.token_ids
+    events, response_id, prompt_ids = ResponseEvents(req.image_format.output_format), prepared.request_id, \
+        prepared.prompt.token_ids
 
     def lifecycle(kind: str, status: str, **fields) -> str:
         snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **fields)
@@ -137,7 +140,8 @@ async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: Ch
                 log["completion_tokens"] = len(generated)
                 log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
                 for piece in d.pieces:
-                    for out in events.piece(piece):
+                    for out in events.piece(piece if isinstance(piece, str) else await in_format(piece,
+                                                                                                req.image_format)):
                         yield out
         status = "incomplete" if finish == "length" else "completed"
         for out in events.finish(status):

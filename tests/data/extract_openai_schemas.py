@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 ROOTS = ["ListModelsResponse", "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
-         "CreateCompletionResponse", "ImagesResponse", "ErrorResponse", "Response", "ResponseStreamEvent"]
+         "CreateCompletionResponse", "ImagesResponse", "ErrorResponse", "Response", "ResponseStreamEvent",
+         "ImageGenStreamEvent", "ImageEditStreamEvent"]
 PROSE = {"description", "example", "examples", "title", "deprecated"}
 PREFIX = "#/components/schemas/"
 

@@ -419,3 +419,39 @@ def test_codes_out_of_id_order_mask_every_text_row_fully(n_text):
     assert allowed(out[n_text]) == {BOI}
     [code] = allowed(out[n_text + 1])
     assert code in CODES
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_masked_edit_writes_the_kept_codes_and_samples_the_rest(on_device):
+    """Kept cells are forced to their code, the others sampled among the codes, beside an unmasked image and
+    text; the host path and the device path (Model Runner V2's) write the same."""
+    kept = (CODES[1], -1, CODES[3], -1)
+    g = grammar(RequestOptions(mode=IMAGE_ONLY, image_temperature=1.0, kept_codes=kept, seed=1),
+                RequestOptions(mode=IMAGE_ONLY, image_temperature=1.0, seed=2), RequestOptions(mode=TEXT_ONLY))
+    slots = np.array([0, 1, 2])
+    written: list[list[int]] = [[], []]
+    for _ in range(N + 2):  # BOI, N codes, EOI
+        logits = torch.randn(3, V, generator=torch.Generator().manual_seed(len(written[0])))
+        if on_device:
+            pos, done = torch.from_numpy(g.pos[:2].copy()), torch.from_numpy(g.num_output[:2].copy())
+            out = g.apply_on_device(logits, slots, np.array([0, 1]), pos, done)
+        else:
+            out = g.apply(logits, slots)
+        tokens = [int(row.argmax()) for row in out]
+        assert all(len(allowed(row)) == 1 for row in out[:2])
+        written[0].append(tokens[0])
+        written[1].append(tokens[1])
+        commit(g, [0, 1, 2], tokens)
+    assert written[0][0] == BOI and written[0][-1] == EOI
+    image = written[0][1:-1]
+    assert (image[0], image[2]) == (CODES[1], CODES[3]) and all(t in CODES for t in image)
+    assert written[1][0] == BOI and all(t in CODES for t in written[1][1:-1])
+
+
+def test_kept_codes_travel_in_extra_args_and_must_be_codes():
+    options = RequestOptions(mode=IMAGE_ONLY, kept_codes=(4, -1, 5, -1))
+    assert RequestOptions.from_extra_args(options.extra_args()) == options
+    with pytest.raises(ValueError, match="image_keep"):
+        RequestOptions.from_extra_args({"modalities": ["text"], "image_keep": [4, -1]})
+    g = grammar(RequestOptions(mode=IMAGE_ONLY, kept_codes=(4, 99, BOI, -1)))
+    assert g.kept[0].tolist() == [4, -1, -1, -1]  # ids that are not codes are sampled
