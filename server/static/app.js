@@ -1,4 +1,5 @@
-// chameleon-serve playground: a chat over this server's /v1/chat/completions, streamed.
+// chameleon-serve playground: a chat over this server's /v1/chat/completions, streamed, and an edit mode
+// over /v1/images/edits: any image of the conversation opens in a brush editor whose painted area is the mask.
 // Plain script, no build step, no other host. The API key lives in this page's memory only.
 "use strict";
 
@@ -69,8 +70,8 @@ function requestBody() {
 
 // ---- HTTP ----
 
-function headers() {
-  const h = {"Content-Type": "application/json"};
+function headers(json = true) {
+  const h = json ? {"Content-Type": "application/json"} : {};  // a FormData body sets its own
   if (state.key) h.Authorization = `Bearer ${state.key}`;
   return h;
 }
@@ -114,7 +115,9 @@ function renderUser(content) {
   const parts = element("div", {class: "parts"});
   for (const part of typeof content === "string" ? [{type: "text", text: content}] : content) {
     if (part.type === "text") parts.append(element("p", {class: "text", text: part.text}));
-    else parts.append(element("img", {class: "thumb", src: part.image_url.url, alt: "attached image"}));
+    else parts.append(element("span", {class: "thumb-box"},
+                              element("img", {class: "thumb", src: part.image_url.url, alt: "attached image"}),
+                              editButton(part.image_url.url)));
   }
   const item = element("li", {class: "msg user"}, element("div", {class: "who", text: "You"}), parts);
   $("messages").append(item);
@@ -166,9 +169,10 @@ class Reply {
     this.pending = null;
     figure.classList.remove("partial");
     figure.classList.add("final");
+    const kind = part.image_url.url.slice(11, part.image_url.url.indexOf(";")) || "png";  // data:image/<kind>
     const link = element("a", {class: "button download", href: part.image_url.url,
-                               download: `chameleon-${figure.dataset.number}.png`, text: "Download"});
-    caption.replaceChildren(link);
+                               download: `chameleon-${figure.dataset.number}.${kind}`, text: "Download"});
+    caption.replaceChildren(link, editButton(part.image_url.url));
     this.content.push({type: "image_url", image_url: {url: part.image_url.url}});
   }
 
@@ -213,9 +217,30 @@ function busy(on) {
 }
 
 async function send() {
-  if (state.abort) return;
+  if (state.abort) return;  // before the input is taken: it stays in the box
   const content = takeInput();
   if (content === null) return;
+  await converse(content, () => fetch("/v1/chat/completions", {
+    method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.abort.signal,
+  }), (reply, chunk) => {
+    for (const choice of chunk.choices || []) {
+      const content = choice.delta && choice.delta.content;
+      if (typeof content === "string" && content) reply.text(content);
+      else if (Array.isArray(content)) content.forEach((part) => reply.image(part));
+      if (choice.finish_reason === "length") reply.note("stopped at max_tokens");
+    }
+    if (chunk.usage) {
+      const images = chunk.usage.completion_tokens_details;
+      reply.note(`${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens` +
+                 (images ? ` (${images.image_tokens} image)` : ""));
+    }
+  });
+}
+
+// One turn: the user's content shown and kept, then the reply streamed from ``request()`` (called once the turn
+// is in the history) and each event handed to ``onEvent``; a failed turn leaves the history as it was.
+async function converse(content, request, onEvent) {
+  if (state.abort) return;
   const user = {role: "user", content};
   const history = state.history;  // "Clear chat" replaces it: this turn then lands in the old one
   renderUser(content);
@@ -225,22 +250,10 @@ async function send() {
   state.abort = new AbortController();
   busy(true);
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.abort.signal,
-    });
+    const response = await request();
     if (!response.ok) throw await errorOf(response);
-    for await (const chunk of events(response)) {
-      for (const choice of chunk.choices || []) {
-        const content = choice.delta && choice.delta.content;
-        if (typeof content === "string" && content) reply.text(content);
-        else if (Array.isArray(content)) content.forEach((part) => reply.image(part));
-        if (choice.finish_reason === "length") reply.note("stopped at max_tokens");
-      }
-      if (chunk.usage) {
-        const images = chunk.usage.completion_tokens_details;
-        reply.note(`${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens` +
-                   (images ? ` (${images.image_tokens} image)` : ""));
-      }
+    for await (const message of events(response)) {
+      onEvent(reply, message);
       scrollDown();
     }
     const message = reply.message();
@@ -260,6 +273,93 @@ async function send() {
     busy(false);
     scrollDown();
   }
+}
+
+// ---- edit mode: a brush over an image paints the mask of /v1/images/edits ----
+
+const editor = {source: null, painted: false, drawing: false};
+
+function editButton(url) {
+  const button = element("button", {type: "button", class: "edit", text: "Edit"});
+  button.addEventListener("click", () => openEditor(url));
+  return button;
+}
+
+function openEditor(url) {
+  editor.source = url;
+  editor.painted = false;
+  const image = $("edit-image");
+  image.onload = () => {
+    const mask = $("edit-mask");
+    mask.width = image.naturalWidth;  // the mask is the image's size, as the API asks
+    mask.height = image.naturalHeight;
+    mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+  };
+  image.src = url;
+  $("edit-prompt").value = "";
+  $("editor").showModal();
+  $("edit-prompt").focus();
+}
+
+function paint(event) {
+  const mask = $("edit-mask");
+  const box = mask.getBoundingClientRect();
+  const scale = mask.width / box.width;
+  const ctx = mask.getContext("2d");
+  ctx.fillStyle = "#e0245e";
+  ctx.beginPath();
+  ctx.arc((event.clientX - box.left) * scale, (event.clientY - box.top) * scale,
+          Number($("brush").value) * scale / 2, 0, 2 * Math.PI);
+  ctx.fill();
+  editor.painted = true;
+}
+
+// The mask as OpenAI defines it: opaque everywhere, fully transparent where the brush painted.
+function maskBlob() {
+  const painted = $("edit-mask");
+  const mask = element("canvas");
+  mask.width = painted.width;
+  mask.height = painted.height;
+  const ctx = mask.getContext("2d");
+  ctx.fillRect(0, 0, mask.width, mask.height);
+  ctx.globalCompositeOperation = "destination-out";
+  ctx.drawImage(painted, 0, 0);
+  return new Promise((resolve) => mask.toBlob(resolve, "image/png"));
+}
+
+function dataUrlBlob(url) {
+  const [head, data] = url.split(",", 2);
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  return new Blob([bytes], {type: head.slice(5, head.indexOf(";"))});
+}
+
+async function applyEdit() {
+  const text = $("edit-prompt").value.trim();
+  if (!text) {
+    $("edit-prompt").focus();
+    return;
+  }
+  const form = new FormData();
+  form.append("model", state.model);
+  form.append("prompt", text);
+  form.append("image", dataUrlBlob(editor.source), "image.png");
+  if (editor.painted) form.append("mask", await maskBlob(), "mask.png");
+  form.append("stream", "true");
+  form.append("partial_images", $("partial_images").value.trim() || "0");
+  for (const name of ["seed", "image_temperature", "image_top_p", "image_top_k"]) {
+    const raw = $("settings").elements[name].value.trim();
+    if (raw !== "") form.append(name, raw);
+  }
+  $("editor").close();
+  const content = [{type: "image_url", image_url: {url: editor.source}}, {type: "text", text}];  // as the model reads it
+  await converse(content, () => fetch("/v1/images/edits", {
+    method: "POST", headers: headers(false), body: form, signal: state.abort.signal,
+  }), (reply, event) => {
+    const url = `data:image/${event.output_format};base64,${event.b64_json}`;
+    const partial = event.type === "image_edit.partial_image";
+    reply.image({image_url: {url}, partial, partial_index: event.partial_image_index});
+    if (event.usage) reply.note(`${event.usage.input_tokens} prompt + ${event.usage.output_tokens} image tokens`);
+  });
 }
 
 // ---- attachments: file picker and drag and drop ----
@@ -342,6 +442,23 @@ function wire() {
   $("file").addEventListener("change", (e) => {
     addFiles([...e.target.files]);
     e.target.value = "";
+  });
+  const mask = $("edit-mask");
+  mask.addEventListener("pointerdown", (e) => {
+    editor.drawing = true;
+    mask.setPointerCapture(e.pointerId);
+    paint(e);
+  });
+  mask.addEventListener("pointermove", (e) => editor.drawing && paint(e));
+  mask.addEventListener("pointerup", () => { editor.drawing = false; });
+  $("edit-clear").addEventListener("click", () => {
+    mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+    editor.painted = false;
+  });
+  $("edit-cancel").addEventListener("click", () => $("editor").close());
+  $("edit-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    applyEdit();
   });
   const chat = $("chat");
   chat.addEventListener("dragover", (e) => {

@@ -133,3 +133,60 @@ def test_image_previews_sharpen_into_the_final_image(watch, api_key, tiny_dir, t
     download.value.save_as(saved)
     assert saved.name == "chameleon-1.png" and Image.open(saved).size == (resolution, resolution)
     _clean(watch)
+
+
+def _keep_sent_mask(page) -> None:
+    """Record the ``mask`` file of the page's next edit request as a data URL in ``window.sentMask`` (the
+    browser hands the test no body of a request built from blobs)."""
+    page.evaluate("""() => {
+        const original = window.fetch;
+        window.fetch = async (url, init) => {
+            if (String(url).endsWith("/v1/images/edits")) {
+                const mask = init.body.get("mask");
+                window.sentMask = await new Promise((resolve) => {
+                    const reader = new FileReader();
+                    reader.onload = () => resolve(reader.result);
+                    reader.readAsDataURL(mask);
+                });
+            }
+            return original(url, init);
+        };
+    }""")
+
+
+def test_edit_mode_paints_a_mask_and_streams_the_edit(watch, api_key, tiny_dir):
+    resolution = VQGANConfig.from_meta_yaml(tiny_dir / "vqgan.yaml").resolution
+    page = watch.page
+    page.fill("#api-key", api_key)
+    page.fill("#partial_images", "2")
+    page.fill("#settings [name=seed]", "5")
+    page.fill("#settings [name=max_tokens]", "4")
+    _drop(page, _png((30, 200, 30)), "green.png")
+    page.locator(".attachment").wait_for()
+    _send(page, "Here is a picture.")
+    page.locator(".msg.user button.edit").first.click()
+    mask = page.locator("#edit-mask")
+    mask.wait_for()
+    box = mask.bounding_box()
+    page.mouse.move(box["x"] + 4, box["y"] + 4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3, steps=10)
+    page.mouse.up()
+    page.fill("#edit-prompt", "make the corner red")
+    watch.shot("editor")
+    count = page.locator(".msg.assistant").count()
+    _keep_sent_mask(page)
+    with page.expect_request("**/v1/images/edits"):
+        page.click("#edit-apply")
+    reply = page.locator(".msg.assistant").nth(count)
+    reply.and_(page.locator(":not(.busy)")).wait_for()
+    drawn = Image.open(io.BytesIO(base64.b64decode(page.evaluate("window.sentMask").split(",", 1)[1])))
+    assert drawn.size == (96, 80) and drawn.mode == "RGBA"  # the image's own size
+    assert drawn.getpixel((3, 3))[3] == 0 and drawn.getpixel((90, 75))[3] == 255  # painted: transparent
+    figure = reply.locator("figure.image.final")
+    img = figure.locator("img")
+    assert img.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])") == [resolution] * 2
+    assert int(figure.get_attribute("data-previews")) >= 1
+    assert reply.locator(".error").count() == 0 and "image tokens" in reply.locator(".meta").text_content()
+    watch.shot("edited")
+    _clean(watch)

@@ -139,6 +139,8 @@ def test_bad_edit_files_are_400(server, client):
         none = http.post("/v1/images/edits", data={"prompt": "p"}, files=[("other", ("a.txt", b"x", "text/plain"))])
     assert bomb.status_code == 400 and "pixels" in bomb.json()["error"]["message"]
     assert none.status_code == 400 and none.json()["error"]["param"] == "image"
+    for resp in (bomb, none):
+        check("ErrorResponse", resp.json())
 
 
 def test_the_responses_image_tool_takes_the_output_fields(client):
@@ -149,3 +151,16 @@ def test_the_responses_image_tool_takes_the_output_fields(client):
     with pytest.raises(openai.BadRequestError, match="transparent"):
         client.responses.create(model=MODEL, input="a boat", tools=[{"type": "image_generation",
                                                                      "background": "transparent"}])
+
+
+def test_streamed_edit_events_fit_the_schema(server):
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=300) as http:
+        body = http.post("/v1/images/edits", files=[("image", ("in.png", _png(noise_image(3, (64, 64))), "image/png"))],
+                         data={"prompt": "darker", "stream": "true", "partial_images": "1", "output_format": "jpeg",
+                               "output_compression": "80"}).text
+    events = sse_events(body)
+    for name, event in events:
+        check("ImageEditStreamEvent", event)
+        assert name == event["type"] and event["output_format"] == "jpeg"
+    assert events[-1][1]["type"] == "image_edit.completed"
+    assert _image(events[-1][1]["b64_json"]).format == "JPEG"
