@@ -57,8 +57,11 @@ def test_streamed_generation_sends_previews_then_each_image(server, client, layo
 def test_the_openai_client_streams_generations_and_edits(client):
     kinds = [e.type for e in client.images.generate(model=MODEL, prompt="a boat", stream=True, partial_images=2)]
     assert kinds[-1] == "image_generation.completed" and "image_generation.partial_image" in kinds
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 32, 64, 64))  # the bottom half changes
     edit = client.images.edit(model=MODEL, image=("in.png", _png(noise_image(1, (64, 64))), "image/png"),
-                              prompt="make it blue", stream=True, partial_images=1)
+                              mask=("mask.png", _png(mask), "image/png"), prompt="make it blue", stream=True,
+                              partial_images=1)
     kinds = [e.type for e in edit]
     assert kinds[-1] == "image_edit.completed" and set(kinds) <= {"image_edit.partial_image", "image_edit.completed"}
 
@@ -133,13 +136,20 @@ def test_bad_edit_files_are_400(server, client):
         client.images.edit(model=MODEL, image=("x.png", _png(noise_image(1, (64, 64))), "image/png"), prompt="p",
                            mask=("m.png", _png(Image.new("RGB", (64, 64))), "image/png"))
     assert "alpha" in err.value.body["message"]
+    small = _png(noise_image(1, (8, 8)))
     with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as http:
         bomb = http.post("/v1/images/edits", files=[("image", ("big.png", _png(Image.new("RGB", (5000, 5000))),
                                                                "image/png"))], data={"prompt": "p"})
         none = http.post("/v1/images/edits", data={"prompt": "p"}, files=[("other", ("a.txt", b"x", "text/plain"))])
+        many = http.post("/v1/images/edits", data={"prompt": "p"},
+                         files=[("image[]", (f"{i}.png", small, "image/png")) for i in range(9)])
+        huge = http.post("/v1/images/edits", data={"prompt": "p"},
+                         files=[("image", ("huge.png", small + b"\0" * (33 * 2**20), "image/png"))])
     assert bomb.status_code == 400 and "pixels" in bomb.json()["error"]["message"]
     assert none.status_code == 400 and none.json()["error"]["param"] == "image"
-    for resp in (bomb, none):
+    assert many.status_code == 400 and "at most 8 images" in many.json()["error"]["message"]  # the server's limit
+    assert huge.status_code == 413  # over --max-body-bytes, refused before the body is read
+    for resp in (bomb, none, many, huge):
         check("ErrorResponse", resp.json())
 
 
