@@ -61,14 +61,19 @@ class ImageSamplingFields(GuidanceFields):
     return_token_ids: bool = False  # each image's token ids beside it (as chat's extension does)
 
 
-class ImageGenerationRequest(ImageSamplingFields, ImageOutputFields):
+class ImageRequest(ImageSamplingFields, ImageOutputFields):
+    """The fields both images routes take."""
+
     prompt: Text = Field(min_length=1)
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
     response_format: Literal["b64_json", "url"] = "b64_json"
     size: str | None = None  # "auto" or a "WxH" the model writes (one native size; several for Lumina-mGPT)
-    style: str | None = None
     user: str | None = None
+
+
+class ImageGenerationRequest(ImageRequest):
+    style: str | None = None
 
 
 class ImageData(WireModel):
@@ -112,12 +117,5 @@ class ImageStreamEvent(WireModel):
     usage: ImagesUsage | None = omitted_if_none()
 
 
-class ImageEditRequest(ImageSamplingFields, ImageOutputFields):
+class ImageEditRequest(ImageRequest):
     """The form fields of /v1/images/edits (the files are read apart: ``image``/``image[]``, ``mask``)."""
-
-    prompt: Text = Field(min_length=1)
-    model: str | None = None
-    n: int = Field(1, ge=1, le=10)
-    response_format: Literal["b64_json", "url"] = "b64_json"
-    size: str | None = None
-    user: str | None = None

@@ -32,6 +32,7 @@ from schemas.images import (
     ImageData,
     ImageEditRequest,
     ImageGenerationRequest,
+    ImageRequest,
     ImagesResponse,
     ImageStreamEvent,
     ImagesUsage,
@@ -113,7 +114,7 @@ async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, m
     return await asyncio.to_thread(cells)
 
 
-async def _images(req: ImageGenerationRequest | ImageEditRequest, content: list, kind: str, request: Request,
+async def _images(req: ImageRequest, content: list, kind: str, request: Request,
                   settings: Settings, engine: ChameleonEngine,
                   editable: np.ndarray | None = None) -> ImagesResponse | StreamingResponse:
     if req.model is not None:
@@ -139,21 +140,20 @@ async def _images(req: ImageGenerationRequest | ImageEditRequest, content: list,
     request.state.log.update(completion_tokens=output_tokens, images_out=len(images))
     data = [ImageData(b64_json=await shape.b64(png), token_ids=ids if req.return_token_ids else None)
             for png, ids in images]
-    return ImagesResponse(
-        created=int(time.time()), data=data,
-        background="opaque", output_format=req.output_format,
-        size=shape.size if shape.size in SCHEMA_SIZES else None,
-        quality=req.quality if req.quality in ("low", "medium", "high") else None,
-        usage=shape.usage(output_tokens))
+    return ImagesResponse(created=int(time.time()), data=data, background="opaque", output_format=req.output_format,
+                          size=shape.schema_size, quality=shape.schema_quality, usage=shape.usage(output_tokens))
 
 
 class _Shape:
     """How one request's images are returned: format, reported size and quality, usage."""
 
-    def __init__(self, req: ImageGenerationRequest | ImageEditRequest, engine: ChameleonEngine,
+    def __init__(self, req: ImageRequest, engine: ChameleonEngine,
                  prepared: Prepared) -> None:
         self.req = req
-        self.size = req.size if req.size in engine.image_sizes else next(iter(engine.image_sizes), "auto")
+        size = req.size if req.size in engine.image_sizes else next(iter(engine.image_sizes), None)
+        # What OpenAI's schemas can say of them (events say "auto" where these are None)
+        self.schema_size = size if size in SCHEMA_SIZES else None
+        self.schema_quality = req.quality if req.quality in ("low", "medium", "high") else None
         prompt = prepared.prompt.token_ids
         image_tokens = count_image_tokens(engine, prompt)
         self.input = InputTokensDetails(text_tokens=len(prompt) - image_tokens, image_tokens=image_tokens)
@@ -167,9 +167,8 @@ class _Shape:
                            total_tokens=prompt_tokens + output_tokens, input_tokens_details=self.input)
 
     async def event(self, kind: str, image: PNG | Preview, **fields) -> str:
-        quality = self.req.quality if self.req.quality in ("low", "medium", "high") else "auto"
         event = ImageStreamEvent(type=kind, b64_json=await self.b64(image), created_at=int(time.time()),
-                                 size=self.size if self.size in SCHEMA_SIZES else "auto", quality=quality,
+                                 size=self.schema_size or "auto", quality=self.schema_quality or "auto",
                                  background=self.req.background, output_format=self.req.output_format, **fields)
         return f"event: {kind}\ndata: {event.model_dump_json()}\n\n"
 
