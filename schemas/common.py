@@ -59,10 +59,12 @@ class UsageInfo(WireModel):
 
 
 class GuidanceFields(WireModel):
-    """Classifier-free guidance of generated images (extensions)."""
+    """Classifier-free guidance of generated images, and the text an image-only reply's prompt gets
+    (extensions; unset: the checkpoint family's, engine/shared/families/)."""
 
     cfg_scale: float = Field(1.0, ge=0.0, le=30.0)  # 1 = off
-    negative_prompt: Text | None = None  # the unconditional prompt; default an empty turn
+    negative_prompt: Text | None = None  # the unconditional prompt; default the family's, else an empty turn
+    image_prompt_suffix: Text | None = None  # appended to the last user text of an image-only reply
 
 
 class SamplingFields(WireModel):

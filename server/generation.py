@@ -43,6 +43,7 @@ class ChoiceDelta:
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list | None = None  # vLLM's per-token {id: Logprob} dicts, aligned with token_ids, when asked
+    image_mask: list[bool] = field(default_factory=list)  # per token of token_ids: part of an image
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list = field(default_factory=list)
+    image_mask: list[bool] = field(default_factory=list)
 
     def add(self, delta: ChoiceDelta) -> None:
         for piece in delta.pieces:
@@ -62,6 +64,7 @@ class Choice:
         self.token_ids += delta.token_ids
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.logprobs += delta.logprobs or []
+        self.image_mask += delta.image_mask
 
 
 def _finish(reason: str | None) -> str | None:
@@ -128,16 +131,17 @@ async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
             count, grid = partial_images
             previews[o.index] = ImagePreviews(functools.partial(engine.paint_preview, grid=grid), grid, count)
     splitter = splitters[o.index]
+    image_mask = engine.layout.span_mask(o.token_ids, open_span=splitter.in_span)
     pieces = splitter.feed(o.token_ids, o.text)
     if o.finish_reason is not None:
         pieces += splitter.finish()
     if hold is not None:
         pieces = hold.feed(pieces, o.stop_reason, finished=o.finish_reason is not None, image_open=splitter.in_span)
-    metrics.record_image_tokens(count_image_tokens(engine, o.token_ids))
+    metrics.record_image_tokens(sum(image_mask))
     # Previews belong to the span open when this delta began, so they come before its pieces.
     early = await previews[o.index].follow(splitter.open_span) if o.index in previews else []
     return ChoiceDelta(o.index, [*early, *await _paint(engine, pieces)], list(o.token_ids),
-                       _finish(o.finish_reason), o.logprobs)
+                       _finish(o.finish_reason), o.logprobs, image_mask)
 
 
 async def collect_choices(engine: ChameleonEngine, request: Prepared) -> list[Choice]:
@@ -148,9 +152,9 @@ async def collect_choices(engine: ChameleonEngine, request: Prepared) -> list[Ch
     return choices
 
 
-def count_image_tokens(engine: ChameleonEngine, token_ids: list[int]) -> int:
-    """BOI, image codes and EOI among ``token_ids``."""
-    return sum(engine.layout.is_span_token(t) for t in token_ids)
+def count_image_tokens(engine: ChameleonEngine, *sequences: list[int]) -> int:
+    """Tokens of images (BOI to EOI) in ``sequences``, each read from its start (a prompt, or one choice)."""
+    return sum(sum(engine.layout.span_mask(ids)) for ids in sequences)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

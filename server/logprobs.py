@@ -23,12 +23,12 @@ def _entry(engine: ChameleonEngine, token_id: int, logprob) -> TopLogprob:
     return TopLogprob(token=text, logprob=max(value, _FLOOR), bytes=list(text.encode("utf-8", "replace")))
 
 
-def chat_logprobs(engine: ChameleonEngine, token_ids: Sequence[int], positions: Sequence[dict],
-                  top: int) -> ChoiceLogprobs:
-    """One entry per text token, each with its ``top`` most likely alternatives by rank."""
+def chat_logprobs(engine: ChameleonEngine, token_ids: Sequence[int], positions: Sequence[dict], top: int,
+                  image_mask: Sequence[bool]) -> ChoiceLogprobs:
+    """One entry per text token (``image_mask`` False), each with its ``top`` most likely alternatives by rank."""
     content = []
-    for token_id, position in zip(token_ids, positions):
-        if engine.layout.is_span_token(token_id):
+    for token_id, position, in_image in zip(token_ids, positions, image_mask):
+        if in_image:
             continue
         ranked = sorted((lp.rank, tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top)
         chosen = _entry(engine, token_id, position[token_id])

@@ -16,7 +16,7 @@ from vllm import SamplingParams
 
 from engine.frontend.client import ChameleonEngine
 from engine.shared.request_options import TEXT_ONLY, RequestOptions, mode_of
-from schemas.chat import ChatCompletionRequest, ChatMessage
+from schemas.chat import ChatCompletionRequest, ChatMessage, TextPart
 from schemas.completions import CompletionRequest
 from server.errors import BadRequest
 from server.prompt import Prompt, build_chat_prompt, build_text_prompt
@@ -39,7 +39,8 @@ async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCom
     """A chat-shaped request (chat, Responses, Images); ``size_param`` names ``req.image_size`` in 400s.
     ``editable`` (a masked edit): the code cells of the prompt's first image that the reply may change; the
     rest are written as they are in that image."""
-    prompt = await build_chat_prompt(engine, req.messages, settings, max_images=settings.max_images_per_request)
+    messages = _with_image_suffix(req, settings)
+    prompt = await build_chat_prompt(engine, messages, settings, max_images=settings.max_images_per_request)
     kept = kept_codes(engine, prompt.token_ids, editable) if editable is not None else ()
     options = await chat_options(engine, settings, req, size_param, kept)
     return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
@@ -96,6 +97,23 @@ async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCom
                     image_grid=grid, kept_codes=kept, **image)
 
 
+def _with_image_suffix(req: ChatCompletionRequest, settings: Settings) -> list[ChatMessage]:
+    """The request's messages, the last user text of an image-only reply followed by the image prompt suffix
+    (the request's, else the family's: Emu3's authors append one to every prompt)."""
+    suffix = req.image_prompt_suffix if req.image_prompt_suffix is not None \
+        else settings.family.sampling.image_prompt_suffix
+    users = [i for i, m in enumerate(req.messages) if m.role == "user"]
+    if not suffix or set(req.modalities) != {"image"} or not users:
+        return req.messages
+    last = req.messages[users[-1]]
+    parts = last.parts
+    texts = [i for i, p in enumerate(parts) if isinstance(p, TextPart)]
+    if not texts:
+        return req.messages
+    parts[texts[-1]] = TextPart(type="text", text=parts[texts[-1]].text + suffix)
+    return [*req.messages[:users[-1]], last.model_copy(update={"content": parts}), *req.messages[users[-1] + 1:]]
+
+
 def _checked(**fields) -> RequestOptions:
     try:
         return RequestOptions(**fields)
@@ -136,9 +154,10 @@ async def _guidance(engine: ChameleonEngine, settings: Settings, req: ChatComple
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",
                              param="negative_prompt")
         return scale, ()
-    if engine.layout.span.guided_from_boi and req.negative_prompt is None:
+    negative = req.negative_prompt if req.negative_prompt is not None else settings.family.sampling.negative_prompt
+    if engine.layout.span.guided_from_boi and negative is None:
         return scale, ()  # the image alone (engine/worker/guidance.py)
-    turn = ChatMessage(role="user", content=req.negative_prompt or "")
+    turn = ChatMessage(role="user", content=negative or "")
     uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
     return scale, tuple(uncond.token_ids)
 

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from engine.frontend.batching import MicroBatcher
+from engine.frontend.emu3_vq import Emu3ImageTokenizer, Emu3VQ
 from engine.frontend.images import ImagePreprocessor, to_png
 from engine.frontend.splitter import ImageCodes
 from engine.frontend.vqgan import (
@@ -63,6 +64,10 @@ class ImageTokenizer:
             device=device,
         )
 
+    @property
+    def pixels_per_code(self) -> int:
+        return self.vqmodel.pixels_per_code
+
     def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
         """BOI + code ids + EOI for each image, in batched encoder passes of bounded pixels."""
         pixels = self.preprocess(images)
@@ -73,9 +78,10 @@ class ImageTokenizer:
 
 @dataclass(frozen=True, slots=True)
 class ImagePainter:
-    """Codebook indices of generated images -> PNG bytes: decoder passes of bounded pixels, PNGs on threads."""
+    """Codebook indices of generated images -> PNG bytes: decoder passes of bounded pixels, PNGs on threads.
+    ``vqmodel``: Meta's VQGAN (``VQModel``) or Emu3's (``Emu3VQ``): ``decode`` to [-1, 1], ``pixels_per_code``."""
 
-    vqmodel: VQModel
+    vqmodel: VQModel | Emu3VQ
     device: torch.device
     max_decode_pixels: int = MAX_PIXELS_PER_PASS
     # PNG encoding can cost more than the image's decode on a GPU; Pillow's zlib work runs outside the GIL, so
@@ -114,7 +120,7 @@ class ImagePainter:
         height, width = grid
         full = [codes + codes[-width:] * (height - len(codes) // width) for codes in images]
         codes = torch.tensor(full, dtype=torch.long, device=self.device).view(len(images), height, width)
-        scale = self.vqmodel.config.resolution // self.vqmodel.config.grid  # pixels per code, each way
+        scale = self.vqmodel.pixels_per_code
         per_slice = images_per_pass(height * scale, width * scale, self.max_decode_pixels)
         pngs = []  # each slice's PNGs encode while the next slice decodes
         for start, part in zip(range(0, len(images), per_slice), codes.split(per_slice)):
@@ -123,6 +129,18 @@ class ImagePainter:
             pngs += [self.png_pool.submit(_png_with_grey_below, picture, top)
                      for picture, top in zip(pixels, known_rows)]
         return [png.result() for png in pngs]
+
+
+def _image_codec(model_dir: str, family: Family, decoder: Path | None,
+                 device: torch.device) -> tuple[ImageTokenizer | Emu3ImageTokenizer, ImagePainter | None]:
+    """The image tokenizer and painter of a ``family`` checkpoint; ``decoder`` as the preflight found it (None:
+    no image output). Emu3's VQ model, decoder included, is in the checkpoint's weights."""
+    if family.codec == "emu3":
+        vq = Emu3VQ.load(model_dir, device)
+        painter = ImagePainter(vqmodel=vq, device=device) if decoder is not None else None
+        return Emu3ImageTokenizer(TokenLayout.from_checkpoint(model_dir), vq), painter
+    image_tokenizer = ImageTokenizer.from_checkpoint(model_dir, device, family)
+    return image_tokenizer, ImagePainter.load(decoder, image_tokenizer.vqmodel, device)
 
 
 def _png_with_grey_below(picture: torch.Tensor, top: int) -> bytes:
@@ -206,7 +224,8 @@ class GuidanceMemoryFull(Exception):
 class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
-    def __init__(self, llm, image_tokenizer: ImageTokenizer, painter: ImagePainter | None, max_model_len: int,
+    def __init__(self, llm, image_tokenizer: ImageTokenizer | Emu3ImageTokenizer, painter: ImagePainter | None,
+                 max_model_len: int,
                  max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
                  max_guidance_bytes: int | None = None, model_runner: str = "v1", family: Family = CHAMELEON) -> None:
         self.llm = llm
@@ -222,9 +241,9 @@ class ChameleonEngine:
         self.max_model_len = max_model_len
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)
         self._painter = MicroBatcher(painter.paint) if painter else None
-        vq = image_tokenizer.vqmodel.config
         # "WxH" -> (rows, codes per row) of the images this checkpoint writes, the default first; {} without a decoder
-        self.image_sizes = family.image_sizes(self.layout.span, vq.resolution // vq.grid, model_dir) if painter else {}
+        self.image_sizes = family.image_sizes(self.layout.span, image_tokenizer.pixels_per_code, model_dir) \
+            if painter else {}
 
     @classmethod
     def start(cls, engine_args, family: Family, vqgan: Path | None = None,
@@ -248,13 +267,12 @@ class ChameleonEngine:
             llm = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
                                             disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        image_tokenizer = ImageTokenizer.from_checkpoint(model_config.model, device, family)
+        image_tokenizer, painter = _image_codec(model_config.model, family, vqgan, device)
         llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
-        skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout.span_token_ids())
-        painter = ImagePainter.load(vqgan, image_tokenizer.vqmodel, device)
+        skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
-        kv_bytes = kv_bytes_per_token(model_config.hf_config, vllm_config.parallel_config.tensor_parallel_size,
+        kv_bytes = kv_bytes_per_token(model_config.hf_text_config, vllm_config.parallel_config.tensor_parallel_size,
                                       model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,

@@ -14,29 +14,32 @@ request's detokenizer, and its ``FastIncrementalDetokenizer.decode_next`` is the
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
 
 from vllm.v1.engine.detokenizer import FastIncrementalDetokenizer
 
+from engine.shared.vocab import TokenLayout
+
 
 class SpanSkippingDetokenizer(FastIncrementalDetokenizer):
-    """``FastIncrementalDetokenizer`` that renders span tokens (BOI, codes, EOI, size and row tokens) as
-    nothing without stepping the decode stream."""
+    """``FastIncrementalDetokenizer`` that renders span tokens (BOI, codes, EOI, size and row tokens, and every
+    token between a BOI and its EOI: Emu3's size prefix is text by id) as nothing without stepping the decode
+    stream."""
 
-    def __init__(self, tokenizer, request, span_ids: frozenset[int]) -> None:
+    def __init__(self, tokenizer, request, layout: TokenLayout) -> None:
         super().__init__(tokenizer, request)
-        self._span_ids = span_ids
+        self._span_ids, self._boi, self._eoi = layout.span_token_ids(), layout.boi, layout.eoi
+        self._in_span = False
 
     def decode_next(self, next_token_id: int) -> str:
-        if next_token_id in self._span_ids:
+        if self._in_span or next_token_id in self._span_ids:
+            self._in_span = (self._in_span or next_token_id == self._boi) and next_token_id != self._eoi
             return ""
         return super().decode_next(next_token_id)
 
 
-def skip_spans_when_detokenizing(output_processor, span_ids: Collection[int]) -> None:
+def skip_spans_when_detokenizing(output_processor, layout: TokenLayout) -> None:
     """Give every request that ``output_processor`` (an AsyncLLM's) adds from now on a
     :class:`SpanSkippingDetokenizer` where vLLM would build its fast one."""
-    ids = frozenset(span_ids)
     add = output_processor.add_request
 
     @functools.wraps(add)
@@ -45,6 +48,6 @@ def skip_spans_when_detokenizing(output_processor, span_ids: Collection[int]) ->
         state = output_processor.request_states.get(request.request_id)
         if state is not None and type(state.detokenizer) is FastIncrementalDetokenizer \
                 and not state.detokenizer.token_ids:
-            state.detokenizer = SpanSkippingDetokenizer(output_processor.tokenizer, request, ids)
+            state.detokenizer = SpanSkippingDetokenizer(output_processor.tokenizer, request, layout)
 
     output_processor.add_request = add_request

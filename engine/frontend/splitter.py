@@ -3,8 +3,9 @@
 Text comes from vLLM's own incremental detokenizer (it already handles stop
 strings and partial UTF-8); token ids decide where image spans are. A delta
 made only of span tokens (BOI, codes, EOI) contributes no text — vLLM's rendering
-of image codes is not text. Work per token is O(1): a span is a list append. A Lumina-mGPT span's size
-tokens give its grid and its end-of-line tokens are dropped, so an image is its codes in raster order.
+of image codes is not text. Work per token is O(1): a span is a list append. A row-framed span's size
+prefix gives its grid, and its end-of-line and trailer tokens are dropped, so an image is its codes in raster
+order.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class SpanSplitter:
         self._layout = layout
         self._decode_text = decode_text
         self._span: list[int] | None = None  # codes of the open span, None outside one
-        self._sizes: list[int] = []  # the open span's size tokens (rows-framed formats)
+        self._prefix: list[int] = []  # the open span's size prefix so far (row-framed formats)
         native = layout.span.native_grid
-        self._native = (native, native)
+        self._grid: tuple[int, int] | None = None if layout.span.rows_framed else (native, native)
 
     @property
     def in_span(self) -> bool:
@@ -56,15 +57,18 @@ class SpanSplitter:
                     if run:
                         pieces.append(self._decode_text(run))
                         run = []
-                    self._span, self._sizes = [], []
+                    self._span, self._prefix = [], []
+                    if self._layout.span.rows_framed:
+                        self._grid = None
                 elif not self._layout.is_span_token(tid):
                     run.append(tid)
             elif tid in self._layout.code_of:
                 self._span.append(self._layout.code_of[tid])
             elif tid == self._layout.eoi:
                 pieces += self._close()
-            elif tid != self._layout.span.eol and len(self._sizes) < 2:
-                self._sizes.append(tid)
+            elif self._grid is None:
+                self._prefix.append(tid)
+                self._grid = self._layout.span.grid_of_prefix(self._prefix)
         if run:
             pieces.append(self._decode_text(run))
         return [p for p in pieces if p != ""]
@@ -80,10 +84,8 @@ class SpanSplitter:
 
     @property
     def grid(self) -> tuple[int, int] | None:
-        """The open (or just closed) span's grid; None while a Lumina span's size tokens are not all in."""
-        if not self._layout.span.rows_framed:
-            return self._native
-        return self._layout.span.grid_of_size_tokens(*self._sizes) if len(self._sizes) == 2 else None
+        """The open (or just closed) span's grid; None while its size prefix is not all in."""
+        return self._grid
 
 
 class StopTextHold:

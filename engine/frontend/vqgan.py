@@ -288,6 +288,11 @@ class VQModel(nn.Module):
         self.decoder = Decoder(cfg) if with_decoder else None
         self.eval()
 
+    @property
+    def pixels_per_code(self) -> int:
+        """Pixels per code along each side."""
+        return self.config.resolution // self.config.grid
+
     @torch.inference_mode()
     def encode(self, pixels: Tensor) -> Tensor:
         """[B, 3, R, R] float in [-1, 1] -> LongTensor [B, R/f, R/f] codes (f = 2**(levels-1))."""
@@ -328,29 +333,38 @@ def _load_strict(model: VQModel, state: dict[str, Tensor], source: Path, dtype: 
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_hf_vqmodel(model_dir: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> VQModel:
-    """The ``model.vqmodel.*`` tensors of a Hugging Face checkpoint; decoder only if the files carry one."""
+def read_hf_vq_state(model_dir: str | Path, prefixes: tuple[str, ...] = (_HF_PREFIX,)) -> tuple[dict[str, Tensor], Path]:
+    """The VQ model's tensors of a Hugging Face checkpoint, named by one of ``prefixes`` (removed), and the
+    file named in messages about them."""
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    vq = json.loads(config_path.read_text()).get("vq_config")
-    if not vq:
-        raise CheckpointError(f"{config_path} has no vq_config")
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({model_dir / f for k, f in weight_map.items() if k.startswith(_HF_PREFIX)})
+        files = sorted({model_dir / f for k, f in weight_map.items() if k.startswith(prefixes)})
         source = index
     else:
         source = model_dir / "model.safetensors"
         files = [source]
     if not files or not all(f.exists() for f in files):
-        raise CheckpointError(f"{source}: no safetensors files with {_HF_PREFIX}* tensors")
+        raise CheckpointError(f"{source}: no safetensors files with {', '.join(p + '*' for p in prefixes)} tensors")
     state: dict[str, Tensor] = {}
     for f in files:
         with safe_open(str(f), framework="pt", device="cpu") as st:
-            names = [k for k in st.keys() if k.startswith(_HF_PREFIX)]  # noqa: SIM118 (not a dict)
-            state.update({k.removeprefix(_HF_PREFIX): st.get_tensor(k) for k in names})
+            for name in st.keys():  # noqa: SIM118 (not a dict)
+                prefix = next((p for p in prefixes if name.startswith(p)), None)
+                if prefix is not None:
+                    state[name.removeprefix(prefix)] = st.get_tensor(name)
+    return state, source
+
+
+def load_hf_vqmodel(model_dir: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> VQModel:
+    """The ``model.vqmodel.*`` tensors of a Hugging Face checkpoint; decoder only if the files carry one."""
+    config_path = Path(model_dir) / "config.json"
+    vq = json.loads(config_path.read_text()).get("vq_config")
+    if not vq:
+        raise CheckpointError(f"{config_path} has no vq_config")
+    state, source = read_hf_vq_state(model_dir)
     cfg = VQGANConfig.from_hf_vq_config(vq)
     with_decoder = any(k.startswith("decoder.") for k in state)
     return _load_strict(VQModel(cfg, with_decoder), state, source, dtype, device)

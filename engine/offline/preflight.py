@@ -12,6 +12,7 @@ from pathlib import Path
 from engine.frontend.images import ImagePreprocessor
 from engine.frontend.vqgan import VQGANConfig
 from engine.shared.families import for_architectures, served_architectures
+from engine.shared.families.emu3 import spatial_factor
 from engine.shared.vocab import CheckpointError, TokenLayout
 
 
@@ -32,9 +33,12 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
         layout = TokenLayout.from_checkpoint(model_dir)
     except CheckpointError as e:  # name the file where the message does not
         raise CheckpointError(str(e) if str(config_path) in str(e) else f"{config_path}: {e}") from None
-    ImagePreprocessor.from_checkpoint(model_dir, for_architectures(config.get("architectures") or []))
+    family = for_architectures(config.get("architectures") or [])
     if not config.get("vq_config"):
         raise CheckpointError(f"{config_path} has no vq_config: the image tokenizer's shape is unknown")
+    if family.codec == "emu3":
+        return _check_emu3(model_dir, config, layout)
+    ImagePreprocessor.from_checkpoint(model_dir, family)
     encoder = VQGANConfig.from_hf_vq_config(config["vq_config"])
     if encoder.n_embed != layout.codebook_size:
         raise CheckpointError(f"{config_path}: vq_config has {encoder.n_embed} codes but vocabulary_map has "
@@ -44,6 +48,34 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
         raise CheckpointError(f"{model_dir / 'processor_config.json'}: image_seq_length {layout.image_seq_length} "
                               f"but the VQGAN writes {encoder.grid}x{encoder.grid} codes per image")
     return _check_decoder(model_dir, vqgan, encoder)
+
+
+def _check_emu3(model_dir: Path, config: dict, layout: TokenLayout) -> Path:
+    """An Emu3 ``-hf`` folder: text_config, a VQ model of the vocabulary's codebook, Emu3's image processor of
+    the VQ model's downsampling. Its decoder is in the weights, so image output needs nothing more: the folder
+    itself is returned as the decoder's place."""
+    config_path = model_dir / "config.json"
+    if not isinstance(config.get("text_config"), dict):
+        raise CheckpointError(f"{config_path} has no text_config: an Emu3 checkpoint nests its text model's config")
+    codes = config["vq_config"].get("codebook_size", 32768)
+    if codes != layout.codebook_size:
+        raise CheckpointError(f"{config_path}: vq_config has {codes} codes but vocabulary_map has "
+                              f"{layout.codebook_size} visual tokens: the tokenizer and the VQ model are from different "
+                              "models")
+    processor_path = model_dir / "preprocessor_config.json"
+    if not processor_path.is_file():
+        processor_path = model_dir / "processor_config.json"
+    try:
+        settings = json.loads(processor_path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{model_dir}: no readable preprocessor_config.json: Emu3's image processor settings "
+                              "(Emu3ImageProcessor) are needed to read images") from None
+    settings = settings.get("image_processor", settings)
+    factor = spatial_factor(config)
+    if settings.get("spatial_factor", 8) != factor:
+        raise CheckpointError(f"{processor_path}: spatial_factor {settings.get('spatial_factor')} but the VQ model "
+                              f"downsamples by {factor}")
+    return model_dir
 
 
 def _check_architecture(config: dict, config_path: Path) -> None:

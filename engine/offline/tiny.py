@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from engine.shared.families import FAMILIES, by_name
+from engine.offline.random_weights import spread, spread_weights
+from engine.shared.families import FAMILIES, Family, by_name
 from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
 # A fixed corpus makes the byte-level BPE merges (and so the token ids) reproducible.
@@ -101,13 +102,23 @@ def _build_tokenizer(spec: TinySpec):
 
 
 def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
-    """Write a tiny checkpoint into ``dst`` and return it; same spec, same bytes."""
+    """Write a tiny checkpoint of ``spec.family`` into ``dst`` and return it; same spec, same bytes."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    family = by_name(spec.family)
+    if family.codec == "emu3":
+        from engine.offline.tiny_emu3 import make_tiny_emu3
+
+        return make_tiny_emu3(dst, spec)
+    return make_tiny_chameleon(dst, spec, family)
+
+
+def make_tiny_chameleon(dst: Path, spec: TinySpec, family: Family) -> Path:
+    """transformers' Chameleon model, written as ``family`` publishes it, with Meta's VQGAN beside it."""
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration, PreTrainedTokenizerFast
 
     from engine.frontend.vqgan import write_meta_vqgan
 
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
     tok, vocab = _build_tokenizer(spec)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -124,37 +135,13 @@ def make_tiny(dst: str | Path, spec: TinySpec = TinySpec()) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = ChameleonForConditionalGeneration(config).eval()
-    _spread_weights(model, spec.seed)
+    spread_weights(model, spec.seed)
     model.to(getattr(torch, spec.dtype))
-    by_name(spec.family).save_tiny(model, tokenizer, dst, spec.resolution, spec.grid)
+    family.save_tiny(model, tokenizer, dst, spec.resolution, spec.grid)
     vq_state = {k.removeprefix("model.vqmodel."): v.float() for k, v in model.state_dict().items()
                 if k.startswith("model.vqmodel.")}
     write_meta_vqgan(dst, vq_state, vq_config, seed=spec.seed)
     return dst
-
-
-def _spread_weights(model: torch.nn.Module, seed: int) -> None:
-    """Give the random model decisive logits, varied norms and a VQ encoder with varied codes.
-
-    transformers' initialisation (std 0.02, zero biases, unit norms) gives near-uniform
-    logits, where greedy ties make token-for-token comparisons meaningless, and
-    unit qk-norm scales and zero shifts, where a per-head norm applied to the wrong
-    heads (or in the wrong place, as with swin-norm) would go unnoticed.
-    """
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(_spread(name, p.shape, gen))
-
-
-def _spread(name: str, shape: torch.Size | tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """One random tensor: norm scales around 1 and shifts around 0, matrices scaled by 1/sqrt(fan_in)."""
-    if "norm" in name:
-        if name.endswith("weight"):
-            return 0.5 + torch.rand(shape, generator=gen)
-        return 0.3 * torch.randn(shape, generator=gen)
-    fan_in = torch.Size(shape)[1:].numel() if len(shape) > 1 else shape[0]
-    return torch.randn(shape, generator=gen) / fan_in**0.5
 
 
 def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1) -> Path:
@@ -197,7 +184,7 @@ def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1
             f"layers.{i}.feed_forward.w2.weight": ((dim, ffn), 1),
             f"layers.{i}.attention_norm.weight": ((dim,), None), f"layers.{i}.ffn_norm.weight": ((dim,), None),
         })
-    tensors = {name: _spread(name, shape, gen) for name, (shape, _) in full.items()}
+    tensors = {name: spread(name, shape, gen) for name, (shape, _) in full.items()}
     states: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
     for name, (_, dim_split) in full.items():
         for state, part in zip(states, tensors[name].chunk(shards, dim_split) if dim_split is not None
@@ -208,7 +195,7 @@ def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1
             for norm in ("q_normalization", "k_normalization"):
                 for part in ("weight", "bias"):
                     name = f"layers.{i}.attention.{norm}.{part}"
-                    state[name] = _spread(name, (head_dim,), gen).to(getattr(torch, spec.dtype))
+                    state[name] = spread(name, (head_dim,), gen).to(getattr(torch, spec.dtype))
     names = ["consolidated.pth"] if shards == 1 else [f"consolidated.{k:02d}.pth" for k in range(shards)]
     for name, state in zip(names, states, strict=True):
         torch.save(state, model_dir / name)
@@ -216,7 +203,7 @@ def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1
     cfg = _vqgan_config(spec)
     encoder = VQModel(cfg, with_decoder=False)
     vq_gen = torch.Generator().manual_seed(spec.seed + 3)  # independent of the shard count
-    encoder.load_state_dict({k: _spread(k, v.shape, vq_gen) for k, v in encoder.state_dict().items()})
+    encoder.load_state_dict({k: spread(k, v.shape, vq_gen) for k, v in encoder.state_dict().items()})
     write_meta_vqgan(tokenizer_dir, encoder.state_dict(), cfg.to_hf_vq_config(), seed=spec.seed)
     return dst
 

@@ -1,7 +1,5 @@
-"""Token layout of a Chameleon checkpoint, derived from its files, never typed in.
-
-Image codebook index i lives in the vocabulary under the name ``IMGIMG`` + the
-decimal digits of i written as letters (0->A ... 9->J) + ``Z``.
+"""Token layout of a checkpoint, derived from its files, never typed in: which ids open, close and fill an
+image span. Names and config fields come from the checkpoint's family (``engine/shared/families/``).
 """
 
 from __future__ import annotations
@@ -14,25 +12,10 @@ from pathlib import Path
 import torch
 
 from engine.shared.families import for_architectures
+from engine.shared.families.base import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 from engine.shared.span_format import SpanFormat
 
-BOI_NAME = "<racm3:break>"
-EOI_NAME = "<eoss>"
-IMAGE_PLACEHOLDER_NAME = "<image>"
-SEP_NAME = "<reserved08706>"
-_CODE_PREFIX, _CODE_SUFFIX = "IMGIMG", "Z"
-_DIGIT_LETTERS = "ABCDEFGHIJ"
-
-
-def code_name(index: int) -> str:
-    """Vocabulary name of codebook entry ``index``."""
-    return _CODE_PREFIX + "".join(_DIGIT_LETTERS[int(d)] for d in str(index)) + _CODE_SUFFIX
-
-
-def code_index(name: str) -> int:
-    """Codebook index named by an ``IMGIMG...Z`` token (inverse of :func:`code_name`)."""
-    digits = name[len(_CODE_PREFIX) : -len(_CODE_SUFFIX)]
-    return int("".join(str(_DIGIT_LETTERS.index(c)) for c in digits))
+__all__ = ["BOI_NAME", "EOI_NAME", "IMAGE_PLACEHOLDER_NAME", "SEP_NAME", "CheckpointError", "TokenLayout", "code_name"]
 
 
 class CheckpointError(ValueError):
@@ -66,26 +49,24 @@ class TokenLayout:
         cls, vocabulary_map: dict[str, int], vocab_size: int, image_seq_length: int,
         architectures: list[str] | None = None,
     ) -> TokenLayout:
-        names = (BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME)
-        missing = [n for n in names if n not in vocabulary_map]
+        family = for_architectures(architectures or [])
+        names = family.span_names
+        missing = [n for n in names.values() if n not in vocabulary_map]
         if missing:
             raise CheckpointError(f"vocabulary_map lacks {missing}")
-        codes = {
-            code_index(name): tid
-            for name, tid in vocabulary_map.items()
-            if name.startswith(_CODE_PREFIX) and name.endswith(_CODE_SUFFIX)
-        }
+        codes = family.image_codes(vocabulary_map)
         if sorted(codes) != list(range(len(codes))) or not codes:
-            raise CheckpointError("vocabulary_map image codes IMGIMG...Z are not a contiguous 0..N-1 codebook")
+            raise CheckpointError(f"vocabulary_map image codes {family.code_name(0)}... are not a contiguous "
+                                  "0..N-1 codebook")
         try:
-            span = for_architectures(architectures or []).span_format(vocabulary_map, round(image_seq_length ** 0.5))
+            span = family.span_format(vocabulary_map, round(image_seq_length ** 0.5))
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         return cls(
-            boi=vocabulary_map[BOI_NAME],
-            eoi=vocabulary_map[EOI_NAME],
-            image_placeholder=vocabulary_map[IMAGE_PLACEHOLDER_NAME],
-            sep=vocabulary_map[SEP_NAME],
+            boi=vocabulary_map[names["boi"]],
+            eoi=vocabulary_map[names["eoi"]],
+            image_placeholder=vocabulary_map[names["image_placeholder"]],
+            sep=vocabulary_map[names["sep"]],
             vocab_size=vocab_size,
             image_seq_length=image_seq_length,
             code_to_id=tuple(codes[i] for i in range(len(codes))),
@@ -94,21 +75,16 @@ class TokenLayout:
 
     @classmethod
     def from_checkpoint(cls, model_dir: str | Path) -> TokenLayout:
-        """Read ``config.json`` (vocabulary_map) and ``processor_config.json`` (image_seq_length)."""
+        """Read ``config.json`` (vocabulary_map) and, as the checkpoint's family says, the image grid."""
         model_dir = Path(model_dir)
         config_path = model_dir / "config.json"
         config = json.loads(config_path.read_text())
         if not config.get("vocabulary_map"):
             raise CheckpointError(f"{config_path} has no vocabulary_map: convert the checkpoint to the Hugging Face "
                                   "layout")
-        proc_path = model_dir / "processor_config.json"
-        seq_len = json.loads(proc_path.read_text()).get("image_seq_length") if proc_path.exists() else None
-        if seq_len is None:
-            vq = config.get("vq_config") or {}
-            grid = vq.get("resolution", 512) // 2 ** (len(vq.get("channel_multiplier", [1, 1, 2, 2, 4])) - 1)
-            seq_len = grid * grid
-        return cls.from_vocabulary_map(config["vocabulary_map"], config["vocab_size"], int(seq_len),
-                                       config.get("architectures"))
+        family = for_architectures(config.get("architectures") or [])
+        return cls.from_vocabulary_map(config["vocabulary_map"], family.vocab_size(config),
+                                       family.native_seq_length(config, model_dir), config.get("architectures"))
 
     @property
     def codebook_size(self) -> int:
@@ -135,7 +111,19 @@ class TokenLayout:
             return [self.boi, *ids.flatten().tolist(), self.eoi]
         rows, cols = ids.shape[-2:]
         body = torch.cat([ids.reshape(rows, cols), torch.full((rows, 1), self.span.eol, dtype=ids.dtype)], dim=1)
-        return [self.boi, *self.span.size_tokens((rows, cols)), *body.flatten().tolist(), self.eoi]
+        return [self.boi, *self.span.prefix((rows, cols)), *body.flatten().tolist(), *self.span.trailer, self.eoi]
+
+    def span_mask(self, token_ids: list[int], open_span: bool = False) -> list[bool]:
+        """Per token: whether it belongs to an image (BOI to EOI), reading in order from inside a span when
+        ``open_span``; a size prefix written as text (Emu3's) is an image's by its place, not its id."""
+        mask, inside = [], open_span
+        for tid in token_ids:
+            if tid == self.boi:
+                inside = True
+            mask.append(inside or tid in self._span_ids)
+            if tid == self.eoi:
+                inside = False
+        return mask
 
     def is_span_token(self, tid: int) -> bool:
         """BOI, EOI, an image code or a span's framing token: a token that belongs to an image, not to text."""

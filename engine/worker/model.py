@@ -1,10 +1,12 @@
-"""Chameleon's transformer as a vLLM 0.32 model, registered by ``engine.plugin``.
+"""The early-fusion transformer of every family as a vLLM 0.32 model, registered by ``engine.plugin``.
 
-A text-token decoder: the front end VQ-encodes images and places BOI + code ids + EOI
-in the prompt, so there is no multimodal processor and no VQ model here, and no logit
-is masked (the image-span grammar lives in our logits processor).
-Structure follows vLLM's ``models/llama.py``; numerics follow transformers'
-``models/chameleon/modeling_chameleon.py`` (qk-layernorm per head, optional Swin norm).
+A text-token decoder: the front end VQ-encodes images and places their spans in the prompt,
+so there is no multimodal processor and no VQ model here, and no logit is masked (the
+image-span grammar lives in our logits processor). Structure follows vLLM's ``models/llama.py``;
+numerics follow transformers' ``models/chameleon/modeling_chameleon.py`` (qk-layernorm per head,
+optional Swin norm), which without those is Llama, as Emu3's text model
+(``models/emu3/modeling_emu3.py``) is: a family says which (``Family.qk_norm``) and how its
+checkpoint names the weights (``Family.weight_name``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import ChameleonConfig
+from transformers import PretrainedConfig
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import (
@@ -113,26 +115,28 @@ class ChameleonAttention(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         self.layer_index = extract_layer_index(prefix)
-        config: ChameleonConfig = vllm_config.model_config.hf_config
+        config: PretrainedConfig = vllm_config.model_config.hf_text_config
+        family = for_architectures(vllm_config.model_config.architectures)
         tp_size = get_tensor_model_parallel_world_size()
         total_heads, total_kv = config.num_attention_heads, config.num_key_value_heads
         if total_heads % tp_size or (total_kv % tp_size and tp_size % total_kv):
             raise ValueError(f"{total_heads} heads / {total_kv} KV heads do not split over TP={tp_size}")
         self.num_heads = total_heads // tp_size
         self.num_kv_heads = kv_heads_per_rank(total_kv, tp_size)
-        self.head_dim = config.hidden_size // total_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
 
+        bias = bool(getattr(config, "attention_bias", False))
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, total_heads, total_kv,
-            bias=bool(config.attention_bias), prefix=f"{prefix}.qkv_proj",
+            config.hidden_size, self.head_dim, total_heads, total_kv, bias=bias, prefix=f"{prefix}.qkv_proj",
         )
-        self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size,
-                                        bias=bool(config.attention_bias), prefix=f"{prefix}.o_proj")
-        family = for_architectures(config.architectures or [])
-        self.q_norm = ChameleonQKNorm(total_heads, self.num_heads, self.head_dim, family)
-        self.k_norm = ChameleonQKNorm(total_kv, self.num_kv_heads, self.head_dim, family)
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size, bias=bias,
+                                        prefix=f"{prefix}.o_proj")
+        self.qk_norm = family.qk_norm
+        if self.qk_norm:
+            self.q_norm = ChameleonQKNorm(total_heads, self.num_heads, self.head_dim, family)
+            self.k_norm = ChameleonQKNorm(total_kv, self.num_kv_heads, self.head_dim, family)
         self.rotary_emb = get_rope(
             self.head_dim,
             max_position=config.max_position_embeddings,
@@ -149,7 +153,9 @@ class ChameleonAttention(nn.Module):
                 private: PrivateBatch | None = None) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, self.q_norm(q), self.k_norm(k))  # norm before rotary
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)  # norm before rotary
+        q, k = self.rotary_emb(positions, q, k)
         out, _ = self.o_proj(self.attn(q, k, v) if private is None else self._attend_private(q, k, v, private))
         return out
 
@@ -187,11 +193,11 @@ class ChameleonDecoderLayer(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        config: ChameleonConfig = vllm_config.model_config.hf_config
-        self.swin_norm = bool(config.swin_norm)
+        config: PretrainedConfig = vllm_config.model_config.hf_text_config
+        self.swin_norm = bool(getattr(config, "swin_norm", False))
         self.self_attn = ChameleonAttention(vllm_config=vllm_config, prefix=f"{prefix}.self_attn")
         self.mlp = ChameleonMLP(config.hidden_size, config.intermediate_size, config.hidden_act,
-                                bias=bool(config.mlp_bias), prefix=f"{prefix}.mlp")
+                                bias=bool(getattr(config, "mlp_bias", False)), prefix=f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -219,7 +225,7 @@ class ChameleonDecoderLayer(nn.Module):
 class ChameleonModel(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        config: ChameleonConfig = vllm_config.model_config.hf_config
+        config: PretrainedConfig = vllm_config.model_config.hf_text_config
         pp = get_pp_group()
         if pp.is_first_rank or (config.tie_word_embeddings and pp.is_last_rank):
             self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
@@ -289,11 +295,12 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        config: ChameleonConfig = vllm_config.model_config.hf_config
+        config: PretrainedConfig = vllm_config.model_config.hf_text_config
         self.config = config
+        self.family = for_architectures(vllm_config.model_config.architectures)
         register_model(self)  # for guidance twins and Model Runner V2's span processor (engine/worker/live.py)
-        logger.info("chameleon-serve plugin model: ChameleonForConditionalGeneration (swin_norm=%s)",
-                    config.swin_norm)
+        logger.info("chameleon-serve plugin model for %s (swin_norm=%s, qk_norm=%s)", self.family.title,
+                    getattr(config, "swin_norm", False), self.family.qk_norm)
         self.model = ChameleonModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         if get_pp_group().is_last_rank:
             self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
@@ -349,7 +356,8 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         return self.logits_processor(self.lm_head, hidden[batch.last_tokens]).float()  # raw_logits kept as is
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load the transformer from HF names; ``model.vqmodel.*`` is skipped and not reported.
+        """Load the transformer from the checkpoint's names as its family maps them; what maps to None (the VQ
+        model's weights) is skipped and not reported.
 
         vLLM only checks that every model parameter was loaded, so skipped names need not
         be returned.
@@ -357,7 +365,8 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if name.startswith("model.vqmodel.") or "rotary_emb.inv_freq" in name:
+            name = self.family.weight_name(name)
+            if name is None or "rotary_emb.inv_freq" in name:
                 continue
             if self.config.tie_word_embeddings and name == "lm_head.weight":
                 continue

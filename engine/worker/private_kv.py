@@ -13,7 +13,7 @@ import torch
 from engine.worker.transfers import to_device
 
 if TYPE_CHECKING:  # a type only: the V2 processor imports this module in vLLM's front end, and device checks
-    from transformers import ChameleonConfig  # run where transformers is absent (bench/gpu_check.py)
+    from transformers import PretrainedConfig  # run where transformers is absent (bench/gpu_check.py)
 
 
 def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
@@ -21,9 +21,9 @@ def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
     return max(1, total_kv_heads // tp_size)
 
 
-def kv_bytes_per_token(config: ChameleonConfig, tp_size: int, dtype: torch.dtype) -> int:
+def kv_bytes_per_token(config: PretrainedConfig, tp_size: int, dtype: torch.dtype) -> int:
     """Keys and values of one token, all layers and all TP ranks together (replicated heads once per rank)."""
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     heads = kv_heads_per_rank(config.num_key_value_heads, tp_size) * tp_size
     return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
 

@@ -61,7 +61,6 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         self.req_states = req_states
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
         self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.guided_from_boi else None)
-        self._boi = layout.boi
         register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
         # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
         self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
@@ -111,13 +110,8 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         width = max(grammar.tail_length(int(slot)) for slot in slots)
         at = total.unsqueeze(1) + torch.arange(-width, 0, device=dev)  # the window's positions, oldest first
         tokens = rs.all_token_ids.gpu[idx.unsqueeze(1), at.clamp(min=0)].long()
-        inner = grammar.is_span_inner(tokens) & (at >= 0)
-        run = inner.flip(1).int().cumprod(dim=1).sum(dim=1)  # span-inner tokens at the end of the window
-        before = (width - 1 - run).clamp(min=0).unsqueeze(1)  # the token just before them
-        opened = (run < width) & (tokens.gather(1, before).squeeze(1) == self._boi) & \
-            (at.gather(1, before).squeeze(1) >= 0)
         num_output = total - to_device(rs.prompt_len.np[slots].astype(np.int64), dev)
-        return torch.where(opened, run, -1), num_output
+        return grammar.positions_on_device(slots, tokens, at), num_output
 
     def _code_logits(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """For ``rows``, what V1 samples image codes from: the model's logits plus each request's logit bias,

@@ -2,9 +2,9 @@
 
 Outside a span image codes and EOI are forbidden (BOI too unless the request
 may write images); after BOI the checkpoint family's span (``engine/shared/span_format.py``):
-Chameleon's ``image_seq_length`` codes then EOI, or Lumina-mGPT's size tokens and
-EOL-closed rows of the request's grid then EOI, every forced step chosen per row by
-array arithmetic on its position. Rows
+Chameleon's ``image_seq_length`` codes then EOI, or a row-framed span's size prefix (Lumina-mGPT's size
+tokens, Emu3's ``H*W`` text), EOL-closed rows of the request's grid and a trailer then EOI, every forced
+step chosen per row by array arithmetic on its position. Rows
 inside a span are sampled here with the request's image temperature/top-k/top-p
 (the checkpoint family's defaults unless the request sets them), because vLLM's own temperature and
 top-k/top-p run after logits processors; the row is left with that one token
@@ -27,17 +27,20 @@ from engine.worker.transfers import to_device
 _MASK63 = (1 << 63) - 1
 
 
-def span_position(tail: Sequence[int], layout: TokenLayout) -> int:
-    """Tokens written since an unclosed BOI at the end of ``tail``, or -1 outside a span.
+def span_position(tail: Sequence[int], layout: TokenLayout, prefix: Sequence[int] = ()) -> int:
+    """Tokens written since an unclosed BOI in ``tail``, or -1 outside a span: after the BOI come the span's
+    size ``prefix`` (the grid's: its tokens may be text by id, as Emu3's digits are) and then span tokens.
 
     ``tail`` needs only the span's length + 1 last tokens of the history.
     """
-    for count, tok in enumerate(reversed(tail)):
-        if tok == layout.boi:
-            return count
-        if tok == layout.eoi or not layout.is_span_token(tok):
-            return -1
-    return -1
+    tail = list(tail)
+    if layout.boi not in tail:
+        return -1
+    after = tail[len(tail) - tail[::-1].index(layout.boi):]
+    n = min(len(after), len(prefix))
+    if after[:n] != list(prefix[:n]) or any(t == layout.eoi or not layout.is_span_token(t) for t in after[n:]):
+        return -1
+    return len(after)
 
 
 # splitmix64's constants as int64 (two's complement): the same code then runs on numpy arrays and torch tensors
@@ -71,6 +74,7 @@ class SpanGrammar:
     """Per-slot span state (host numpy) and the batched masking/sampling of one logits tensor."""
 
     MAX_ATTEMPTS = 16  # top-p rejection rounds before the sorted fallback (engine/worker/nucleus.py)
+    MAX_PREFIX = 16  # tokens of a size prefix: Emu3's "9999*9999" and its opening token fit
 
     def __init__(self, layout: TokenLayout, max_slots: int, device: torch.device | str = "cpu") -> None:
         self.layout, self.format = layout, layout.span
@@ -88,13 +92,16 @@ class SpanGrammar:
         self._is_inner[codes.numpy()] = True
         self._is_inner[inner] = True
         self._is_inner_t = torch.from_numpy(self._is_inner).to(self.device)
-        self._size_ids = np.asarray(self.format.size_ids, dtype=np.int64)
-        self._size_ids_t = torch.from_numpy(self._size_ids).to(self.device)
+        self._tail_ids = np.asarray([*self.format.trailer, layout.eoi], dtype=np.int64)  # after the last row
+        self._tail_ids_t = torch.from_numpy(self._tail_ids).to(self.device)
         self.mode = np.zeros(max_slots, dtype=np.int8)
         self.pos = np.full(max_slots, -1, dtype=np.int64)  # tokens since BOI; -1 outside a span
         native = self.format.native_grid
         self.rows = np.full(max_slots, native, dtype=np.int64)  # the grid this slot's images are written in
         self.cols = np.full(max_slots, native, dtype=np.int64)
+        self.prefix = np.full((max_slots, self.MAX_PREFIX), -1, dtype=np.int64)  # the grid's size prefix
+        self.prefix_len = np.zeros(max_slots, dtype=np.int64)
+        self._prefix_t = torch.from_numpy(self.prefix).to(self.device)
         self.num_output = np.zeros(max_slots, dtype=np.int64)  # output tokens accounted for
         self.temperature = np.zeros(max_slots, dtype=np.float32)
         self.top_k = np.zeros(max_slots, dtype=np.int64)
@@ -129,6 +136,11 @@ class SpanGrammar:
         except ValueError:
             grid = (self.format.native_grid, self.format.native_grid)
         self.rows[slot], self.cols[slot] = grid
+        prefix = self.format.prefix(grid)[:self.MAX_PREFIX]
+        self.prefix[slot] = -1
+        self.prefix[slot, :len(prefix)] = prefix
+        self.prefix_len[slot] = len(prefix)
+        self._prefix_t[slot] = to_device(self.prefix[slot], self.device)
         self.mode[slot] = params.mode
         self.temperature[slot] = params.image_temperature
         self.top_k[slot] = params.image_top_k
@@ -148,7 +160,8 @@ class SpanGrammar:
 
     def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
         """Place ``slot`` from its committed history (entry, resumption, or several new tokens)."""
-        self.pos[slot] = span_position(tail, self.layout) if self.mode[slot] != TEXT_ONLY else -1
+        prefix = self.prefix[slot, :self.prefix_len[slot]].tolist()
+        self.pos[slot] = span_position(tail, self.layout, prefix) if self.mode[slot] != TEXT_ONLY else -1
         self.num_output[slot] = num_output
 
     def remove(self, slot: int) -> None:
@@ -156,9 +169,10 @@ class SpanGrammar:
 
     def move(self, src: int, dst: int, swap: bool) -> None:
         """``dst`` takes ``src``'s state; with ``swap`` the two exchange."""
-        for a in (self.mode, self.pos, self.rows, self.cols, self.num_output, self.temperature, self.top_k,
-                  self.top_p, self.seed, self.has_kept, self.kept):
+        for a in (self.mode, self.pos, self.rows, self.cols, self.prefix, self.prefix_len, self.num_output,
+                  self.temperature, self.top_k, self.top_p, self.seed, self.has_kept, self.kept):
             a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
+        self._prefix_t[[src, dst]] = to_device(self.prefix[[src, dst]], self.device)
         if self.has_kept[[src, dst]].any():
             self._kept_t[[src, dst]] = to_device(self.kept[[src, dst]], self.device)
         if not swap:
@@ -174,16 +188,24 @@ class SpanGrammar:
         in ``slots``): the token its grammar forces next (a masked edit's kept code among them), or -1 where it
         samples a code. Host arrays, or tensors on the device."""
         host = isinstance(pos, np.ndarray)
-        where, size_ids = (np.where, self._size_ids) if host else (torch.where, self._size_ids_t)
+        where = np.where if host else torch.where
         eoi = self.layout.eoi
         if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
             return self._kept_code(where(pos >= rows * cols, eoi, -1), pos, slots)
-        # BOI, height, width, rows x (cols codes + EOL), EOI
-        q = pos - 2
+        # BOI, the grid's size prefix, rows x (cols codes + EOL), the trailer, EOI
+        if host:
+            plen, prefix, tail_ids = self.prefix_len[slots], self.prefix[slots, np.clip(pos, 0, self.MAX_PREFIX - 1)], \
+                self._tail_ids
+        else:
+            slots_t = self._to_device(slots)
+            plen, prefix, tail_ids = self._to_device(self.prefix_len[slots]), \
+                self._prefix_t[slots_t, pos.clamp(0, self.MAX_PREFIX - 1)], self._tail_ids_t
+        q = pos - plen
         step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
-        step = where(q >= rows * (cols + 1), eoi, step)
-        step = where(pos == 1, size_ids[cols // self.format.patch], step)
-        step = where(pos == 0, size_ids[rows // self.format.patch], step)
+        after = q - rows * (cols + 1)
+        last = len(self._tail_ids) - 1
+        step = where(after >= 0, tail_ids[np.clip(after, 0, last) if host else after.clamp(0, last)], step)
+        step = where(pos < plen, prefix, step)
         return self._kept_code(step, q // (cols + 1) * cols + q % (cols + 1), slots)
 
     def _kept_code(self, step: Ints, cell: Ints, slots: np.ndarray) -> Ints:
@@ -213,6 +235,7 @@ class SpanGrammar:
             return
         lay, pos = self.layout, self.pos[slots]
         inner = self._is_inner[np.clip(tokens, 0, len(self._is_inner) - 1)] & (tokens >= 0)
+        inner |= pos < self.prefix_len[slots]  # a size prefix's tokens may be text by id
         self.pos[slots] = np.where(tokens == lay.boi, 0, np.where(inner & (pos >= 0), pos + 1, -1))
         self.num_output[slots] += 1
 
@@ -266,6 +289,19 @@ class SpanGrammar:
             logits.index_fill_(0, rows_forced, float("-inf"))
             logits[rows_forced, tokens] = kept
         return logits
+
+    def positions_on_device(self, slots: np.ndarray, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """:func:`span_position` on the device, per slot of ``slots``, from the last :meth:`tail_length` (or
+        more) tokens of its history: ``tokens`` (slots x window, oldest first) at positions ``at`` (< 0: before
+        the history began)."""
+        width = tokens.shape[1]
+        column = torch.arange(width, device=tokens.device)
+        last_boi = torch.where((tokens == self.layout.boi) & (at >= 0), column, -1).amax(dim=1)
+        k = column - last_boi.unsqueeze(1) - 1  # place after that BOI
+        plen = self._to_device(self.prefix_len[slots]).unsqueeze(1)
+        expected = self._prefix_t[self._to_device(slots).unsqueeze(1), k.clamp(0, self.MAX_PREFIX - 1)]
+        fits = torch.where(k < plen, tokens == expected, self.is_span_inner(tokens)) | (k < 0)
+        return torch.where((last_boi >= 0) & fits.all(dim=1), width - 1 - last_boi, -1)
 
     def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
         """Per slot, on the device (``pos`` from the device history): whether this step samples an image code."""

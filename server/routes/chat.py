@@ -32,16 +32,20 @@ from server.sse import sse, with_error_event
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-def usage(engine: ChameleonEngine, req: ChatCompletionRequest, prompt_len: int, token_ids: list[int]) -> UsageInfo:
-    details = (CompletionTokensDetails(image_tokens=count_image_tokens(engine, token_ids))
+def usage(engine: ChameleonEngine, req: ChatCompletionRequest, prompt_len: int,
+          choices: list[list[int]]) -> UsageInfo:
+    """Usage of a reply whose choices wrote ``choices`` (token ids, one list per choice)."""
+    details = (CompletionTokensDetails(image_tokens=count_image_tokens(engine, *choices))
                if "image" in req.modalities else None)
-    return UsageInfo(prompt_tokens=prompt_len, completion_tokens=len(token_ids),
-                     total_tokens=prompt_len + len(token_ids), completion_tokens_details=details)
+    completion = sum(len(ids) for ids in choices)
+    return UsageInfo(prompt_tokens=prompt_len, completion_tokens=completion,
+                     total_tokens=prompt_len + completion, completion_tokens_details=details)
 
 
-def _logprobs(engine: ChameleonEngine, req: ChatCompletionRequest, token_ids: list[int],
-              positions) -> ChoiceLogprobs | None:
-    return chat_logprobs(engine, token_ids, positions or [], req.top_logprobs or 0) if req.logprobs else None
+def _logprobs(engine: ChameleonEngine, req: ChatCompletionRequest, token_ids: list[int], positions,
+              image_mask: list[bool]) -> ChoiceLogprobs | None:
+    return chat_logprobs(engine, token_ids, positions or [], req.top_logprobs or 0, image_mask) \
+        if req.logprobs else None
 
 
 @router.post("/chat/completions", response_model=None)
@@ -63,10 +67,11 @@ async def chat_completions(
     return ChatCompletionResponse(
         id=prepared.request_id, created=created, model=settings.served_model_name,
         choices=[ChatChoice(index=c.index, message=ResponseMessage(**message_fields(c.pieces, shape)),
-                            logprobs=_logprobs(engine, req, c.token_ids, c.logprobs), finish_reason=c.finish_reason,
+                            logprobs=_logprobs(engine, req, c.token_ids, c.logprobs, c.image_mask),
+                            finish_reason=c.finish_reason,
                             token_ids=c.token_ids if req.return_token_ids else None)
                  for c in choices],
-        usage=usage(engine, req, len(prompt.token_ids), [t for c in choices for t in c.token_ids]),
+        usage=usage(engine, req, len(prompt.token_ids), [c.token_ids for c in choices]),
         prompt_token_ids=prompt.token_ids if req.return_token_ids else None,
     )
 
@@ -81,15 +86,15 @@ async def _stream(req: ChatCompletionRequest, engine: ChameleonEngine, prepared:
 
     yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(req.n)],
                 prompt_token_ids=prompt_ids if req.return_token_ids else None)
-    generated: list[int] = []
+    generated: list[list[int]] = [[] for _ in range(req.n)]
     shapers = [DeltaShaper(shape) for _ in range(req.n)]
     async for deltas in stream_deltas(engine, prepared, req.partial_images):
         for d in deltas:
-            generated += d.token_ids
-            log["completion_tokens"] = len(generated)
+            generated[d.index] += d.token_ids
+            log["completion_tokens"] = sum(len(ids) for ids in generated)
             log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
             token_ids = d.token_ids if req.return_token_ids else None
-            logprobs = _logprobs(engine, req, d.token_ids, d.logprobs)
+            logprobs = _logprobs(engine, req, d.token_ids, d.logprobs, d.image_mask)
             if not d.pieces and (d.finish_reason or token_ids or (logprobs and logprobs.content)):
                 yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=""), logprobs=logprobs,
                                              finish_reason=d.finish_reason, token_ids=token_ids)])

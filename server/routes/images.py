@@ -46,7 +46,8 @@ from server.previews import Preview
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-_SAMPLING = {"seed", "image_temperature", "image_top_k", "image_top_p", "cfg_scale", "negative_prompt"}  # chat's
+_SAMPLING = {"seed", "image_temperature", "image_top_k", "image_top_p", "cfg_scale", "negative_prompt",  # chat's
+             "image_prompt_suffix"}
 
 
 @router.post("/images/generations", response_model=None)
@@ -97,6 +98,10 @@ def _data_url(content_type: str, data: bytes) -> str:
 
 async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, mask: bytes) -> np.ndarray:
     """The code cells of ``image`` that ``mask`` marks for change (``ImagePreprocessor.editable_cells``)."""
+    if engine.preprocess is None:
+        raise BadRequest("masked edits need a checkpoint whose input images have one fixed size; this one "
+                         "keeps each image's aspect ratio (edit without a mask)", param="mask")
+
     def cells() -> np.ndarray:
         try:
             size = decode_image(image, settings.max_image_pixels).size

@@ -101,7 +101,7 @@ def test_images_route_sizes(lumina):
 
 def test_image_input_in_lumina_span_format_and_text_output(lumina):
     layout = TokenLayout.from_checkpoint(lumina.model_dir)
-    eol, (height, width) = layout.span.eol, layout.span.size_tokens((GRID, GRID))
+    eol, (height, width) = layout.span.eol, layout.span.prefix((GRID, GRID))
     resp = lumina.client().chat.completions.create(
         model=MODEL, max_tokens=8, temperature=0, extra_body={"return_token_ids": True},
         messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"},

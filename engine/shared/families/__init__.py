@@ -1,7 +1,7 @@
 """The checkpoint families this server serves, and which one a checkpoint is.
 
-A family is one module here (``chameleon.py``, ``anole.py``, ``lumina.py``) overriding ``base.Family``; adding
-one means writing its module and its line in ``FAMILIES``.
+A family is one module here (``chameleon.py``, ``anole.py``, ``lumina.py``, ``emu3.py``) overriding
+``base.Family``; adding one means writing its module and its line in ``FAMILIES``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from pathlib import Path
 from engine.shared.families.anole import ANOLE
 from engine.shared.families.base import Family, SamplingDefaults, config_architectures
 from engine.shared.families.chameleon import CHAMELEON
+from engine.shared.families.emu3 import EMU3
 from engine.shared.families.lumina import LUMINA
 
 # The first family that recognizes a checkpoint is its family; Chameleon, the base, comes last.
-FAMILIES: tuple[Family, ...] = (LUMINA, ANOLE, CHAMELEON)
+FAMILIES: tuple[Family, ...] = (EMU3, LUMINA, ANOLE, CHAMELEON)
 
-__all__ = ["ANOLE", "CHAMELEON", "FAMILIES", "LUMINA", "Family", "SamplingDefaults", "by_name", "for_architectures",
-           "recognize", "served_architectures"]
+__all__ = ["ANOLE", "CHAMELEON", "EMU3", "FAMILIES", "LUMINA", "Family", "SamplingDefaults", "by_name",
+           "for_architectures", "recognize", "served_architectures"]
 
 
 def recognize(given: str | Path, model_dir: str | Path) -> Family:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from engine.shared.span_format import SpanFormat
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
     import torch
 
 CHAMELEON_ARCHITECTURE = "ChameleonForConditionalGeneration"
+BOI_NAME = "<racm3:break>"
+EOI_NAME = "<eoss>"
+IMAGE_PLACEHOLDER_NAME = "<image>"
+SEP_NAME = "<reserved08706>"
+# Chameleon names codebook index i ``IMGIMG`` + the decimal digits of i written as letters (0->A ... 9->J) + ``Z``.
+_CODE_PREFIX, _CODE_SUFFIX = "IMGIMG", "Z"
+_DIGIT_LETTERS = "ABCDEFGHIJ"
+
+
+def code_name(index: int) -> str:
+    """Chameleon's vocabulary name of codebook entry ``index``."""
+    return _CODE_PREFIX + "".join(_DIGIT_LETTERS[int(d)] for d in str(index)) + _CODE_SUFFIX
 CHAMELEON_MODEL_CLASS = "engine.worker.model:ChameleonForConditionalGeneration"
 
 
@@ -30,6 +43,8 @@ class SamplingDefaults:
     image_top_p: float = 0.9
     cfg_scale: float = 1.0  # 1 = no guidance
     text_top_k: int | None = None  # None: the request's (vLLM's) default
+    negative_prompt: str | None = None  # guidance's unconditional text where the request gives none
+    image_prompt_suffix: str = ""  # appended to the last user text of an image-only reply
 
 
 class Family:
@@ -40,7 +55,14 @@ class Family:
     architectures: tuple[str, ...] = (CHAMELEON_ARCHITECTURE,)  # config.json names this family owns
     model_class = CHAMELEON_MODEL_CLASS  # the vLLM model our plugin registers for them
     sampling = SamplingDefaults()
+    qk_norm = True  # per-head q/k layer norms (Chameleon's); without them the text model is Llama
+    # The VQ model: Meta's VQGAN ("vqgan"), or transformers' Emu3VQVAE ("emu3"); the front end and the tiny
+    # writer (transformers' Chameleon or Emu3 model classes) follow it.
+    codec = "vqgan"
     processor_config_required = True  # False: without one, images get Meta's image-tokenizer preprocessing
+    # vocabulary names of the span's ends, the image placeholder of chat templates, and the end of a turn
+    span_names = MappingProxyType({"boi": BOI_NAME, "eoi": EOI_NAME, "image_placeholder": IMAGE_PLACEHOLDER_NAME,
+                                   "sep": SEP_NAME})
 
     def __repr__(self) -> str:
         return f"<family {self.name}: {self.sampling}>"
@@ -50,6 +72,35 @@ class Family:
         architectures is of this family."""
         return any(name in self.architectures for name in architectures)
 
+    def code_name(self, index: int) -> str:
+        """The vocabulary name of codebook entry ``index``."""
+        return code_name(index)
+
+    def image_codes(self, vocabulary_map: dict[str, int]) -> dict[int, int]:
+        """Codebook index -> vocabulary id, for every code the vocabulary names."""
+        codes = {}
+        for name, tid in vocabulary_map.items():
+            if name.startswith(_CODE_PREFIX) and name.endswith(_CODE_SUFFIX):
+                digits = name[len(_CODE_PREFIX):-len(_CODE_SUFFIX)]
+                if digits and all(c in _DIGIT_LETTERS for c in digits):
+                    codes[int("".join(str(_DIGIT_LETTERS.index(c)) for c in digits))] = tid
+        return codes
+
+    def vocab_size(self, config: dict) -> int:
+        """The model's vocabulary size, from ``config.json``."""
+        return int(config["vocab_size"])
+
+    def native_seq_length(self, config: dict, model_dir: Path) -> int:
+        """Codes of the default image: ``processor_config.json``'s ``image_seq_length``, else the square of
+        the VQGAN's resolution over its downsampling."""
+        proc_path = model_dir / "processor_config.json"
+        seq_len = json.loads(proc_path.read_text()).get("image_seq_length") if proc_path.exists() else None
+        if seq_len is None:
+            vq = config.get("vq_config") or {}
+            grid = vq.get("resolution", 512) // 2 ** (len(vq.get("channel_multiplier", [1, 1, 2, 2, 4])) - 1)
+            seq_len = grid * grid
+        return int(seq_len)
+
     def span_format(self, vocabulary_map: dict[str, int], native_grid: int) -> SpanFormat:
         """How this family writes one image as tokens (ValueError for a vocabulary that lacks its tokens)."""
         return SpanFormat(native_grid)
@@ -58,6 +109,11 @@ class Family:
         """The sizes a checkpoint writes, ``"WxH"`` (pixels) -> (rows, cols) code grid, the default first."""
         side = span.native_grid * pixels_per_code
         return {f"{side}x{side}": (span.native_grid, span.native_grid)}
+
+    def weight_name(self, name: str) -> str | None:
+        """Our model's name for the checkpoint's weight ``name``; None for weights it does not hold (the VQ
+        model's)."""
+        return None if name.startswith("model.vqmodel.") else name
 
     def qk_norm_rows(self, loaded: torch.Tensor, heads: int) -> torch.Tensor:
         """A checkpoint's q/k-norm weight or bias as one row per head (transformers' layout)."""

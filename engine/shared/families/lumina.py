@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.shared.families.base import Family, SamplingDefaults
-from engine.shared.span_format import SpanFormat
+from engine.shared.span_format import SizeTokens, SpanFormat
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +81,7 @@ class Lumina(Family):
         if len(size_ids) < 2:
             raise ValueError(f"a Lumina-mGPT vocabulary_map needs its size tokens {size_token_name(0)}, "
                              f"{size_token_name(1)}, ...")
-        return SpanFormat(native_grid, vocabulary_map[EOL_NAME], tuple(size_ids), CODES_PER_PATCH,
+        return SpanFormat(native_grid, vocabulary_map[EOL_NAME], SizeTokens(tuple(size_ids), CODES_PER_PATCH),
                           guided_from_boi=True)
 
     def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:
@@ -89,7 +89,7 @@ class Lumina(Family):
         examples ask for it)."""
         patch = CODES_PER_PATCH * pixels_per_code
         target = target_resolution(model_dir, span.native_grid * pixels_per_code)
-        grids = lumina_grids(max(1, target // patch), len(span.size_ids) - 1)
+        grids = lumina_grids(max(1, target // patch), len(span.size.ids) - 1)
         grids.sort(key=lambda g: g[0] != g[1])
         return {f"{cols * pixels_per_code}x{rows * pixels_per_code}": (rows, cols) for rows, cols in grids}
 

@@ -52,7 +52,7 @@ def test_text_and_stops_are_vllms(setup, params):
     tokenizer, layout = setup
     ids = layout.span_token_ids()
     reply = _reply(tokenizer, layout)
-    ours = _decode(SpanSkippingDetokenizer(tokenizer, _request(tokenizer, **params), ids), reply)
+    ours = _decode(SpanSkippingDetokenizer(tokenizer, _request(tokenizer, **params), layout), reply)
     text_only = _decode(FastIncrementalDetokenizer(tokenizer, _request(tokenizer, **params)),
                         [t for t in reply if t not in ids])
     assert ours == text_only  # span tokens render as nothing, even where vLLM would render special tokens
@@ -77,7 +77,7 @@ class CountingStream:
 def test_span_tokens_never_step_the_decode_stream(setup):
     tokenizer, layout = setup
     ids = layout.span_token_ids()
-    detokenizer = SpanSkippingDetokenizer(tokenizer, _request(tokenizer), ids)
+    detokenizer = SpanSkippingDetokenizer(tokenizer, _request(tokenizer), layout)
     detokenizer.stream = counting = CountingStream(detokenizer.stream)
     reply = _reply(tokenizer, layout, images=3)
     _decode(detokenizer, reply)
@@ -88,7 +88,7 @@ def test_span_tokens_never_step_the_decode_stream(setup):
 def test_an_output_processor_builds_it_for_new_requests(setup):
     tokenizer, layout = setup
     processor = OutputProcessor(tokenizer, log_stats=False)
-    skip_spans_when_detokenizing(processor, layout.span_token_ids())
+    skip_spans_when_detokenizing(processor, layout)
     processor.add_request(_request(tokenizer, stop=["x"]), None)
     processor.add_request(_request(tokenizer, "q", detokenize=False), None)
     assert type(processor.request_states["r"].detokenizer) is SpanSkippingDetokenizer

@@ -1,0 +1,88 @@
+"""Emu3's image tokenizer in the front end: transformers' ``Emu3VQVAE`` and ``Emu3ImageProcessor``, used as
+they are and wrapped so that the server's batching works on them.
+
+- Encoding: each image is preprocessed as the processor does (aspect kept, ``smart_resize`` onto multiples of
+  8 px), and images of one size go through ``Emu3VQVAE.encode`` as one batch. transformers pads a batch of
+  mixed sizes to the largest and the encoder then sees the padding; grouping by size gives every image the
+  codes it gets on its own.
+- Decoding: ``Emu3VQVAE.decode`` on a batch of one grid (a still image is its first frame, as transformers
+  returns it), then the processor's un-normalisation into the [-1, 1] pixels the painter writes as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.frontend.vqgan import read_hf_vq_state
+from engine.shared.families.emu3 import VQ_PREFIXES
+from engine.shared.vocab import CheckpointError, TokenLayout
+
+
+class Emu3VQ:
+    """Encode and decode of one checkpoint's VQ model; pixels out are in [-1, 1]."""
+
+    def __init__(self, vqmodel, processor, device: torch.device) -> None:
+        self.vqmodel, self.processor, self.device = vqmodel, processor, device
+        self.pixels_per_code = int(vqmodel.spatial_scale_factor)
+        mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._unit = (mean, std)  # the processor's normalisation, undone on the way out
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: torch.device) -> Emu3VQ:
+        from transformers import Emu3ImageProcessor, Emu3VQVAE, Emu3VQVAEConfig
+
+        model_dir = Path(model_dir)
+        config = json.loads((model_dir / "config.json").read_text())
+        vqmodel = Emu3VQVAE(Emu3VQVAEConfig(**config["vq_config"]))
+        state, source = read_hf_vq_state(model_dir, VQ_PREFIXES)
+        missing, unexpected = vqmodel.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{source}: Emu3 VQ weights do not match vq_config: missing {missing[:8]}, "
+                                  f"unexpected {unexpected[:8]}")
+        processor = Emu3ImageProcessor.from_pretrained(model_dir)
+        return cls(vqmodel.to(device).eval(), processor, device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """One [rows, cols] code grid per image, in order; one encoder pass per distinct size."""
+        pixels = [torch.from_numpy(np.asarray(self.processor(img, return_tensors="np")["pixel_values"][0]))
+                  for img in images]
+        out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for shape in dict.fromkeys(p.shape for p in pixels):
+            index = [i for i, p in enumerate(pixels) if p.shape == shape]
+            batch = torch.stack([pixels[i] for i in index]).to(self.device)
+            sizes = torch.tensor([shape[-2:]] * len(index))
+            codes = self.vqmodel.encode(batch, sizes, return_dict=True).image_tokens
+            for i, c in zip(index, codes, strict=True):
+                out[i] = c.cpu()
+        return out
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, rows, cols] codes -> float32 [B, 3, rows * f, cols * f] pixels in [-1, 1]."""
+        pixels = self.vqmodel.decode(codes.to(self.device, torch.long)).float().cpu()
+        mean, std = self._unit
+        return (2 * (pixels * std + mean) - 1).clamp(-1.0, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Emu3ImageTokenizer:
+    """Pixels -> codes -> prompt spans of an Emu3 checkpoint (the counterpart of ``client.ImageTokenizer``)."""
+
+    layout: TokenLayout
+    vq: Emu3VQ
+    preprocess = None  # no fixed square geometry: masked edits, which need one, are refused
+
+    @property
+    def pixels_per_code(self) -> int:
+        return self.vq.pixels_per_code
+
+    def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
+        return [self.layout.image_span(c) for c in self.vq.encode_images(images)]
