@@ -40,7 +40,8 @@ async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCom
     ``editable`` (a masked edit): the code cells of the prompt's first image that the reply may change; the
     rest are written as they are in that image."""
     messages = _with_image_suffix(req, settings)
-    prompt = await build_chat_prompt(engine, messages, settings, max_images=settings.max_images_per_request)
+    prompt = await build_chat_prompt(engine, messages, settings, max_images=settings.max_images_per_request,
+                                     plain=_plain(req, settings))
     kept = kept_codes(engine, prompt.token_ids, editable) if editable is not None else ()
     options = await chat_options(engine, settings, req, size_param, kept)
     return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
@@ -95,6 +96,12 @@ async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCom
     scale, uncond = await _guidance(engine, settings, req, mode)
     return _checked(mode=mode, seed=_request_seed(req.seed, mode), cfg_scale=scale, uncond_prompt=uncond,
                     image_grid=grid, kept_codes=kept, **image)
+
+
+def _plain(req: ChatCompletionRequest, settings: Settings) -> bool:
+    """Whether the prompt is written plain (no chat format): an image-only reply of a family whose authors
+    prompt image generation so."""
+    return settings.family.plain_image_prompt and set(req.modalities) == {"image"}
 
 
 def _with_image_suffix(req: ChatCompletionRequest, settings: Settings) -> list[ChatMessage]:
@@ -158,7 +165,7 @@ async def _guidance(engine: ChameleonEngine, settings: Settings, req: ChatComple
     if engine.layout.span.guided_from_boi and negative is None:
         return scale, ()  # the image alone (engine/worker/guidance.py)
     turn = ChatMessage(role="user", content=negative or "")
-    uncond = await build_chat_prompt(engine, [turn], settings, max_images=0)
+    uncond = await build_chat_prompt(engine, [turn], settings, max_images=0, plain=_plain(req, settings))
     return scale, tuple(uncond.token_ids)
 
 

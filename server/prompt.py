@@ -31,7 +31,11 @@ class Prompt:
 
 async def build_chat_prompt(
     engine: ChameleonEngine, messages: list[ChatMessage], settings: Settings, *, max_images: int,
+    plain: bool = False,
 ) -> Prompt:
+    """The prompt of ``messages``: in the chat template (the server's, else the checkpoint's), else the default
+    chat format; ``plain``: BOS and the messages' parts with nothing between them, as Emu3's authors prompt
+    image generation (``Family.plain_image_prompt``)."""
     urls = [p.image_url.url for m in messages for p in m.parts if isinstance(p, ImagePart)]
     if len(urls) > max_images:
         raise BadRequest(f"at most {max_images} images per request, got {len(urls)}", param="messages")
@@ -39,16 +43,21 @@ async def build_chat_prompt(
     pil_images = await asyncio.to_thread(lambda: [decode_image(b, settings.max_image_pixels) for b in raw])
     spans = await engine.encode_images(pil_images)
     metrics.record_images_encoded(len(spans))
-    template = settings.chat_template or getattr(engine.tokenizer, "chat_template", None)
-    if template:
+    template = settings.chat_template or engine.chat_template
+    if plain:
+        ids = _default_ids(engine, messages, spans, sep=None)
+    elif template:
         ids = _templated_ids(engine, messages, spans, template)
     else:
         ids = _default_ids(engine, messages, spans)
     return Prompt(token_ids=ids, num_images=len(spans))
 
 
-def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]]) -> list[int]:
-    tok, sep = engine.tokenizer, engine.layout.sep
+def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]],
+                 sep: int | None = -1) -> list[int]:
+    """BOS, each message's parts, each message closed by ``sep`` (-1: the checkpoint's end of turn; None: none)."""
+    tok = engine.tokenizer
+    sep = engine.layout.sep if sep == -1 else sep
     ids: list[int] = [tok.bos_token_id] if tok.bos_token_id is not None else []
     next_span = iter(spans)
     for message in messages:
@@ -57,7 +66,8 @@ def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: li
                 ids += tok.encode(part.text, add_special_tokens=False)
             else:
                 ids += next(next_span)
-        ids.append(sep)
+        if sep is not None:
+            ids.append(sep)
     return ids
 
 
@@ -72,6 +82,8 @@ def _templated_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: 
                                                     add_generation_prompt=True)
     bos = engine.tokenizer.bos_token
     ids = engine.tokenizer.encode(rendered, add_special_tokens=not (bos and rendered.startswith(bos)))
+    if bos and ids[:1] != [engine.tokenizer.bos_token_id]:  # a tokenizer that adds none (Emu3's processor adds it)
+        ids.insert(0, engine.tokenizer.bos_token_id)
     placeholder = engine.layout.image_placeholder
     if ids.count(placeholder) != len(spans):
         raise BadRequest(f"the chat template wrote {ids.count(placeholder)} <image> placeholders "

@@ -13,6 +13,7 @@ images the model writes (VQGAN decoder + PNG).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -131,6 +132,17 @@ class ImagePainter:
         return [png.result() for png in pngs]
 
 
+def processor_chat_template(model_dir: str | Path) -> str | None:
+    """The chat template a processor saves beside the tokenizer (``chat_template.jinja`` or, as older
+    transformers wrote it, ``chat_template.json``); None where there is none."""
+    folder = Path(model_dir)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None
+
+
 def _image_codec(model_dir: str, family: Family, decoder: Path | None,
                  device: torch.device) -> tuple[ImageTokenizer | Emu3ImageTokenizer, ImagePainter | None]:
     """The image tokenizer and painter of a ``family`` checkpoint; ``decoder`` as the preflight found it (None:
@@ -238,6 +250,9 @@ class ChameleonEngine:
         self.layout = image_tokenizer.layout
         self.preprocess = image_tokenizer.preprocess  # the geometry of input images (and of an edit's mask)
         self.tokenizer = llm.get_tokenizer()
+        # the tokenizer's chat template, else the processor's saved beside it (Emu3's -hf folders keep it there)
+        self.chat_template = getattr(self.tokenizer, "chat_template", None) or \
+            (processor_chat_template(model_dir) if model_dir else None)
         self.max_model_len = max_model_len
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)
         self._painter = MicroBatcher(painter.paint) if painter else None

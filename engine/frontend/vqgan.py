@@ -333,7 +333,8 @@ def _load_strict(model: VQModel, state: dict[str, Tensor], source: Path, dtype: 
     return model.to(device=device, dtype=dtype).eval()
 
 
-def read_hf_vq_state(model_dir: str | Path, prefixes: tuple[str, ...] = (_HF_PREFIX,)) -> tuple[dict[str, Tensor], Path]:
+def read_hf_vq_state(model_dir: str | Path,
+                     prefixes: tuple[str, ...] = (_HF_PREFIX,)) -> tuple[dict[str, Tensor], Path]:
     """The VQ model's tensors of a Hugging Face checkpoint, named by one of ``prefixes`` (removed), and the
     file named in messages about them."""
     model_dir = Path(model_dir)

@@ -60,8 +60,8 @@ def _check_emu3(model_dir: Path, config: dict, layout: TokenLayout) -> Path:
     codes = config["vq_config"].get("codebook_size", 32768)
     if codes != layout.codebook_size:
         raise CheckpointError(f"{config_path}: vq_config has {codes} codes but vocabulary_map has "
-                              f"{layout.codebook_size} visual tokens: the tokenizer and the VQ model are from different "
-                              "models")
+                              f"{layout.codebook_size} visual tokens: the tokenizer and the VQ model are from "
+                              "different models")
     processor_path = model_dir / "preprocessor_config.json"
     if not processor_path.is_file():
         processor_path = model_dir / "processor_config.json"

@@ -67,8 +67,9 @@ def _vocabulary(codebook_size: int) -> tuple[dict[str, int], list[str]]:
     vocab = {s: i for i, s in enumerate(_byte_symbols())}
     for a, b in _MERGES:
         vocab[a + b] = len(vocab)
-    specials = [PAD, "<|im_start|>", "<|im_end|>", *(PLACEHOLDER if i == 0 else f"<|extra_{i}|>" for i in range(_EXTRAS)),
-                OPENING_NAME, BOI, EOI, *(f"<|visual token {i:06d}|>" for i in range(codebook_size))]
+    extras = (PLACEHOLDER if i == 0 else f"<|extra_{i}|>" for i in range(_EXTRAS))
+    specials = [PAD, "<|im_start|>", "<|im_end|>", *extras, OPENING_NAME, BOI, EOI,
+                *(f"<|visual token {i:06d}|>" for i in range(codebook_size))]
     for name in specials:
         vocab[name] = len(vocab)
     return vocab, specials
@@ -104,7 +105,8 @@ def make_tiny_emu3(dst: Path, spec: TinySpec) -> Path:
     image_processor = Emu3ImageProcessor(resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3,
                                          min_pixels=side * side, max_pixels=side * side,
                                          spatial_factor=_SPATIAL_FACTOR)
-    Emu3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE).save_pretrained(dst)
+    processor = Emu3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(dst)
     text_config = {
         "vocab_size": len(vocab), "hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,

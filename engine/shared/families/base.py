@@ -59,6 +59,7 @@ class Family:
     # The VQ model: Meta's VQGAN ("vqgan"), or transformers' Emu3VQVAE ("emu3"); the front end and the tiny
     # writer (transformers' Chameleon or Emu3 model classes) follow it.
     codec = "vqgan"
+    plain_image_prompt = False  # image-only replies prompted as BOS + the text, without the chat format
     processor_config_required = True  # False: without one, images get Meta's image-tokenizer preprocessing
     # vocabulary names of the span's ends, the image placeholder of chat templates, and the end of a turn
     span_names = MappingProxyType({"boi": BOI_NAME, "eoi": EOI_NAME, "image_placeholder": IMAGE_PLACEHOLDER_NAME,

@@ -54,6 +54,7 @@ class Emu3(Family):
     model_class = CHAMELEON_MODEL_CLASS  # Chameleon's decoder without q/k norms is Emu3's Llama
     qk_norm = False
     codec = "emu3"
+    plain_image_prompt = True  # BAAI's image_generation.py: BOS + prompt + the image prefix, no chat template
     sampling = SamplingDefaults(image_temperature=1.0, image_top_k=2048, image_top_p=1.0, cfg_scale=3.0,
                                 negative_prompt=NEGATIVE_PROMPT, image_prompt_suffix=POSITIVE_PROMPT)
     span_names = MappingProxyType({"boi": "<|image start|>", "eoi": "<|image end|>", "image_placeholder": "<image>",
