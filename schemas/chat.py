@@ -81,7 +81,7 @@ class ChatCompletionRequest(SamplingFields, GuidanceFields):
     modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream_options: ChatStreamOptions | None = None  # chat's own: adds partial_images
-    # --- extensions: sampling of image codes (defaults: the checkpoint family's, engine/shared/families.py) ---
+    # --- extensions: sampling of image codes (defaults: the checkpoint family's, engine/shared/families/) ---
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
