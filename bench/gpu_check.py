@@ -607,12 +607,13 @@ def vqgan_on_cpu(model: Path | None) -> tuple[Any, str]:
     if model is not None:
         ckpt = model / "vqgan.ckpt"
         return (load_meta_vqgan(ckpt), str(ckpt)) if ckpt.exists() else (load_hf_vqmodel(model), str(model))
-    from engine.offline.tiny import TinySpec, _spread, _vqgan_config
+    from engine.offline.random_weights import spread
+    from engine.offline.tiny import TinySpec, _vqgan_config
 
     vq, gen = VQModel(_vqgan_config(TinySpec())), torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in vq.named_parameters():
-            p.copy_(_spread(name, p.shape, gen))
+            p.copy_(spread(name, p.shape, gen))
     return vq, "random (engine/offline/tiny.py's shape)"
 
 

@@ -45,7 +45,7 @@ async def build_chat_prompt(
     metrics.record_images_encoded(len(spans))
     template = settings.chat_template or engine.chat_template
     if plain:
-        ids = _default_ids(engine, messages, spans, sep=None)
+        ids = _default_ids(engine, messages, spans, end_turns=False)
     elif template:
         ids = _templated_ids(engine, messages, spans, template)
     else:
@@ -54,10 +54,9 @@ async def build_chat_prompt(
 
 
 def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: list[list[int]],
-                 sep: int | None = -1) -> list[int]:
-    """BOS, each message's parts, each message closed by ``sep`` (-1: the checkpoint's end of turn; None: none)."""
+                 end_turns: bool = True) -> list[int]:
+    """BOS, each message's parts, each message closed by the end-of-turn token where ``end_turns``."""
     tok = engine.tokenizer
-    sep = engine.layout.sep if sep == -1 else sep
     ids: list[int] = [tok.bos_token_id] if tok.bos_token_id is not None else []
     next_span = iter(spans)
     for message in messages:
@@ -66,8 +65,8 @@ def _default_ids(engine: ChameleonEngine, messages: list[ChatMessage], spans: li
                 ids += tok.encode(part.text, add_special_tokens=False)
             else:
                 ids += next(next_span)
-        if sep is not None:
-            ids.append(sep)
+        if end_turns:
+            ids.append(engine.layout.sep)
     return ids
 
 

@@ -1,9 +1,9 @@
 """The Emu3 oracle: transformers' ``Emu3ForConditionalGeneration`` and ``Emu3Processor`` loaded from the
 checkpoint folder, with Emu3's image layout enforced as transformers' own image-generation test and BAAI's
-logits helper enforce it (``prefix_allowed_tokens_fn``): after ``<|image token|>``, ``cols`` codes and
-``<|extra_200|>`` per row, then ``<|extra_201|>``, ``<|image end|>`` and the end-of-sequence token. Written
-independently of ``engine/worker/span_grammar.py``; the offset is counted from the prompt's end, where the
-written image begins (a prompt may hold images of its own)."""
+logits helper enforce it (``prefix_allowed_tokens_fn``, ``bench/emu3_baseline.py``): after ``<|image token|>``,
+``cols`` codes and ``<|extra_200|>`` per row, then ``<|extra_201|>``, ``<|image end|>`` and the end-of-sequence
+token. Written independently of ``engine/worker/span_grammar.py``; the offset is counted from the prompt's end,
+where the written image begins (a prompt may hold images of its own)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.emu3_baseline import layout_rule
 
 EOL, EOF, EOI = "<|extra_200|>", "<|extra_201|>", "<|image end|>"
 
@@ -29,31 +31,17 @@ def image_prefix(model_dir: Path, rows: int, cols: int) -> list[int]:
     return tokenizer.encode(f"<|image start|>{rows}*{cols}<|image token|>", add_special_tokens=False)
 
 
-def _vocab(model) -> dict[str, int]:
-    return model.config.vocabulary_map
-
-
 def _codes(model) -> list[int]:
-    return [tid for name, tid in _vocab(model).items() if name.startswith("<|visual token")]
+    return [tid for name, tid in model.config.vocabulary_map.items() if name.startswith("<|visual token")]
 
 
 @torch.inference_mode()
 def greedy_image(model, prompt: list[int], rows: int, cols: int) -> list[int]:
-    """transformers ``generate`` (greedy) after ``prompt`` (which ends with the image prefix): the rows with
-    their EOLs, EOF, EOI (the end-of-sequence token after them is left out)."""
-    vocab, codes = _vocab(model), _codes(model)
-    body = rows * (cols + 1)
-
-    def allowed(batch_id: int, ids: torch.Tensor) -> list[int]:
-        offset = ids.shape[0] - len(prompt) + 1
-        if offset <= body:
-            return [vocab[EOL]] if offset % (cols + 1) == 0 else codes
-        if offset <= body + 2:
-            return [(vocab[EOF], vocab[EOI])[offset - body - 1]]
-        return [model.config.text_config.eos_token_id]
-
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=body + 3, do_sample=False,
-                         prefix_allowed_tokens_fn=allowed)
+    """transformers ``generate`` (greedy) after ``prompt`` (which ends with the image prefix), the layout as
+    the authors' rule (``bench/emu3_baseline.py``): the rows with their EOLs, EOF, EOI (the end-of-sequence
+    token after them left out)."""
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=rows * (cols + 1) + 3, do_sample=False,
+                         prefix_allowed_tokens_fn=layout_rule(model, len(prompt), rows, cols))
     return out[0, len(prompt):-1].tolist()
 
 
@@ -62,7 +50,7 @@ def guided_greedy_image(model, prompt: list[int], uncond: list[int], rows: int, 
     """Two forwards per code, conditional (``prompt``) and unconditional (``uncond``), each sequence with its own
     cache and both reading every token written; codes greedy over ``uncond + scale * (cond - uncond)`` of the
     raw logits. Both prompts end with the image prefix. Returns the rows with their EOLs, EOF, EOI."""
-    vocab, codes = _vocab(model), torch.tensor(_codes(model))
+    vocab, codes = model.config.vocabulary_map, torch.tensor(_codes(model))
     caches: list = [None, None]
 
     def step(row: int, ids: list[int]) -> torch.Tensor:

@@ -237,9 +237,9 @@ class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer | Emu3ImageTokenizer, painter: ImagePainter | None,
-                 max_model_len: int,
-                 max_num_seqs: int, model_class: str, kv_bytes_per_token: int, model_dir: str = "",
-                 max_guidance_bytes: int | None = None, model_runner: str = "v1", family: Family = CHAMELEON) -> None:
+                 max_model_len: int, max_num_seqs: int, model_class: str, kv_bytes_per_token: int,
+                 model_dir: str = "", max_guidance_bytes: int | None = None, model_runner: str = "v1",
+                 family: Family = CHAMELEON) -> None:
         self.llm = llm
         self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
         self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap

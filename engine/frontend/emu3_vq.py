@@ -2,9 +2,9 @@
 they are and wrapped so that the server's batching works on them.
 
 - Encoding: each image is preprocessed as the processor does (aspect kept, ``smart_resize`` onto multiples of
-  8 px), and images of one size go through ``Emu3VQVAE.encode`` as one batch. transformers pads a batch of
-  mixed sizes to the largest and the encoder then sees the padding; grouping by size gives every image the
-  codes it gets on its own.
+  8 px), and images of one size go through ``Emu3VQVAE.encode`` in batches of bounded pixels. transformers
+  pads a batch of mixed sizes to the largest and the encoder then sees the padding; grouping by size gives
+  every image the codes it gets on its own.
 - Decoding: ``Emu3VQVAE.decode`` on a batch of one grid (a still image is its first frame, as transformers
   returns it), then the processor's un-normalisation into the [-1, 1] pixels the painter writes as PNG.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.frontend.vqgan import read_hf_vq_state
+from engine.frontend.vqgan import images_per_pass, read_hf_vq_state
 from engine.shared.families.emu3 import VQ_PREFIXES
 from engine.shared.vocab import CheckpointError, TokenLayout
 
@@ -56,12 +56,15 @@ class Emu3VQ:
                   for img in images]
         out: list[torch.Tensor] = [torch.empty(0)] * len(images)
         for shape in dict.fromkeys(p.shape for p in pixels):
-            index = [i for i, p in enumerate(pixels) if p.shape == shape]
-            batch = torch.stack([pixels[i] for i in index]).to(self.device)
-            sizes = torch.tensor([shape[-2:]] * len(index))
-            codes = self.vqmodel.encode(batch, sizes, return_dict=True).image_tokens
-            for i, c in zip(index, codes, strict=True):
-                out[i] = c.cpu()
+            same = [i for i, p in enumerate(pixels) if p.shape == shape]
+            per_pass = images_per_pass(shape[-2], shape[-1])  # activations bounded as Meta's VQGAN's are
+            for start in range(0, len(same), per_pass):
+                index = same[start:start + per_pass]
+                batch = torch.stack([pixels[i] for i in index]).to(self.device)
+                sizes = torch.tensor([shape[-2:]] * len(index))
+                for i, codes in zip(index, self.vqmodel.encode(batch, sizes, return_dict=True).image_tokens,
+                                    strict=True):
+                    out[i] = codes.cpu()
         return out
 
     @torch.inference_mode()
@@ -78,7 +81,7 @@ class Emu3ImageTokenizer:
 
     layout: TokenLayout
     vq: Emu3VQ
-    preprocess = None  # no fixed square geometry: masked edits, which need one, are refused
+    preprocess = None  # no fixed square geometry: masked edits, which need one, are refused (Family.masked_edits)
 
     @property
     def pixels_per_code(self) -> int:

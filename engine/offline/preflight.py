@@ -51,12 +51,10 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
 
 
 def _check_emu3(model_dir: Path, config: dict, layout: TokenLayout) -> Path:
-    """An Emu3 ``-hf`` folder: text_config, a VQ model of the vocabulary's codebook, Emu3's image processor of
-    the VQ model's downsampling. Its decoder is in the weights, so image output needs nothing more: the folder
-    itself is returned as the decoder's place."""
+    """An Emu3 ``-hf`` folder (its text_config checked with the layout): a VQ model of the vocabulary's
+    codebook, Emu3's image processor of the VQ model's downsampling. Its decoder is in the weights, so image
+    output needs nothing more: the folder itself is returned as the decoder's place."""
     config_path = model_dir / "config.json"
-    if not isinstance(config.get("text_config"), dict):
-        raise CheckpointError(f"{config_path} has no text_config: an Emu3 checkpoint nests its text model's config")
     codes = config["vq_config"].get("codebook_size", 32768)
     if codes != layout.codebook_size:
         raise CheckpointError(f"{config_path}: vq_config has {codes} codes but vocabulary_map has "

@@ -5,7 +5,7 @@
 - Row-framed spans: BOI, a size prefix that announces the grid, then the rows, each its codes followed by an
   end-of-line token, then a fixed trailer (possibly empty), then EOI. The size prefix is either
   :class:`SizeTokens` (a height and a width token, each counting patches of codes) or :class:`SizeText`
-  (the grid written as text ``H*W``, then an opening token).
+  (the grid written as text ``H*W`` in the checkpoint's own tokenization, then an opening token).
 
 Ids come from the checkpoint's vocabulary by name; pixel sizes scale with the VQ model's downsampling.
 """
@@ -45,32 +45,31 @@ class SizeTokens:
 
 @dataclass(frozen=True, slots=True)
 class SizeText:
-    """The grid as text, ``rows * cols`` in decimal digits (``digits[d]`` is the id of digit d, ``times`` the
-    separator's), then ``opening``. Digits and the separator are ordinary text tokens elsewhere: only their
-    place after BOI makes them part of a span."""
+    """The grid as text, ``rows*cols``, then ``opening``: ``numbers[n]`` are the ids the checkpoint's tokenizer
+    writes for the decimal n (one token per digit, or merged digits: Emu3's converted tokenizer merges them),
+    ``times`` the separator's. These are ordinary text tokens elsewhere: only their place after BOI makes them
+    part of a span."""
 
-    digits: tuple[int, ...]
+    numbers: tuple[tuple[int, ...], ...]  # index n: the ids of str(n); index 0 unused
     times: int
     opening: int
 
     def encode(self, grid: tuple[int, int]) -> tuple[int, ...]:
         rows, cols = grid
-        return (*(self.digits[int(d)] for d in str(rows)), self.times,
-                *(self.digits[int(d)] for d in str(cols)), self.opening)
+        return (*self.numbers[rows], self.times, *self.numbers[cols], self.opening)
 
     def decode(self, tokens: list[int]) -> tuple[int, int] | None:
         if not tokens or tokens[-1] != self.opening or self.times not in tokens:
             return None
         cut = tokens.index(self.times)
-        try:
-            sides = ["".join(str(self.digits.index(t)) for t in part) for part in (tokens[:cut], tokens[cut + 1:-1])]
-            return int(sides[0]), int(sides[1])
-        except ValueError:
+        sides = (tuple(tokens[:cut]), tuple(tokens[cut + 1:-1]))
+        if not all(side in self.numbers[1:] for side in sides):
             return None
+        return self.numbers.index(sides[0]), self.numbers.index(sides[1])
 
     def check(self, grid: tuple[int, int]) -> None:
-        if min(grid) < 1:
-            raise ValueError(f"image grid {grid[0]}x{grid[1]}: each side needs at least one code")
+        if min(grid) < 1 or max(grid) >= len(self.numbers):
+            raise ValueError(f"image grid {grid[0]}x{grid[1]}: each side needs 1 to {len(self.numbers) - 1} codes")
 
     def special_ids(self) -> list[int]:
         return [self.opening]

@@ -47,8 +47,9 @@ class TokenLayout:
     @classmethod
     def from_vocabulary_map(
         cls, vocabulary_map: dict[str, int], vocab_size: int, image_seq_length: int,
-        architectures: list[str] | None = None,
+        architectures: list[str] | None = None, model_dir: Path | None = None,
     ) -> TokenLayout:
+        """The layout of a vocabulary; ``model_dir`` (where given) holds the tokenizer its family may read."""
         family = for_architectures(architectures or [])
         names = family.span_names
         missing = [n for n in names.values() if n not in vocabulary_map]
@@ -59,7 +60,7 @@ class TokenLayout:
             raise CheckpointError(f"vocabulary_map image codes {family.code_name(0)}... are not a contiguous "
                                   "0..N-1 codebook")
         try:
-            span = family.span_format(vocabulary_map, round(image_seq_length ** 0.5))
+            span = family.span_format(vocabulary_map, round(image_seq_length ** 0.5), model_dir)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         return cls(
@@ -83,8 +84,12 @@ class TokenLayout:
             raise CheckpointError(f"{config_path} has no vocabulary_map: convert the checkpoint to the Hugging Face "
                                   "layout")
         family = for_architectures(config.get("architectures") or [])
-        return cls.from_vocabulary_map(config["vocabulary_map"], family.vocab_size(config),
-                                       family.native_seq_length(config, model_dir), config.get("architectures"))
+        try:
+            vocab_size, seq_length = family.vocab_size(config), family.native_seq_length(config, model_dir)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{config_path}: {e}") from None
+        return cls.from_vocabulary_map(config["vocabulary_map"], vocab_size, seq_length, config.get("architectures"),
+                                       model_dir)
 
     @property
     def codebook_size(self) -> int:

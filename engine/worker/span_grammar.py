@@ -136,11 +136,12 @@ class SpanGrammar:
         except ValueError:
             grid = (self.format.native_grid, self.format.native_grid)
         self.rows[slot], self.cols[slot] = grid
-        prefix = self.format.prefix(grid)[:self.MAX_PREFIX]
-        self.prefix[slot] = -1
-        self.prefix[slot, :len(prefix)] = prefix
-        self.prefix_len[slot] = len(prefix)
-        self._prefix_t[slot] = to_device(self.prefix[slot], self.device)
+        if self.format.rows_framed:  # square spans have no prefix: nothing to copy to the device
+            prefix = self.format.prefix(grid)[:self.MAX_PREFIX]
+            self.prefix[slot] = -1
+            self.prefix[slot, :len(prefix)] = prefix
+            self.prefix_len[slot] = len(prefix)
+            self._prefix_t[slot] = to_device(self.prefix[slot], self.device)
         self.mode[slot] = params.mode
         self.temperature[slot] = params.image_temperature
         self.top_k[slot] = params.image_top_k
@@ -172,7 +173,8 @@ class SpanGrammar:
         for a in (self.mode, self.pos, self.rows, self.cols, self.prefix, self.prefix_len, self.num_output,
                   self.temperature, self.top_k, self.top_p, self.seed, self.has_kept, self.kept):
             a[[dst, src]] = a[[src, dst]] if swap else a[[src, src]]
-        self._prefix_t[[src, dst]] = to_device(self.prefix[[src, dst]], self.device)
+        if self.format.rows_framed:
+            self._prefix_t[[src, dst]] = to_device(self.prefix[[src, dst]], self.device)
         if self.has_kept[[src, dst]].any():
             self._kept_t[[src, dst]] = to_device(self.kept[[src, dst]], self.device)
         if not swap:
@@ -194,12 +196,11 @@ class SpanGrammar:
             return self._kept_code(where(pos >= rows * cols, eoi, -1), pos, slots)
         # BOI, the grid's size prefix, rows x (cols codes + EOL), the trailer, EOI
         if host:
-            plen, prefix, tail_ids = self.prefix_len[slots], self.prefix[slots, np.clip(pos, 0, self.MAX_PREFIX - 1)], \
-                self._tail_ids
+            plen, tail_ids = self.prefix_len[slots], self._tail_ids
+            prefix = self.prefix[slots, np.clip(pos, 0, self.MAX_PREFIX - 1)]
         else:
-            slots_t = self._to_device(slots)
-            plen, prefix, tail_ids = self._to_device(self.prefix_len[slots]), \
-                self._prefix_t[slots_t, pos.clamp(0, self.MAX_PREFIX - 1)], self._tail_ids_t
+            plen, tail_ids = self._to_device(self.prefix_len[slots]), self._tail_ids_t
+            prefix = self._prefix_t[self._to_device(slots), pos.clamp(0, self.MAX_PREFIX - 1)]
         q = pos - plen
         step = where((q + 1) % (cols + 1) == 0, self.format.eol, -1)
         after = q - rows * (cols + 1)

@@ -98,7 +98,7 @@ def _data_url(content_type: str, data: bytes) -> str:
 
 async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, mask: bytes) -> np.ndarray:
     """The code cells of ``image`` that ``mask`` marks for change (``ImagePreprocessor.editable_cells``)."""
-    if engine.preprocess is None:
+    if not settings.family.masked_edits:
         raise BadRequest("masked edits need a checkpoint whose input images have one fixed size; this one "
                          "keeps each image's aspect ratio (edit without a mask)", param="mask")
 

@@ -31,8 +31,10 @@ async def page() -> FileResponse:
 
 @router.get("/playground/config")
 async def config(settings: Settings = Depends(get_settings)) -> dict:
-    """What the page needs before its first request: the model name and whether to ask for a key."""
-    return {"model": settings.served_model_name, "api_key_required": settings.api_key is not None}
+    """What the page needs before its first request: the model name, whether to ask for a key, and whether
+    its images can be edited with a mask."""
+    return {"model": settings.served_model_name, "api_key_required": settings.api_key is not None,
+            "masked_edits": settings.family.masked_edits}
 
 
 @router.get("/playground/{name}")

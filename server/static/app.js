@@ -11,6 +11,7 @@ const state = {
   attachments: [],  // {name, url} data URLs waiting for the next message
   abort: null,      // AbortController of the request in flight
   images: 0,        // numbering for download names
+  maskedEdits: true,  // whether the model takes masked edits (/playground/config)
 };
 
 class ApiError extends Error {
@@ -117,7 +118,7 @@ function renderUser(content) {
     if (part.type === "text") parts.append(element("p", {class: "text", text: part.text}));
     else parts.append(element("span", {class: "thumb-box"},
                               element("img", {class: "thumb", src: part.image_url.url, alt: "attached image"}),
-                              editButton(part.image_url.url)));
+                              ...editButtons(part.image_url.url)));
   }
   const item = element("li", {class: "msg user"}, element("div", {class: "who", text: "You"}), parts);
   $("messages").append(item);
@@ -172,7 +173,7 @@ class Reply {
     const kind = part.image_url.url.slice(11, part.image_url.url.indexOf(";")) || "png";  // data:image/<kind>
     const link = element("a", {class: "button download", href: part.image_url.url,
                                download: `chameleon-${figure.dataset.number}.${kind}`, text: "Download"});
-    caption.replaceChildren(link, editButton(part.image_url.url));
+    caption.replaceChildren(link, ...editButtons(part.image_url.url));
     this.content.push({type: "image_url", image_url: {url: part.image_url.url}});
   }
 
@@ -279,10 +280,13 @@ async function converse(content, request, onEvent) {
 
 const editor = {source: null, painted: false, drawing: false};
 
-function editButton(url) {
+// An Edit button for an image, where the model can keep an image's unpainted area (not Emu3's: its input
+// images keep their own size); none elsewhere.
+function editButtons(url) {
+  if (!state.maskedEdits) return [];
   const button = element("button", {type: "button", class: "edit", text: "Edit"});
   button.addEventListener("click", () => openEditor(url));
-  return button;
+  return [button];
 }
 
 function openEditor(url) {
@@ -411,6 +415,7 @@ async function start() {
     if (!response.ok) throw await errorOf(response);
     const config = await response.json();
     state.model = config.model;
+    state.maskedEdits = config.masked_edits;
     $("model").textContent = config.model;
     $("key-box").hidden = !config.api_key_required;
   } catch (error) {

@@ -72,3 +72,24 @@ def test_tp2_guided_image_equals_two_forward_reference(engine_env, tiny_checkpoi
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert list(out.outputs[0].token_ids) == guided_image_reference(model_dir, prompt, uncond, 3.0)
+
+
+EMU3 = TinySpec(grid=4, codebook_size=64, family="emu3")  # Emu3's Llama: 4 heads, 2 KV heads, no q/k norms
+
+
+def test_emu3_tp2_matches_tp1(engine_env, tiny_checkpoint):
+    """Emu3's text model (weights under its published names) splits over two ranks with the same tokens, after
+    a text prompt and after one holding an image span in Emu3's format."""
+    model_dir = tiny_checkpoint(EMU3)
+    layout = TokenLayout.from_checkpoint(model_dir)
+    gen = torch.Generator().manual_seed(7)
+    codes = torch.randint(0, layout.codebook_size, (3, 5), generator=gen)  # not square: "3*5" in its prefix
+    forbidden = set(layout.span_token_ids())
+    text = [i for i in range(layout.vocab_size) if i not in forbidden]
+    words = [text[i] for i in torch.randint(0, len(text), (10,), generator=gen).tolist()]
+    prompts = [[*words], [*words[:3], *layout.image_span(codes), *words[3:6]]]
+    tp1, _ = greedy(model_dir, prompts, tp=1)
+    engine_env.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    tp2, classes = greedy(model_dir, prompts, tp=2)
+    assert classes == ["engine.worker.model.ChameleonForConditionalGeneration"] * 2
+    assert tp2 == tp1

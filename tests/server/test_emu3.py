@@ -148,20 +148,22 @@ def test_plain_prompt_carries_the_authors_suffix(emu3):
     assert bare == [tokenizer.bos_token_id, *tokenizer.encode("a red house", add_special_tokens=False)]
 
 
-def test_guided_greedy_image_equals_two_forward_reference(emu3, reference):
+@pytest.mark.parametrize("negative", [None, "blurry, dark"])
+def test_guided_greedy_image_equals_two_forward_reference(emu3, reference, negative):
+    """The family's guidance (cfg 3.0, the authors' negative prompt) and a request's own negative prompt."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(emu3.model_dir)
+    body = {"return_token_ids": True, "image_temperature": 0} | ({"negative_prompt": negative} if negative else {})
     resp = emu3.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "a red house"}], modalities=["image"],
-        extra_body={"return_token_ids": True, "image_temperature": 0})  # the family's cfg 3.0 and negative prompt
+        model=MODEL, messages=[{"role": "user", "content": "a red house"}], modalities=["image"], extra_body=body)
     prefix = image_prefix(emu3.model_dir, GRID, GRID)
-    uncond = [tokenizer.bos_token_id, *tokenizer.encode(NEGATIVE_PROMPT, add_special_tokens=False), *prefix]
+    uncond = [tokenizer.bos_token_id, *tokenizer.encode(negative or NEGATIVE_PROMPT, add_special_tokens=False),
+              *prefix]
     expected = guided_greedy_image(reference, [*resp.prompt_token_ids, *prefix], uncond, GRID, GRID, 3.0)
     written = resp.choices[0].token_ids
     assert written[len(prefix):] == expected
-    plain = _image_reply(emu3).choices[0].token_ids
-    assert plain != written  # guidance changed the image
+    assert written != _image_reply(emu3).choices[0].token_ids  # guidance changed the image
 
 
 def test_sizes_it_cannot_write_are_400_listing_those_it_can(emu3):
@@ -203,3 +205,28 @@ def test_text_reply_with_image_has_no_size_text(emu3, layout):
     one = layout.span.image_tokens()  # BOI, the size prefix, rows, EOF, EOI: all the image's
     assert written[one - 1] == layout.eoi and layout.span_mask(written[:one]) == [True] * one
     assert resp.usage.completion_tokens_details.image_tokens == sum(layout.span_mask(written)) >= one
+
+
+def _metric(emu3, name: str) -> float:
+    import re
+
+    import httpx
+
+    found = re.search(rf"^{name} (\S+)$", httpx.get(f"{emu3.url}/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_edits_without_a_mask_and_masked_ones_refused(emu3):
+    client = emu3.client()
+    before = _metric(emu3, "chameleon:images_generated_total")
+    picture = io.BytesIO()
+    noise_image(3, size=(32, 32)).save(picture, "PNG")
+    edit = client.images.edit(model=MODEL, image=("in.png", picture.getvalue(), "image/png"), prompt="make it red")
+    assert Image.open(io.BytesIO(base64.b64decode(edit.data[0].b64_json))).size == (32, 32)
+    assert _metric(emu3, "chameleon:images_generated_total") == before + 1
+    mask = io.BytesIO()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(mask, "PNG")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.edit(model=MODEL, image=("in.png", picture.getvalue(), "image/png"), prompt="x",
+                           mask=("mask.png", mask.getvalue(), "image/png"))
+    assert "masked edits" in str(err.value) and err.value.body["param"] == "mask"

@@ -59,6 +59,7 @@ class Family:
     # The VQ model: Meta's VQGAN ("vqgan"), or transformers' Emu3VQVAE ("emu3"); the front end and the tiny
     # writer (transformers' Chameleon or Emu3 model classes) follow it.
     codec = "vqgan"
+    masked_edits = True  # input images at one fixed grid, so a mask can keep an image's cells
     plain_image_prompt = False  # image-only replies prompted as BOS + the text, without the chat format
     processor_config_required = True  # False: without one, images get Meta's image-tokenizer preprocessing
     # vocabulary names of the span's ends, the image placeholder of chat templates, and the end of a turn
@@ -88,7 +89,7 @@ class Family:
         return codes
 
     def vocab_size(self, config: dict) -> int:
-        """The model's vocabulary size, from ``config.json``."""
+        """The model's vocabulary size, from ``config.json`` (ValueError where it has none)."""
         return int(config["vocab_size"])
 
     def native_seq_length(self, config: dict, model_dir: Path) -> int:
@@ -102,8 +103,10 @@ class Family:
             seq_len = grid * grid
         return int(seq_len)
 
-    def span_format(self, vocabulary_map: dict[str, int], native_grid: int) -> SpanFormat:
-        """How this family writes one image as tokens (ValueError for a vocabulary that lacks its tokens)."""
+    def span_format(self, vocabulary_map: dict[str, int], native_grid: int,
+                    model_dir: Path | None = None) -> SpanFormat:
+        """How this family writes one image as tokens (ValueError for a vocabulary that lacks its tokens);
+        ``model_dir``, where given, holds the checkpoint's tokenizer."""
         return SpanFormat(native_grid)
 
     def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:

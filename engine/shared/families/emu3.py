@@ -31,6 +31,7 @@ EMU3_ARCHITECTURE = "Emu3ForConditionalGeneration"
 VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")  # the VQ model's weights: published, and transformers' own names
 EOL_NAME, EOF_NAME, OPENING_NAME = "<|extra_200|>", "<|extra_201|>", "<|image token|>"
 DEFAULT_AREA = 720 * 720  # the authors' image_area
+MAX_SIDE = 512  # codes per side an image may have (4,096 px)
 RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")  # the sizes offered, each at the default area
 # BAAI/Emu3 image_generation.py
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
@@ -54,6 +55,7 @@ class Emu3(Family):
     model_class = CHAMELEON_MODEL_CLASS  # Chameleon's decoder without q/k norms is Emu3's Llama
     qk_norm = False
     codec = "emu3"
+    masked_edits = False  # its input images keep their own size and aspect: no fixed grid for a mask's cells
     plain_image_prompt = True  # BAAI's image_generation.py: BOS + prompt + the image prefix, no chat template
     sampling = SamplingDefaults(image_temperature=1.0, image_top_k=2048, image_top_p=1.0, cfg_scale=3.0,
                                 negative_prompt=NEGATIVE_PROMPT, image_prompt_suffix=POSITIVE_PROMPT)
@@ -69,6 +71,8 @@ class Emu3(Family):
                 if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix):-len(suffix)].isdigit()}
 
     def vocab_size(self, config: dict) -> int:
+        if not config.get("text_config"):
+            raise ValueError("no text_config: an Emu3 checkpoint nests its text model's config")
         return int(config["text_config"]["vocab_size"])
 
     def native_seq_length(self, config: dict, model_dir: Path) -> int:
@@ -77,12 +81,24 @@ class Emu3(Family):
         rows, cols = generate_grid("1:1", image_area(model_dir), spatial_factor(config))
         return rows * cols
 
-    def span_format(self, vocabulary_map: dict[str, int], native_grid: int) -> SpanFormat:
+    def span_format(self, vocabulary_map: dict[str, int], native_grid: int,
+                    model_dir: Path | None = None) -> SpanFormat:
+        """The grid in the prefix as the checkpoint's tokenizer (``tokenizer.json``) writes ``H*W``: BAAI's
+        converted tokenizer pre-tokenizes digits as GPT-2 does and merges them; one token per digit where
+        there is no tokenizer file."""
         needed = [EOL_NAME, EOF_NAME, OPENING_NAME, "*", *"0123456789"]
         if missing := [n for n in needed if n not in vocabulary_map]:
             raise ValueError(f"an Emu3 vocabulary_map needs {missing}")
-        size = SizeText(tuple(vocabulary_map[d] for d in "0123456789"), vocabulary_map["*"],
-                        vocabulary_map[OPENING_NAME])
+        path = Path(model_dir or "") / "tokenizer.json"
+        if model_dir is not None and path.is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(path))
+            numbers = tuple(tuple(e.ids) for e in tokenizer.encode_batch([str(n) for n in range(MAX_SIDE + 1)],
+                                                                          add_special_tokens=False))
+        else:
+            numbers = tuple(tuple(vocabulary_map[d] for d in str(n)) for n in range(MAX_SIDE + 1))
+        size = SizeText(numbers, vocabulary_map["*"], vocabulary_map[OPENING_NAME])
         return SpanFormat(native_grid, vocabulary_map[EOL_NAME], size, trailer=(vocabulary_map[EOF_NAME],))
 
     def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:

@@ -71,7 +71,8 @@ class Lumina(Family):
                                 text_top_k=10)
     processor_config_required = False
 
-    def span_format(self, vocabulary_map: dict[str, int], native_grid: int) -> SpanFormat:
+    def span_format(self, vocabulary_map: dict[str, int], native_grid: int,
+                    model_dir: Path | None = None) -> SpanFormat:
         if EOL_NAME not in vocabulary_map:
             raise ValueError(f"a Lumina-mGPT vocabulary_map needs its end-of-line token {EOL_NAME}")
         size_ids, n = [], 0

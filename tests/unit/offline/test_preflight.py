@@ -62,6 +62,30 @@ def test_lumina_checkpoint_and_one_without_its_span_tokens(tmp_path):
                                       "end-of-line token <reserved08799>")
 
 
+@pytest.fixture(scope="module")
+def emu3(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("emu3"), TinySpec(grid=4, codebook_size=64, family="emu3"))
+
+
+def test_emu3_folder_and_what_can_be_wrong_with_one(emu3, tmp_path):
+    assert preflight(emu3, None) == emu3  # its VQ decoder is in the weights
+    bad = shutil.copytree(emu3, tmp_path / "e")
+    config = json.loads((bad / "config.json").read_text())
+    vocab = {k: v for k, v in config["vocabulary_map"].items() if k != "<|extra_201|>"}
+    edit_config(bad, vocabulary_map=vocab)
+    assert refused(bad).startswith(f"{bad / 'config.json'}: an Emu3 vocabulary_map needs ['<|extra_201|>']")
+    edit_config(bad, vocabulary_map=config["vocabulary_map"], vq_config={**config["vq_config"], "codebook_size": 32})
+    assert "vq_config has 32 codes but vocabulary_map has 64 visual tokens" in refused(bad)
+    edit_config(bad, vq_config=config["vq_config"], text_config=None)
+    assert refused(bad) == f"{bad / 'config.json'}: no text_config: an Emu3 checkpoint nests its text model's config"
+    edit_config(bad, text_config=config["text_config"])
+    (bad / "preprocessor_config.json").unlink()
+    assert "no readable preprocessor_config.json" in refused(bad)
+    shutil.copy(emu3 / "preprocessor_config.json", bad / "preprocessor_config.json")
+    edit_config(bad, vq_config={**config["vq_config"], "channel_multiplier": [1, 2, 4]})
+    assert "spatial_factor 8 but the VQ model downsamples by 4" in refused(bad)
+
+
 def test_missing_vocabulary_map(copy):
     edit_config(copy, vocabulary_map=None)
     assert "config.json has no vocabulary_map" in refused(copy)

@@ -7,6 +7,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from engine.shared.families import EMU3
 from server.app import create_app
 from server.cli import build_parser, settings_from_args
 from server.routes.playground import ASSETS, STATIC
@@ -25,8 +26,10 @@ def test_page_assets_and_config():
     for name, media_type in ASSETS.items():
         asset = client.get(f"/playground/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(media_type)
-    assert client.get("/playground/config").json() == {"model": "tiny", "api_key_required": True}
+    assert client.get("/playground/config").json() == {"model": "tiny", "api_key_required": True,
+                                                        "masked_edits": True}
     assert _client().get("/playground/config").json()["api_key_required"] is False
+    assert _client(family=EMU3).get("/playground/config").json()["masked_edits"] is False  # no Edit buttons
 
 
 @pytest.mark.parametrize("path", ["/playground/index.html", "/playground/..%2Fapp.py", "/playground/nope.js"])
