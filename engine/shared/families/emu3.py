@@ -1,15 +1,17 @@
 """Emu3 (BAAI), served from the Hugging Face ``-hf`` layout that transformers loads as
 ``Emu3ForConditionalGeneration`` (``BAAI/Emu3-Gen-hf``, ``BAAI/Emu3-Chat-hf``).
 
-Facts from transformers 5.19 ``models/emu3/`` and BAAI/Emu3 ``image_generation.py``:
+Facts from transformers 5.19 ``models/emu3/`` (and its ``convert_emu3_weights_to_hf.py``) and BAAI's
+repository (github.com/baaivision/Emu3) ``image_generation.py``:
 
 - ``config.json`` nests ``text_config`` (a Llama: no q/k norms) and ``vq_config`` (``Emu3VQVAE``, whose weights
   are ``vqmodel.*`` in the same files); the text model's are ``text_model.model.*`` and ``text_model.lm_head.*``
   (the names BAAI's conversion wrote, which transformers 5 maps on load and still writes).
 - Codebook index i is the token ``<|visual token {i:06d}|>``.
 - Image span (``processing_emu3.py``, ``Emu3ImageVocabularyMapping``): ``<|image start|>``, the grid as text
-  ``H*W``, ``<|image token|>``, H rows of W codes each closed by ``<|extra_200|>``, then ``<|extra_201|>`` (end
-  of frame) and ``<|image end|>``; the reply then ends with the end-of-sequence token ``<|extra_204|>``.
+  ``H*W`` (as the checkpoint's tokenizer writes it: the converted one merges digits), ``<|image token|>``, H
+  rows of W codes each closed by ``<|extra_200|>``, then ``<|extra_201|>`` (end of frame) and
+  ``<|image end|>``; the reply then ends with the end-of-sequence token ``<|extra_204|>``.
 - The VQ model downsamples by 2 ** (len(channel_multiplier) - 1) = 8 per side. Input images keep their
   aspect ratio (``smart_resize`` into ``min_pixels``..``max_pixels``); images to write are asked by ratio at an
   area (``Emu3Processor.calculate_generate_size``; the authors' default area is 720 x 720).
@@ -33,7 +35,7 @@ EOL_NAME, EOF_NAME, OPENING_NAME = "<|extra_200|>", "<|extra_201|>", "<|image to
 DEFAULT_AREA = 720 * 720  # the authors' image_area
 MAX_SIDE = 512  # codes per side an image may have (4,096 px)
 RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")  # the sizes offered, each at the default area
-# BAAI/Emu3 image_generation.py
+# baaivision/Emu3 image_generation.py
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
                    "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
@@ -56,7 +58,7 @@ class Emu3(Family):
     qk_norm = False
     codec = "emu3"
     masked_edits = False  # its input images keep their own size and aspect: no fixed grid for a mask's cells
-    plain_image_prompt = True  # BAAI's image_generation.py: BOS + prompt + the image prefix, no chat template
+    plain_image_prompt = True  # their image_generation.py: BOS + prompt + the image prefix, no chat template
     sampling = SamplingDefaults(image_temperature=1.0, image_top_k=2048, image_top_p=1.0, cfg_scale=3.0,
                                 negative_prompt=NEGATIVE_PROMPT, image_prompt_suffix=POSITIVE_PROMPT)
     span_names = MappingProxyType({"boi": "<|image start|>", "eoi": "<|image end|>", "image_placeholder": "<image>",
