@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 CHAMELEON_ARCHITECTURE = "ChameleonForConditionalGeneration"
+CHAMELEON_MODEL_CLASS = "engine.worker.model:ChameleonForConditionalGeneration"
 BOI_NAME = "<racm3:break>"
 EOI_NAME = "<eoss>"
 IMAGE_PLACEHOLDER_NAME = "<image>"
@@ -29,7 +30,6 @@ _DIGIT_LETTERS = "ABCDEFGHIJ"
 def code_name(index: int) -> str:
     """Chameleon's vocabulary name of codebook entry ``index``."""
     return _CODE_PREFIX + "".join(_DIGIT_LETTERS[int(d)] for d in str(index)) + _CODE_SUFFIX
-CHAMELEON_MODEL_CLASS = "engine.worker.model:ChameleonForConditionalGeneration"
 
 
 @dataclass(frozen=True, slots=True)
