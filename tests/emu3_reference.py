@@ -81,4 +81,4 @@ def decoded_pixels(model, model_dir: Path, span: list[int], rows: int, cols: int
     tokens = torch.tensor([[*span, model.config.text_config.eos_token_id]])
     pixels = model.decode_image_tokens(image_tokens=tokens, height=rows, width=cols)
     image = processor.postprocess(list(pixels.float()), return_tensors="PIL.Image.Image")["pixel_values"][0]
-    return torch.from_numpy(np.asarray(image))
+    return torch.from_numpy(np.array(image))

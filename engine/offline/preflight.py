@@ -37,6 +37,9 @@ def preflight(model: str | Path, vqgan: str | Path | None) -> Path | None:
     if not config.get("vq_config"):
         raise CheckpointError(f"{config_path} has no vq_config: the image tokenizer's shape is unknown")
     if family.codec == "emu3":
+        if vqgan:
+            raise CheckpointError(f"--vqgan {vqgan}: an Emu3 checkpoint decodes images with the VQ model in its own "
+                                  "weights; leave --vqgan out")
         return _check_emu3(model_dir, config, layout)
     ImagePreprocessor.from_checkpoint(model_dir, family)
     encoder = VQGANConfig.from_hf_vq_config(config["vq_config"])

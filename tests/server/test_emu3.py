@@ -131,7 +131,7 @@ def test_greedy_image_and_png_equal_transformers(emu3, reference, layout, size, 
     assert emu3.client().models.list()  # the route is alive
     expected = greedy_image(reference, [*prompt, *prefix], rows, cols)
     assert written[len(prefix):] == expected
-    ours = torch.from_numpy(np.asarray(_png(resp).convert("RGB"))).int()
+    ours = torch.from_numpy(np.array(_png(resp).convert("RGB"))).int()
     theirs = decoded_pixels(reference, emu3.model_dir, expected, rows, cols).int()
     assert ours.shape == theirs.shape == (rows * 8, cols * 8, 3)
     assert (ours - theirs).abs().max() <= 1

@@ -69,6 +69,7 @@ def emu3(tmp_path_factory):
 
 def test_emu3_folder_and_what_can_be_wrong_with_one(emu3, tmp_path):
     assert preflight(emu3, None) == emu3  # its VQ decoder is in the weights
+    assert "leave --vqgan out" in refused(emu3, vqgan=emu3 / "vqgan.ckpt")
     bad = shutil.copytree(emu3, tmp_path / "e")
     config = json.loads((bad / "config.json").read_text())
     vocab = {k: v for k, v in config["vocabulary_map"].items() if k != "<|extra_201|>"}
