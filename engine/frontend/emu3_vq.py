@@ -51,7 +51,7 @@ class Emu3VQ:
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> list[torch.Tensor]:
-        """One [rows, cols] code grid per image, in order; one encoder pass per distinct size."""
+        """One [rows, cols] code grid per image, in order; images of one size share encoder passes."""
         pixels = [torch.from_numpy(np.asarray(self.processor(img, return_tensors="np")["pixel_values"][0]))
                   for img in images]
         out: list[torch.Tensor] = [torch.empty(0)] * len(images)
