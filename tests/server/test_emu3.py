@@ -128,7 +128,6 @@ def test_greedy_image_and_png_equal_transformers(emu3, reference, layout, size, 
     prefix = image_prefix(emu3.model_dir, rows, cols)
     assert written[:len(prefix)] == prefix  # the grammar writes the authors' image prefix
     assert prompt[-1] != layout.sep  # the authors' plain generation prompt: BOS, the text, the positive suffix
-    assert emu3.client().models.list()  # the route is alive
     expected = greedy_image(reference, [*prompt, *prefix], rows, cols)
     assert written[len(prefix):] == expected
     ours = torch.from_numpy(np.array(_png(resp).convert("RGB"))).int()
