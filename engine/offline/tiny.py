@@ -13,13 +13,13 @@ checkpoint as that family's authors publish theirs, with its own tokens (``Famil
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.offline.random_weights import spread, spread_weights
-from engine.shared.families import FAMILIES, Family, by_name
+from engine.offline.tiny_spec import TinySpec
+from engine.shared.families import Family, by_name
 from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 
 # A fixed corpus makes the byte-level BPE merges (and so the token ids) reproducible.
@@ -33,38 +33,6 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Colors: red, green, blue, yellow, purp
 User: can you generate an image? Assistant: yes, here it is. Thank you very much.
 """
 _TEXT_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-
-
-@dataclass(frozen=True, slots=True)
-class TinySpec:
-    """Shape of a tiny checkpoint; ``grid`` x ``grid`` codes per image."""
-
-    grid: int = 32
-    codebook_size: int = 8192
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 352
-    bpe_merges: int = 400
-    swin_norm: bool = False
-    dtype: str = "float32"
-    seed: int = 0
-    max_position_embeddings: int = 4096
-    family: str = "chameleon"  # a Family.name (engine/shared/families/)
-
-    def __post_init__(self) -> None:
-        if self.family not in [f.name for f in FAMILIES]:
-            raise ValueError(f"family must be one of {', '.join(f.name for f in FAMILIES)}, got {self.family!r}")
-        if self.hidden_size // self.num_heads < 32:
-            raise ValueError("head_dim must be >= 32 (vLLM's CPU attention rejects smaller heads)")
-        if self.grid < 2 or self.codebook_size < 2:
-            raise ValueError("grid and codebook_size must be >= 2")
-
-    @property
-    def resolution(self) -> int:
-        """Image side in pixels: the VQ encoder downsamples by 2 (one down level)."""
-        return 2 * self.grid
 
 
 def _build_tokenizer(spec: TinySpec):

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from engine.offline.random_weights import spread_weights
+from engine.offline.tiny_spec import TinySpec
 from engine.shared.families.emu3 import EOF_NAME, OPENING_NAME
-
-if TYPE_CHECKING:
-    from engine.offline.tiny import TinySpec
 
 BOS, EOS, PAD = "<|extra_203|>", "<|extra_204|>", "<|endoftext|>"
 BOI, EOI, PLACEHOLDER = "<|image start|>", "<|image end|>", "<image>"
