@@ -299,9 +299,12 @@ class SpanGrammar:
         column = torch.arange(width, device=tokens.device)
         last_boi = torch.where((tokens == self.layout.boi) & (at >= 0), column, -1).amax(dim=1)
         k = column - last_boi.unsqueeze(1) - 1  # place after that BOI
-        plen = self._to_device(self.prefix_len[slots]).unsqueeze(1)
-        expected = self._prefix_t[self._to_device(slots).unsqueeze(1), k.clamp(0, self.MAX_PREFIX - 1)]
-        fits = torch.where(k < plen, tokens == expected, self.is_span_inner(tokens)) | (k < 0)
+        fits = self.is_span_inner(tokens)
+        if self.format.rows_framed:  # the size prefix first (square spans have none: no gather on their steps)
+            plen = self._to_device(self.prefix_len[slots]).unsqueeze(1)
+            expected = self._prefix_t[self._to_device(slots).unsqueeze(1), k.clamp(0, self.MAX_PREFIX - 1)]
+            fits = torch.where(k < plen, tokens == expected, fits)
+        fits |= k < 0
         return torch.where((last_boi >= 0) & fits.all(dim=1), width - 1 - last_boi, -1)
 
     def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
