@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,11 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """A Prometheus metric's value on /metrics, summed over its label sets (0 where it has none)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 def _free_port() -> int:
@@ -77,6 +83,19 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(60)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+def serve_made_tiny(tmp_path_factory: pytest.TempPathFactory, family: str, grid: int,
+                    codebook_size: int) -> Iterator[LiveServer]:
+    """A tiny ``family`` checkpoint written as users write one (``chameleon-serve make-tiny``), served until
+    the generator is closed (a module fixture's ``yield from``)."""
+    model_dir = tmp_path_factory.mktemp(family) / f"tiny-{family}"
+    subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(model_dir), "--family", family,
+                    "--grid", str(grid), "--codebook-size", str(codebook_size)], check=True, capture_output=True,
+                   timeout=600)
+    live = start_server(model_dir, tmp_path_factory.mktemp(f"{family}-logs") / "server.log")
+    yield live
+    stop_server(live)
 
 
 @pytest.fixture(scope="session")

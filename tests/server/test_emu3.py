@@ -8,14 +8,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import openai
 import pytest
 import torch
-from conftest import MODEL, start_server, stop_server
+from conftest import MODEL, serve_made_tiny
 from emu3_reference import decoded_pixels, emu3_model, greedy_image, guided_greedy_image, image_prefix
 from PIL import Image
 from testimages import data_url, noise_image
@@ -28,12 +26,7 @@ GRID = 4  # the square default: 4x4 codes, 32x32 px
 
 @pytest.fixture(scope="module")
 def emu3(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("emu3") / "tiny-emu3-hf"
-    subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(model_dir), "--family", "emu3",
-                    "--grid", str(GRID), "--codebook-size", "512"], check=True, capture_output=True, timeout=600)
-    live = start_server(model_dir, tmp_path_factory.mktemp("emu3-logs") / "server.log")
-    yield live
-    stop_server(live)
+    yield from serve_made_tiny(tmp_path_factory, "emu3", GRID, 512)
 
 
 @pytest.fixture(scope="module")
@@ -206,23 +199,14 @@ def test_text_reply_with_image_has_no_size_text(emu3, layout):
     assert resp.usage.completion_tokens_details.image_tokens == sum(layout.span_mask(written)) >= one
 
 
-def _metric(emu3, name: str) -> float:
-    import re
-
-    import httpx
-
-    found = re.search(rf"^{name} (\S+)$", httpx.get(f"{emu3.url}/metrics").text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_edits_without_a_mask_and_masked_ones_refused(emu3):
     client = emu3.client()
-    before = _metric(emu3, "chameleon:images_generated_total")
+    before = emu3.metric("chameleon:images_generated_total")
     picture = io.BytesIO()
     noise_image(3, size=(32, 32)).save(picture, "PNG")
     edit = client.images.edit(model=MODEL, image=("in.png", picture.getvalue(), "image/png"), prompt="make it red")
     assert Image.open(io.BytesIO(base64.b64decode(edit.data[0].b64_json))).size == (32, 32)
-    assert _metric(emu3, "chameleon:images_generated_total") == before + 1
+    assert emu3.metric("chameleon:images_generated_total") == before + 1
     mask = io.BytesIO()
     Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(mask, "PNG")
     with pytest.raises(openai.BadRequestError) as err:

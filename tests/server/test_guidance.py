@@ -3,8 +3,6 @@ memory cap."""
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import openai
 import pytest
@@ -16,12 +14,6 @@ from engine.offline.tiny import TinySpec
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def metric(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 def prompt_ids(client, text: str) -> list[int]:
     resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=1,
                                           extra_body={"return_token_ids": True})
@@ -29,15 +21,15 @@ def prompt_ids(client, text: str) -> list[int]:
 
 
 def test_guided_image_equals_two_forward_reference(server, client):
-    before = metric(server, "chameleon:guided_requests_total")
+    before = server.metric("chameleon:guided_requests_total")
     resp = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "a red boat"}], modalities=["image"],
         extra_body={"cfg_scale": 4.0, "negative_prompt": "blurry", "image_temperature": 0.0,
                     "return_token_ids": True})
     reference = guided_image_reference(server.model_dir, resp.prompt_token_ids, prompt_ids(client, "blurry"), 4.0)
     assert resp.choices[0].token_ids == reference
-    assert metric(server, "chameleon:guided_requests_total") == before + 1
-    assert metric(server, "chameleon:guidance_kv_bytes") == 0  # released when done
+    assert server.metric("chameleon:guided_requests_total") == before + 1
+    assert server.metric("chameleon:guidance_kv_bytes") == 0  # released when done
 
 
 def test_images_route_takes_guidance(client):
@@ -56,13 +48,13 @@ def test_dropped_guided_stream_frees_everything(server, client):
     stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a tree"}],
                                             modalities=["image"], stream=True, extra_body={"cfg_scale": 2.0})
     next(iter(stream))
-    assert metric(server, "chameleon:guidance_kv_bytes") > 0
+    assert server.metric("chameleon:guidance_kv_bytes") > 0
     stream.close()
     for _ in range(100):
-        if metric(server, "vllm:num_requests_running") == 0 and metric(server, "chameleon:guidance_kv_bytes") == 0:
+        if server.metric("vllm:num_requests_running") == 0 and server.metric("chameleon:guidance_kv_bytes") == 0:
             break
         httpx.get(f"{server.url}/health")
-    assert metric(server, "chameleon:guidance_kv_bytes") == 0
+    assert server.metric("chameleon:guidance_kv_bytes") == 0
 
 
 @pytest.mark.parametrize("body, param", [
@@ -85,7 +77,7 @@ IMAGE_TOKENS = TinySpec().grid ** 2 + 2  # BOI, codes, EOI
 def settle(server, name: str, done) -> float:
     """The metric once ``done(value)`` holds (or after a bounded number of looks)."""
     for _ in range(2000):
-        if done(value := metric(server, name)):
+        if done(value := server.metric(name)):
             break
         httpx.get(f"{server.url}/health")
     return value
@@ -111,7 +103,7 @@ def _guided(client: openai.OpenAI, **kw):
 
 def test_guidance_memory_cap_refuses_then_admits(capped):
     client = capped.client()
-    assert metric(capped, "chameleon:guidance_kv_bytes_limit") > 0
+    assert capped.metric("chameleon:guidance_kv_bytes_limit") > 0
     with pytest.raises(openai.BadRequestError) as never:  # two images' twins: over the cap even alone
         _guided(client, n=2)
     assert never.value.body["param"] == "max_tokens"

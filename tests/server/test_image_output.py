@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import re
 import time
 
 import httpx
@@ -38,13 +37,8 @@ def _size(png: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(png)).size
 
 
-def _metric(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
-
-
 def test_image_only_returns_one_exact_span(client, layout, resolution, server):
-    before = _metric(server, "chameleon:images_generated_total")
+    before = server.metric("chameleon:images_generated_total")
     resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], seed=7,
                                           extra_body={"return_token_ids": True})
     choice = resp.choices[0]
@@ -55,7 +49,7 @@ def test_image_only_returns_one_exact_span(client, layout, resolution, server):
     [part] = choice.message.content
     assert part["type"] == "image_url" and _size(_png_of(part["image_url"]["url"])) == (resolution, resolution)
     assert resp.usage.completion_tokens_details.image_tokens == layout.image_seq_length + 2
-    assert _metric(server, "chameleon:images_generated_total") == before + 1
+    assert server.metric("chameleon:images_generated_total") == before + 1
 
 
 def test_stream_and_whole_give_the_same_image(client):
@@ -99,17 +93,17 @@ def test_mixed_batch_text_requests_never_see_image_tokens(server, layout):
 
 
 def test_abort_mid_image_frees_the_request(server, layout):
-    generated_before = _metric(server, "vllm:generation_tokens_total")
+    generated_before = server.metric("vllm:generation_tokens_total")
     body = {"model": MODEL, "messages": DRAW, "modalities": ["image"], "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
         assert resp.status_code == 200
         next(resp.iter_lines())  # the role chunk: the request is running
     deadline = time.monotonic() + 30
-    while _metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+    while server.metric("vllm:num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _metric(server, "vllm:num_requests_running") == 0
-    assert _metric(server, "vllm:generation_tokens_total") - generated_before < layout.image_seq_length
+    assert server.metric("vllm:num_requests_running") == 0
+    assert server.metric("vllm:generation_tokens_total") - generated_before < layout.image_seq_length
 
 
 @pytest.mark.parametrize("body,param", [

@@ -8,14 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
-import subprocess
-import sys
 
-import httpx
 import openai
 import pytest
-from conftest import MODEL, start_server, stop_server
+from conftest import MODEL, serve_made_tiny
 from lumina_reference import lumina_greedy_image
 from PIL import Image
 from testimages import data_url, noise_image
@@ -27,12 +23,7 @@ GRID = 8  # native 8x8 codes at 2 px per code: 16x16 px; Lumina's patch = 2 code
 
 @pytest.fixture(scope="module")
 def lumina(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("lumina") / "tiny-lumina"
-    subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(model_dir), "--family", "lumina",
-                    "--grid", str(GRID), "--codebook-size", "256"], check=True, capture_output=True, timeout=600)
-    live = start_server(model_dir, tmp_path_factory.mktemp("lumina-logs") / "server.log")
-    yield live
-    stop_server(live)
+    yield from serve_made_tiny(tmp_path_factory, "lumina", GRID, 256)
 
 
 def test_the_checkpoint_is_in_its_authors_layout(lumina):
@@ -54,11 +45,6 @@ def test_the_checkpoint_is_in_its_authors_layout(lumina):
 
 def png_size(b64: str) -> tuple[int, int]:
     return Image.open(io.BytesIO(base64.b64decode(b64))).size
-
-
-def guided_total(live) -> float:
-    found = re.search(r"^chameleon:guided_requests_total (\S+)$", httpx.get(f"{live.url}/metrics").text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_non_square_image_token_equal_to_the_reference(lumina):
@@ -124,12 +110,12 @@ def test_authors_defaults_apply_and_requests_override_them(lumina):
             model=MODEL, messages=[{"role": "user", "content": "a cat"}], modalities=["image"], seed=7,
             extra_body={"return_token_ids": True, **fields}).choices[0].token_ids
 
-    before = guided_total(lumina)
+    before = lumina.metric("chameleon:guided_requests_total")
     default = image_ids()
-    assert guided_total(lumina) == before + 1  # Lumina's cfg 3.0 by default
+    assert lumina.metric("chameleon:guided_requests_total") == before + 1  # Lumina's cfg 3.0 by default
     assert default == image_ids(cfg_scale=3.0, image_temperature=1.0, image_top_k=2000, image_top_p=1.0)
     assert default != image_ids(cfg_scale=1.0, image_temperature=0.7, image_top_k=0, image_top_p=0.9)
-    assert guided_total(lumina) == before + 2
+    assert lumina.metric("chameleon:guided_requests_total") == before + 2
 
 
 def test_responses_image_tool_size(lumina):
@@ -147,10 +133,10 @@ def test_responses_take_the_familys_defaults_as_chat_does(lumina):
     """/v1/responses builds its request the way chat does: Lumina-mGPT's guidance (cfg 3.0) and text top-k
     (10) apply where the request sets none, so the same seed gives the same image and the same text."""
     client = lumina.client()
-    before = guided_total(lumina)
+    before = lumina.metric("chameleon:guided_requests_total")
     reply = client.responses.create(model=MODEL, input="a cat", tool_choice={"type": "image_generation"},
                                     tools=[{"type": "image_generation"}], extra_body={"seed": 7})
-    assert guided_total(lumina) == before + 1
+    assert lumina.metric("chameleon:guided_requests_total") == before + 1
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a cat"}],
                                           modalities=["image"], seed=7)
     assert reply.output[0].result == chat.choices[0].message.content[0]["image_url"]["url"].split(",", 1)[1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import struct
 import time
 import zlib
@@ -313,11 +312,6 @@ SOAK_CONCURRENCY = 16
 SOAK_TIMEOUT_S = 300
 
 
-def _metric(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
-
-
 def _soak_plan() -> list[tuple[str, str, dict, bool]]:
     """(kind, path, body, stream) for each request, in a fixed interleaving."""
     image_in = data_url(noise_image(3, (48, 40)))
@@ -413,8 +407,8 @@ def test_soak_mixed_traffic(server):
         counts[kind] = counts.get(kind, 0) + 1
     print(f"soak: {len(results)} requests in {elapsed:.1f}s: {counts}")
     deadline = time.monotonic() + 30
-    while _metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+    while server.metric("vllm:num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _metric(server, "vllm:num_requests_running") == 0
-    assert _metric(server, "vllm:num_requests_waiting") == 0
+    assert server.metric("vllm:num_requests_running") == 0
+    assert server.metric("vllm:num_requests_waiting") == 0
     _still_answers(server)
