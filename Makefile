@@ -48,7 +48,10 @@ DOCKER     ?= docker
 CPU_BASE   ?= debian:bookworm-slim
 GPU_BASE   ?= nvidia/cuda:13.0.3-base-ubuntu24.04
 WHEELHOUSE := build/wheelhouse
-BUILD_IMAGE = DOCKER_BUILDKIT=0 $(DOCKER) build -f docker/Dockerfile
+BUILD_IMAGE = DOCKER_BUILDKIT=0 $(DOCKER) build --force-rm -f docker/Dockerfile
+# The legacy builder keeps every stage's layers, and a rebuild untags the previous image: a few GB a build.
+# Dangling images carrying the Dockerfile's label are removed after each build.
+PRUNE_IMAGES = $(DOCKER) image prune -f --filter label=org.opencontainers.image.title=chameleon-serve
 # Any Python with pip does (the image's Python for the CPU flavour: 3.11, Debian bookworm's).
 WHEEL_PIP  ?= $(if $(wildcard $(PY)),$(PY),python3) -m pip
 
@@ -70,6 +73,7 @@ image-base:
 image: image-base wheelhouse
 	$(BUILD_IMAGE) --build-arg FLAVOUR=cpu --build-arg BASE=$(CPU_BASE) \
 		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
+	$(PRUNE_IMAGES)
 
 # GPU flavour: where a registry (for GPU_BASE) and PyPI's CUDA wheels are reachable; not built in CI.
 # Wheels for the image's Python and glibc (Ubuntu 24.04: 3.12, 2.39), whatever the host has; pip does not
@@ -83,3 +87,4 @@ wheelhouse-gpu:
 
 image-gpu: wheelhouse-gpu
 	$(BUILD_IMAGE) --build-arg FLAVOUR=gpu --build-arg BASE=$(GPU_BASE) -t chameleon-serve:gpu $(WHEELHOUSE)/gpu
+	$(PRUNE_IMAGES)
