@@ -66,7 +66,8 @@ def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     The image and every layer its build left are removed at the end of the session: a CI machine's disk is
     shared, and each build left behind would cost the next run 3 GB or more. With too little disk for a
     build, these tests skip and say how much there is, as they do without a daemon."""
-    docker("image", "prune", "-f", "--filter", LABEL)  # what an interrupted run left
+    docker("rmi", "-f", IMAGE, check=False)  # an earlier build, and with it the layers only it used
+    docker("image", "prune", "-f", "--filter", LABEL)  # what an interrupted build left
     clone = tmp_path_factory.mktemp("clone") / "chameleon-serve"
     docker_root = Path(json.loads(docker("info", "--format", "{{json .DockerRootDir}}").stdout))
     free = {d: shutil.disk_usage(d).free for d in (clone.parent, docker_root)}
