@@ -98,6 +98,8 @@ class PageWatch:
 
 @pytest.fixture
 def watch(browser, live, request) -> Iterator[PageWatch]:
+    from playwright.sync_api import expect
+
     context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
@@ -107,7 +109,9 @@ def watch(browser, live, request) -> Iterator[PageWatch]:
     page.on("pageerror", lambda e: w.errors.append(str(e)))
     page.on("request", lambda r: r.url.startswith((origin, "data:", "blob:")) or w.foreign.append(r.url))
     page.goto(f"{live.url}/")
-    page.wait_for_function("document.getElementById('model').textContent !== '…'")
+    # A locator wait, not wait_for_function: that one polls by evaluating a string in the page, which the
+    # playground's CSP (script-src 'self') refuses whenever the first check finds the model name not yet shown.
+    expect(page.locator("#model")).not_to_have_text("…", timeout=WAIT_MS)
     yield w
     w.shot(f"{request.node.name}-end")
     context.close()
