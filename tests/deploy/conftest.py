@@ -23,7 +23,7 @@ API_KEY = "deploy-test-key"
 NO_DOCKER = "no Docker daemon reachable: install docker.io and start dockerd (as .ci/run does) to run these"
 HEALTHY_TIMEOUT_S = 900  # the image's start period is 600 s; a busy CI machine loads the tiny model slowly
 # `make image` peaked at 10.2 GB of disk (measured: wheelhouse 0.9, build context and stage 4.5, image 2.6, base
-# 0.2) and leaves 3.5 GB (image and wheelhouse) until this session's teardown removes them.
+# 0.2); the 2.6 GB image stays until this session's teardown removes it.
 IMAGE_BUILD_BYTES = 12 * 10**9
 LABEL = "label=org.opencontainers.image.title=chameleon-serve"
 
