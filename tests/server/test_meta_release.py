@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 
-import httpx
 import pytest
 from conftest import MODEL, start_server, stop_server
 from oracle import HFOracle
@@ -18,6 +16,7 @@ from testimages import noise_image, user_message
 from engine.offline.tiny import TinySpec, make_tiny_meta
 
 SPEC = TinySpec(grid=8, codebook_size=256, swin_norm=True)
+GUIDED = "chameleon:guided_requests_total"
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +61,12 @@ def test_anole_is_recognized_and_its_defaults_apply_unless_a_request_overrides_t
             extra_body={"return_token_ids": True, **fields}).choices[0].token_ids
 
     assert "checkpoint family anole" in live.log()
-    before = guided(live)
+    before = live.metric(GUIDED)
     default = image_ids()
-    assert guided(live) == before + 1  # Anole's guidance at 3.0 by default
+    assert live.metric(GUIDED) == before + 1  # Anole's guidance at 3.0 by default
     assert default == image_ids(cfg_scale=3.0, image_temperature=0.7, image_top_p=0.9)
     assert default != image_ids(cfg_scale=1.0)
-    assert guided(live) == before + 2
-
-
-def guided(live) -> float:
-    found = re.search(r"^chameleon:guided_requests_total (\S+)$", httpx.get(f"{live.url}/metrics").text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    assert live.metric(GUIDED) == before + 2
 
 
 def test_anole_responses_are_guided_by_default_as_chat_is(release):
@@ -83,12 +77,12 @@ def test_anole_responses_are_guided_by_default_as_chat_is(release):
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a dog"}],
                                           modalities=["image"], seed=5)
     chat_png = chat.choices[0].message.content[0]["image_url"]["url"].split(",", 1)[1]
-    before = guided(live)
+    before = live.metric(GUIDED)
     reply = client.responses.create(model=MODEL, input="a dog", tool_choice={"type": "image_generation"},
                                     tools=[{"type": "image_generation"}], extra_body={"seed": 5})
-    assert guided(live) == before + 1
+    assert live.metric(GUIDED) == before + 1
     assert reply.output[0].result == chat_png
     images = client.images.generate(model=MODEL, prompt="a dog", n=1, response_format="b64_json",
                                     extra_body={"seed": 5})
-    assert guided(live) == before + 2
+    assert live.metric(GUIDED) == before + 2
     assert images.data[0].b64_json == chat_png
