@@ -59,6 +59,12 @@ def docker_daemon() -> None:
         pytest.skip(NO_DOCKER)
 
 
+def remove_image() -> None:
+    """The tagged image, the layers only it used, and the dangling labelled ones a build leaves."""
+    docker("rmi", "-f", IMAGE, check=False)
+    docker("image", "prune", "-f", "--filter", LABEL, check=False)
+
+
 @pytest.fixture(scope="session")
 def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`make image` in a fresh clone: what a user with this repository and a Docker daemon would run.
@@ -66,8 +72,7 @@ def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     The image and every layer its build left are removed at the end of the session: a CI machine's disk is
     shared, and each build left behind would cost the next run 3 GB or more. With too little disk for a
     build, these tests skip and say how much there is, as they do without a daemon."""
-    docker("rmi", "-f", IMAGE, check=False)  # an earlier build, and with it the layers only it used
-    docker("image", "prune", "-f", "--filter", LABEL)  # what an interrupted build left
+    remove_image()  # an earlier or interrupted build's
     clone = tmp_path_factory.mktemp("clone") / "chameleon-serve"
     docker_root = Path(json.loads(docker("info", "--format", "{{json .DockerRootDir}}").stdout))
     free = {d: shutil.disk_usage(d).free for d in (clone.parent, docker_root)}
@@ -84,8 +89,7 @@ def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         assert done.returncode == 0, log.read_text()[-5000:]
         yield IMAGE
     finally:
-        docker("rmi", "-f", IMAGE, check=False)
-        docker("image", "prune", "-f", "--filter", LABEL, check=False)
+        remove_image()
 
 
 @pytest.fixture(scope="module")
