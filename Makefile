@@ -6,7 +6,7 @@ PORT    ?= 8000
 # vLLM's CPU KV cache size in GiB; small so tests and the tiny model fit anywhere.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install serve test lint bench clean wheelhouse image-base image wheelhouse-gpu image-gpu
+.PHONY: install serve test lint bench clean wheelhouse image-base image wheelhouse-gpu image-base-gpu image-gpu
 
 install: $(VENV)/.installed
 
@@ -46,7 +46,6 @@ clean:
 # https://download.pytorch.org/whl/cpu). DOCKER_BUILDKIT=0: the legacy builder, present in every client.
 DOCKER     ?= docker
 CPU_BASE   ?= debian:bookworm-slim
-GPU_BASE   ?= nvidia/cuda:13.0.3-base-ubuntu24.04
 WHEELHOUSE := build/wheelhouse
 BUILD_IMAGE = DOCKER_BUILDKIT=0 $(DOCKER) build --force-rm -f docker/Dockerfile
 # The legacy builder keeps every stage's layers, and a rebuild untags the previous image: a few GB a build.
@@ -75,16 +74,27 @@ image: image-base wheelhouse
 		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
 	$(PRUNE_IMAGES)
 
-# GPU flavour: where a registry (for GPU_BASE) and PyPI's CUDA wheels are reachable; not built in CI.
-# Wheels for the image's Python and glibc (Ubuntu 24.04: 3.12, 2.39), whatever the host has; pip does not
-# widen a --platform to older manylinux tags by itself.
+# GPU flavour. Its base, where no registry is reachable, is made here by docker/make-base.sh: Debian trixie
+# (Python 3.13) with the NVIDIA container toolkit's environment. Where one is, nvidia/cuda's base (Ubuntu 24.04,
+# Python 3.12) does as well: make image-gpu GPU_BASE=nvidia/cuda:13.0.3-base-ubuntu24.04 GPU_PYTHON=3.12.
+# Either way the CUDA libraries come as wheels with torch. Not built in CI.
+MADE_GPU_BASE := debian-nvidia:trixie
+GPU_BASE   ?= $(MADE_GPU_BASE)
+GPU_PYTHON ?= 3.13
+# Wheels for the image's Python and glibc (2.39 and older: Ubuntu 24.04 has 2.39, trixie 2.41), whatever the host
+# has; pip does not widen a --platform to older manylinux tags by itself.
 GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
 wheelhouse-gpu:
 	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
 	$(WHEEL_PIP) wheel -q --no-deps -w $(WHEELHOUSE)/gpu .
 	$(WHEEL_PIP) download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \
-		--python-version 3.12 $(GPU_PLATFORMS) 'chameleon-serve[gpu]'
+		--python-version $(GPU_PYTHON) $(GPU_PLATFORMS) 'chameleon-serve[gpu]'
 
-image-gpu: wheelhouse-gpu
+# Only the made base is made here; any other GPU_BASE is pulled by the build.
+image-base-gpu:
+	$(if $(filter $(MADE_GPU_BASE),$(GPU_BASE)),$(DOCKER) image inspect $(GPU_BASE) >/dev/null 2>&1 \
+		|| FLAVOUR=gpu DOCKER=$(DOCKER) docker/make-base.sh $(GPU_BASE))
+
+image-gpu: image-base-gpu wheelhouse-gpu
 	$(BUILD_IMAGE) --build-arg FLAVOUR=gpu --build-arg BASE=$(GPU_BASE) -t chameleon-serve:gpu $(WHEELHOUSE)/gpu
 	$(PRUNE_IMAGES)
