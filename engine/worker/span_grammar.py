@@ -274,21 +274,22 @@ class SpanGrammar:
                 sampled = slots[forced[sample]]
                 tokens[sample_t] = self._sample_codes(source, forced[sample], sampled, self.num_output[sampled])
                 if isinstance(kept, torch.Tensor):
-                    kept[sample_t] = 0.0
+                    kept.index_fill_(0, sample_t, 0.0)
         if len(forced) < len(slots):
             # Every row, by column slices: forced rows are overwritten below and their codes were read above,
             # and a slice fill is several times cheaper than indexing the text rows.
             self._forbid_span_tokens(logits)
         no_boi = text & (mode != INTERLEAVED)
-        if no_boi.any():
-            logits[slice(None) if no_boi.all() else self._to_device(np.flatnonzero(no_boi)), self.layout.boi] = \
-                float("-inf")
+        if no_boi.all():
+            logits[:, self.layout.boi] = float("-inf")
+        elif no_boi.any():
+            self._forbid_boi(logits, np.flatnonzero(no_boi))
         if len(forced) == len(slots) > 0:
             kept_rows = kept.unsqueeze(1) if isinstance(kept, torch.Tensor) else kept
             logits.fill_(float("-inf")).scatter_(1, tokens.unsqueeze(1), kept_rows)
         elif len(forced):
             logits.index_fill_(0, rows_forced, float("-inf"))
-            logits[rows_forced, tokens] = kept
+            logits.index_put_((rows_forced, tokens), kept if isinstance(kept, torch.Tensor) else logits.new_zeros(()))
         return logits
 
     def positions_on_device(self, slots: np.ndarray, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
@@ -341,7 +342,7 @@ class SpanGrammar:
         self._forbid_span_tokens(logits)
         text_only = np.flatnonzero(self.mode[slots] == TEXT_ONLY)
         if len(text_only):
-            logits[self._to_device(text_only), self.layout.boi] = float("-inf")
+            self._forbid_boi(logits, text_only)
         tracked = logits.index_select(0, rows_t)
         tracked[:, self.layout.boi].masked_fill_(~forced & (mode != INTERLEAVED), float("-inf"))
         fill = torch.full_like(tracked, float("-inf")).scatter_(1, token.unsqueeze(1), kept)
@@ -351,9 +352,15 @@ class SpanGrammar:
         """Forbid codes, EOI and the span's inner tokens (Lumina-mGPT's EOL and size tokens) in every row, as
         text rows need; :meth:`apply` rewrites forced rows afterwards."""
         for cols in (self._code_cols, self._inner_cols):
-            if not isinstance(cols, torch.Tensor) or len(cols):
+            if isinstance(cols, slice):
                 logits[:, cols] = float("-inf")
+            elif len(cols):
+                logits.index_fill_(1, cols, float("-inf"))
         logits[:, self.layout.eoi] = float("-inf")
+
+    def _forbid_boi(self, logits: torch.Tensor, rows: np.ndarray) -> None:
+        """BOI forbidden in ``rows``: the scalar an argument of the fill, not a host value the device copies in."""
+        logits[:, self.layout.boi].index_fill_(0, self._to_device(rows), float("-inf"))
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
