@@ -1,11 +1,14 @@
-"""The CPU image, built with `make image` from a fresh clone of the committed tree, and one container of it.
+"""The images, built with `make image` (CPU) or `make image-gpu` from a fresh clone of the committed tree, and one
+container of the CPU image.
 
-Needs a Docker daemon (`.ci/run` installs and starts one); without it these tests skip with one message.
+Needs a Docker daemon (`.ci/run` installs and starts one) and the disk for a build; without either these tests
+skip with one message, and under CI=true they fail with it instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -52,44 +55,56 @@ class Container:
         return out.stdout + out.stderr
 
 
+def skip_or_fail(reason: str) -> None:
+    """A skip, except under CI=true: there a deploy test that cannot run fails, or CI would stay green with the
+    images never built."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def docker_daemon() -> None:
     if shutil.which("docker") is None or \
             subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
-        pytest.skip(NO_DOCKER)
+        skip_or_fail(NO_DOCKER)
 
 
-def remove_image() -> None:
+def remove_image(tag: str) -> None:
     """The tagged image, the layers only it used, and the dangling labelled ones a build leaves."""
-    docker("rmi", "-f", IMAGE, check=False)
+    docker("rmi", "-f", tag, check=False)
     docker("image", "prune", "-f", "--filter", LABEL, check=False)
+
+
+def build_image(target: str, tag: str, need_bytes: int, tmp_path: Path) -> Iterator[str]:
+    """`make <target>` in a fresh clone: what a user with this repository and a Docker daemon would run.
+
+    The image and every layer its build left are removed at the end: a CI machine's disk is shared, and each
+    build left behind would cost the next run gigabytes. With too little disk for a build, the tests skip (fail
+    under CI=true) and say how much there is."""
+    remove_image(tag)  # an earlier or interrupted build's
+    clone = tmp_path / "chameleon-serve"
+    docker_root = Path(json.loads(docker("info", "--format", "{{json .DockerRootDir}}").stdout))
+    free = {d: shutil.disk_usage(d).free for d in (tmp_path, docker_root)}
+    if min(free.values()) < need_bytes:
+        skip_or_fail(f"`make {target}` needs about {need_bytes / 1e9:.0f} GB of free disk; there is "
+                     + ", ".join(f"{b / 1e9:.1f} GB in {d}" for d, b in free.items()))
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    log = tmp_path / f"make-{target}.log"
+    try:
+        with log.open("w") as out:
+            done = subprocess.run(["make", "-C", str(clone), target, f"VENV={sys.prefix}"], stdout=out,
+                                  stderr=subprocess.STDOUT, check=False)
+        shutil.rmtree(clone)  # its wheelhouse
+        assert done.returncode == 0, log.read_text()[-5000:]
+        yield tag
+    finally:
+        remove_image(tag)
 
 
 @pytest.fixture(scope="session")
 def image(docker_daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`make image` in a fresh clone: what a user with this repository and a Docker daemon would run.
-
-    The image and every layer its build left are removed at the end of the session: a CI machine's disk is
-    shared, and each build left behind would cost the next run 3 GB or more. With too little disk for a
-    build, these tests skip and say how much there is, as they do without a daemon."""
-    remove_image()  # an earlier or interrupted build's
-    clone = tmp_path_factory.mktemp("clone") / "chameleon-serve"
-    docker_root = Path(json.loads(docker("info", "--format", "{{json .DockerRootDir}}").stdout))
-    free = {d: shutil.disk_usage(d).free for d in (clone.parent, docker_root)}
-    if min(free.values()) < IMAGE_BUILD_BYTES:
-        pytest.skip(f"`make image` needs about {IMAGE_BUILD_BYTES / 1e9:.0f} GB of free disk; there is "
-                    + ", ".join(f"{b / 1e9:.1f} GB in {d}" for d, b in free.items()))
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    log = clone.parent / "make-image.log"
-    try:
-        with log.open("w") as out:
-            done = subprocess.run(["make", "-C", str(clone), "image", f"VENV={sys.prefix}"], stdout=out,
-                                  stderr=subprocess.STDOUT, check=False)
-        shutil.rmtree(clone)  # its wheelhouse: 0.9 GB
-        assert done.returncode == 0, log.read_text()[-5000:]
-        yield IMAGE
-    finally:
-        remove_image()
+    yield from build_image("image", IMAGE, IMAGE_BUILD_BYTES, tmp_path_factory.mktemp("clone"))
 
 
 @pytest.fixture(scope="module")

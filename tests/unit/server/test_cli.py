@@ -138,3 +138,14 @@ def test_no_room_for_a_cpu_kv_cache_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr("server.cli.preflight", lambda *a: pytest.fail("the memory check comes first"))
     with pytest.raises(SystemExit, match="chameleon-serve: error: not enough free memory for a KV cache"):
         main(["--model", str(tmp_path)])
+
+
+def test_the_gpu_build_without_a_gpu_is_one_clear_line(tmp_path, monkeypatch):
+    """vLLM's GPU build where no GPU is visible finds no platform (as in tests/deploy/test_gpu_image.py's container)."""
+    import vllm.platforms
+    from vllm.platforms.interface import UnspecifiedPlatform
+
+    monkeypatch.setattr(vllm.platforms, "_current_platform", UnspecifiedPlatform())
+    monkeypatch.setattr("server.cli.settings_from_args", lambda *a: pytest.fail("the device check comes first"))
+    with pytest.raises(SystemExit, match="chameleon-serve: error: no GPU found: vLLM .* is its GPU build"):
+        main(["--model", str(tmp_path)])
