@@ -77,7 +77,8 @@ def test_deployment_matches_the_cli_and_routes(parser, routes):
         "startupProbe": "/health", "livenessProbe": "/health", "readinessProbe": "/ready"}
     assert {p["path"] for p in probes.values()} <= routes
     assert {p["port"] for p in probes.values()} == {port["name"]}
-    assert "nvidia.com/gpu" in container["resources"]["limits"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert f"-t {container['image']} $(WHEELHOUSE)/gpu" in (ROOT / "Makefile").read_text()  # `make image-gpu`'s tag
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert spec["terminationGracePeriodSeconds"] > pre_stop + args.shutdown_grace_seconds
     annotations = _kind("Deployment")["spec"]["template"]["metadata"]["annotations"]
