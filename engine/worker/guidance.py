@@ -158,7 +158,7 @@ class Guidance:
         guided = uncond + scale * (cond - uncond)
         if only is not None:
             guided = torch.where(only.unsqueeze(1), guided, cond)
-        logits[index] = guided.to(logits.dtype)
+        logits.index_copy_(0, index, guided.to(logits.dtype))
 
     def _follow_span(self, twin: _Twin, output: Sequence[int], n: int) -> None:
         """Restart ``twin`` at a BOI committed since the last guided step (a new image)."""

@@ -62,8 +62,10 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
         self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.guided_from_boi else None)
         register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
-        # per slot: (token ids, biases) of the request's logit_bias, on the device; None without one
-        self._bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * req_states.max_num_reqs
+        # per slot, on the device: the request's logit_bias as (token id, bias) columns, padded with (0, 0.0)
+        self._bias_ids = torch.zeros(req_states.max_num_reqs, 0, dtype=torch.long, device=req_states.device)
+        self._bias_values = torch.zeros(req_states.max_num_reqs, 0, device=req_states.device)
+        self._has_bias = np.zeros(req_states.max_num_reqs, dtype=bool)
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         params = RequestOptions.from_sampling_params(sampling_params)
@@ -74,11 +76,23 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
                            "this interleaved request is not guided")
             params = dataclasses.replace(params, cfg_scale=1.0)
         self.guidance.add(req_idx, params, sampling_params.max_tokens)
-        bias = sampling_params.logit_bias if params.mode != TEXT_ONLY else None
-        self._bias[req_idx] = None if not bias else (
-            torch.tensor(list(bias), dtype=torch.long).to(self.req_states.device),
-            torch.tensor(list(bias.values()), dtype=torch.float32).to(self.req_states.device))
+        self._set_bias(req_idx, (sampling_params.logit_bias or {}) if params.mode != TEXT_ONLY else {})
         return True
+
+    def _set_bias(self, slot: int, bias: dict[int, float]) -> None:
+        """``slot``'s row of the bias table, which widens to the longest logit_bias seen: one scatter adds
+        every row's bias, however many rows have one."""
+        grow = len(bias) - self._bias_ids.shape[1]
+        if grow > 0:
+            self._bias_ids = torch.nn.functional.pad(self._bias_ids, (0, grow))
+            self._bias_values = torch.nn.functional.pad(self._bias_values, (0, grow))
+        self._has_bias[slot] = bool(bias)
+        dev = self.req_states.device
+        self._bias_ids[slot] = 0
+        self._bias_values[slot] = 0.0
+        self._bias_ids[slot, :len(bias)] = to_device(np.fromiter(bias, dtype=np.int64, count=len(bias)), dev)
+        self._bias_values[slot, :len(bias)] = to_device(np.fromiter(bias.values(), dtype=np.float32,
+                                                                    count=len(bias)), dev)
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
         slots = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
@@ -123,10 +137,9 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         if raw is None or raw.shape != logits.shape:  # not this step's rows: nothing better than V2's own
             return processed
         x = raw.index_select(0, rows_t).float()  # a copy: raw is vLLM's too (its raw logprobs)
-        for i, slot in enumerate(slots[rows]):
-            if self._bias[slot] is not None:
-                ids, values = self._bias[slot]
-                x[i].index_add_(0, ids, values)
+        if self._has_bias[slots[rows]].any():
+            placed = to_device(slots[rows], logits.device)
+            x.scatter_add_(1, self._bias_ids[placed], self._bias_values[placed])
         return x.masked_fill_(processed == float("-inf"), float("-inf"))
 
 

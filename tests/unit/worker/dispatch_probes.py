@@ -1,11 +1,12 @@
 """What a step's tensor work would cost on an accelerator, counted on CPU tensors at torch's dispatcher: the
-operations that make the host wait for the device (:class:`SyncProbe`). Dispatcher modes see function forms
-(``torch.nonzero``, one-argument ``torch.where``) as well as methods; the few host reads that never reach the
-dispatcher on a CPU tensor (``.cpu()``, ``.numpy()``, ``.tolist()``, ``.to(device)``) are seen by a function
-mode beside it."""
+operations that make the host wait for the device (:class:`SyncProbe`) and the operations dispatched at all
+(:class:`OpCount`: each a kernel launch there). Dispatcher modes see function forms (``torch.nonzero``,
+one-argument ``torch.where``) as well as methods; the few host reads that never reach the dispatcher on a CPU
+tensor (``.cpu()``, ``.numpy()``, ``.tolist()``, ``.to(device)``) are seen by a function mode beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +42,47 @@ def engine_site() -> str:
     return f"{Path(f.filename).resolve().relative_to(ENGINE.parent)}:{f.lineno} ({f.name})"
 
 
+class _StepProbe(TorchDispatchMode):
+    """A dispatcher mode that sees the operations of the calls made :meth:`during` it, except those made
+    :meth:`paused` (a stand-in for work that is not the processor's, as the model's forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on = False
+
+    def during(self, fn: Callable) -> Callable:
+        def probed(*args: Any, **kwargs: Any) -> Any:
+            self.on = True
+            try:
+                with self.modes():
+                    return fn(*args, **kwargs)
+            finally:
+                self.on = False
+        return probed
+
+    def paused(self, fn: Callable) -> Callable:
+        def unprobed(*args: Any, **kwargs: Any) -> Any:
+            on, self.on = self.on, False
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.on = on
+        return unprobed
+
+    def modes(self) -> contextlib.AbstractContextManager:
+        return self
+
+    def seen(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        raise NotImplementedError
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.on:
+            self.seen(func, args, kwargs, out)
+        return out
+
+
 class _HostCopies(TorchFunctionMode):
     """Host reads and blocking copies of a CPU tensor, which dispatch nothing (``.to`` to the device it is on
     returns the tensor); a dtype cast is not one."""
@@ -60,49 +102,30 @@ class _HostCopies(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class SyncProbe(TorchDispatchMode):
-    """Every operation of the calls made :meth:`during` it that would make the host wait for a CUDA device,
-    by kind and engine site (``waits``): values read back, ``nonzero``, boolean-mask indexing,
-    ``repeat_interleave`` of tensor repeats without ``output_size``, host reads and blocking copies, and
-    ``index_put_``/``masked_fill_`` of a host value (a Python scalar assigned by index: ``torch`` makes it a
-    tensor with ``lift_fresh``, which the device must copy in). A Python scalar given as an argument
-    (``index_fill_``, ``masked_fill_`` of a float) or assigned to a slice (a ``fill_``) does not wait."""
+class SyncProbe(_StepProbe):
+    """Every operation that would make the host wait for a CUDA device, by kind and engine site (``waits``):
+    values read back, ``nonzero``, boolean-mask indexing, ``repeat_interleave`` of tensor repeats without
+    ``output_size``, host reads and blocking copies, and ``index_put_``/``masked_fill_`` of a host value (a
+    Python scalar assigned by index: ``torch`` makes it a tensor with ``lift_fresh``, which the device must copy
+    in). A Python scalar given as an argument (``index_fill_``, ``masked_fill_`` of a float) or assigned to a
+    slice (a ``fill_``) does not wait."""
 
     def __init__(self) -> None:
         super().__init__()
         self.waits: Counter[str] = Counter()
-        self.on = False
-        self._lifted: list[torch.Tensor] = []  # host values made tensors in this call (kept alive: ids stay theirs)
+        self._lifted: list[torch.Tensor] = []  # host values made tensors (kept alive: their ids stay theirs)
 
     def note(self, kind: str) -> None:
         self.waits[f"{kind} at {engine_site()}"] += 1
 
-    def during(self, fn: Callable) -> Callable:
-        """``fn``, probed while it runs."""
-        def probed(*args: Any, **kwargs: Any) -> Any:
-            self.on, self._lifted = True, []
-            try:
-                with _HostCopies(self), self:
-                    return fn(*args, **kwargs)
-            finally:
-                self.on, self._lifted = False, []
-        return probed
+    def modes(self) -> contextlib.AbstractContextManager:
+        self._lifted = []
+        stack = contextlib.ExitStack()
+        stack.enter_context(_HostCopies(self))
+        stack.enter_context(self)
+        return stack
 
-    def paused(self, fn: Callable) -> Callable:
-        """``fn``, not probed: a stand-in for work that is not the processor's (the model's forward)."""
-        def unprobed(*args: Any, **kwargs: Any) -> Any:
-            on, self.on = self.on, False
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.on = on
-        return unprobed
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if not self.on:
-            return out
+    def seen(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if func in _WAITS:
             self.note(_WAITS[func])
         elif func is aten.lift_fresh.default:
@@ -113,4 +136,15 @@ class SyncProbe(TorchDispatchMode):
             self.note("a boolean-mask index")
         if func in _WRITES and any(args[_WRITES[func]] is t for t in self._lifted):
             self.note(f"{func.__name__.split('.')[0]} of a host value")
-        return out
+
+
+class OpCount(_StepProbe):
+    """The operations dispatched, by name (``ops``): on an accelerator each is a kernel launch (views and
+    scalar wrapping aside, counted alike), so their number must not grow with the batch's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def seen(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        self.ops[func.overloadpacket.__name__] += 1

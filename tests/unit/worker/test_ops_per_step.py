@@ -1,0 +1,68 @@
+"""One step of either runner's adapter dispatches as many torch operations for 128 rows as for 4 rows of the
+same mix (``dispatch_probes.OpCount`` on CPU tensors): each operation is a kernel launch on an accelerator, so
+no per-row Python loop may launch work. The counts are recorded in bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from dispatch_probes import OpCount
+from runner_pair import Pair, sp
+from v2_runner import install
+
+from engine.worker.nucleus import _draw_tensor
+
+V, BOI, EOI = 40, 13, 12
+CODES = list(range(4, 12))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import json
+
+    from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
+
+    d = tmp_path_factory.mktemp("fake_ckpt")
+    vocab = {code_name(i): tid for i, tid in enumerate(CODES)}
+    vocab |= {EOI_NAME: EOI, BOI_NAME: BOI, IMAGE_PLACEHOLDER_NAME: 14, SEP_NAME: 15}
+    (d / "config.json").write_text(json.dumps({"vocabulary_map": vocab, "vocab_size": V}))
+    (d / "processor_config.json").write_text(json.dumps({"image_seq_length": 16}))
+    return str(d)
+
+
+MIX = (  # (extra args of the request, its output so far): one row of each, over and over
+    (dict(modalities=["text"]), []),
+    (dict(modalities=["text", "image"], image_temperature=1.0, image_top_p=0.8), [16, BOI, CODES[0]]),
+    (dict(modalities=["image"], image_temperature=1.0, image_top_k=3, logit_bias={CODES[0]: 1.0}), [BOI]),
+    (dict(modalities=["image"], image_temperature=0.0, cfg_scale=3.0, cfg_uncond_prompt=[1, 15],
+          image_keep=[CODES[1], -1] * 8), [BOI]),
+)
+
+
+def ops_per_step(model_dir: str, monkeypatch: pytest.MonkeyPatch, rows: int, steps: int = 3) -> list[tuple[int, int]]:
+    """(V1's, V2's) operations in each of ``steps`` steps of ``rows`` rows of :data:`MIX`."""
+    install(monkeypatch)
+    pair = Pair(model_dir, monkeypatch, V, slots=rows)
+    for grammar in (pair.v1.grammar, pair.v2.processor.grammar):
+        grammar._draw_nucleus = _draw_tensor  # the accelerator's form
+    counts = (OpCount(), OpCount())
+    pair.v1.apply = counts[0].during(pair.v1.apply)
+    pair.v2.processor.apply = counts[1].during(pair.v2.processor.apply)
+    pair.v2.model.private_logits = counts[0].paused(counts[1].paused(pair.v2.model.private_logits))
+    for row in range(rows):
+        args, output = MIX[row % len(MIX)]
+        pair.add(f"r{row}", [1, 2], sp(**args, seed=row), output=output)
+    per_step = []
+    rng = random.Random(0)
+    for _ in range(steps):
+        before = [sum(c.ops.values()) for c in counts]
+        pair.step(rng)
+        per_step.append(tuple(sum(c.ops.values()) - b for c, b in zip(counts, before, strict=True)))
+    return per_step
+
+
+def test_ops_per_step_do_not_grow_with_rows(model_dir, monkeypatch):
+    few, many = ops_per_step(model_dir, monkeypatch, 4), ops_per_step(model_dir, monkeypatch, 128)
+    print(f"ops per step (V1, V2): 4 rows {few}, 128 rows {many}")
+    assert few == many
