@@ -4,7 +4,9 @@ they leave the same tokens possible, with equal logits on text rows."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -14,9 +16,19 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor
 from vllm.v1.sample.ops.penalties import apply_all_penalties
 
+from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
 SLOTS, MAX_LEN = 8, 256
+
+
+def chameleon_checkpoint(d: Path, vocab_size: int, image_seq_length: int) -> str:
+    """A folder with what the token layout reads, Chameleon-shaped: 8 codes at ids 4-11, EOI 12, BOI 13."""
+    vocab = {code_name(i): 4 + i for i in range(8)}
+    vocab |= {EOI_NAME: 12, BOI_NAME: 13, IMAGE_PLACEHOLDER_NAME: 14, SEP_NAME: 15}
+    (d / "config.json").write_text(json.dumps({"vocabulary_map": vocab, "vocab_size": vocab_size}))
+    (d / "processor_config.json").write_text(json.dumps({"image_seq_length": image_seq_length}))
+    return str(d)
 
 
 def v1_config(model_dir: str, slots: int = SLOTS):

@@ -8,7 +8,7 @@ import random
 
 import pytest
 from dispatch_probes import OpCount
-from runner_pair import Pair, sp
+from runner_pair import Pair, chameleon_checkpoint, sp
 from v2_runner import install
 
 from engine.worker.nucleus import _draw_tensor
@@ -19,16 +19,7 @@ CODES = list(range(4, 12))
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import json
-
-    from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
-
-    d = tmp_path_factory.mktemp("fake_ckpt")
-    vocab = {code_name(i): tid for i, tid in enumerate(CODES)}
-    vocab |= {EOI_NAME: EOI, BOI_NAME: BOI, IMAGE_PLACEHOLDER_NAME: 14, SEP_NAME: 15}
-    (d / "config.json").write_text(json.dumps({"vocabulary_map": vocab, "vocab_size": V}))
-    (d / "processor_config.json").write_text(json.dumps({"image_seq_length": 16}))
-    return str(d)
+    return chameleon_checkpoint(tmp_path_factory.mktemp("fake_ckpt"), V, 16)
 
 
 MIX = (  # (extra args of the request, its output so far): one row of each, over and over

@@ -10,20 +10,18 @@ re-entry, penalties and logit bias.
 
 from __future__ import annotations
 
-import json
 import random
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from runner_pair import MAX_LEN, PENALTIES, SLOTS, Pair, sp, v1_config
+from runner_pair import MAX_LEN, PENALTIES, SLOTS, Pair, chameleon_checkpoint, sp, v1_config
 from v2_runner import V2Runner, install
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from engine.frontend.client import logits_processor_for_runner
-from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
 
@@ -35,12 +33,7 @@ TEXT = [t for t in range(V) if t not in CODES and t not in (BOI, EOI)]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fake_ckpt")
-    vocab = {code_name(i): tid for i, tid in enumerate(CODES)}
-    vocab |= {EOI_NAME: EOI, BOI_NAME: BOI, IMAGE_PLACEHOLDER_NAME: 14, SEP_NAME: 15}
-    (d / "config.json").write_text(json.dumps({"vocabulary_map": vocab, "vocab_size": V}))
-    (d / "processor_config.json").write_text(json.dumps({"image_seq_length": N}))
-    return str(d)
+    return chameleon_checkpoint(tmp_path_factory.mktemp("fake_ckpt"), V, N)
 
 
 @pytest.fixture
