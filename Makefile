@@ -84,14 +84,16 @@ GPU_PYTHON ?= 3.11
 # Wheels for the image's Python and glibc (2.36 and older: bookworm has 2.36, Ubuntu 24.04 2.39), whatever the host
 # has; pip does not widen a --platform to older manylinux tags by itself. It does evaluate environment markers
 # (vllm's `six; python_version > "3.11"`) with its own Python, whatever --python-version says: WHEEL_PIP must run
-# the image's Python version, checked first.
+# the image's Python version, checked first. --isolated leaves out pip's user configuration and PIP_* variables:
+# on CPU machines they point at a CPU torch (2.13.0+cpu satisfies vllm's torch==2.13.0, and wins as the higher
+# version), and the CUDA build must come from the index.
 GPU_PLATFORMS := $(foreach v,$(shell seq 36 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
 wheelhouse-gpu:
 	$(WHEEL_PIP) --version | grep -q '(python $(GPU_PYTHON))$$' \
 		|| { echo "WHEEL_PIP ($(WHEEL_PIP)) must run Python $(GPU_PYTHON), the image's" >&2; exit 1; }
 	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
 	$(WHEEL_PIP) wheel -q --no-deps -w $(WHEELHOUSE)/gpu .
-	$(WHEEL_PIP) download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \
+	$(WHEEL_PIP) --isolated download -q -d $(WHEELHOUSE)/gpu --find-links $(WHEELHOUSE)/gpu --only-binary=:all: \
 		--python-version $(GPU_PYTHON) $(GPU_PLATFORMS) 'chameleon-serve[gpu]'
 
 # Only the made base is made here; any other GPU_BASE is pulled by the build.
