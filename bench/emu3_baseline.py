@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from engine.shared.families.emu3 import NEGATIVE_PROMPT, POSITIVE_PROMPT, generate_grid, image_area
+from engine.shared.families.emu3 import NEGATIVE_PROMPT, POSITIVE_PROMPT, default_area, generate_grid, image_processor
 
 
 def layout_rule(model, prompt_len: int, rows: int, cols: int) -> Callable[[int, torch.Tensor], list[int]]:
@@ -40,7 +40,7 @@ def images_per_s(model_dir: str | Path, count: int = 2, cfg_scale: float = 3.0, 
     model_dir = Path(model_dir)
     model = Emu3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = Emu3Processor.from_pretrained(model_dir)
-    area = image_area(model_dir)
+    area = default_area(image_processor(model_dir))
     rows, cols = generate_grid("1:1", area, 8)
     negative = processor(text=[NEGATIVE_PROMPT], return_for_image_generation=True, image_area=area,
                          return_tensors="pt")

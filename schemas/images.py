@@ -68,7 +68,7 @@ class ImageRequest(ImageSamplingFields, ImageOutputFields):
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
     response_format: Literal["b64_json", "url"] = "b64_json"
-    size: str | None = None  # "auto" or a "WxH" the model writes (one native size; several for Lumina-mGPT)
+    size: str | None = None  # "auto" or a "WxH" the model writes (a list, or Emu3's rule: server/pipeline.py)
     user: str | None = None
 
 
@@ -100,6 +100,7 @@ class ImagesResponse(WireModel):
     size: str | None = omitted_if_none()  # one of SCHEMA_SIZES, else omitted
     quality: Literal["low", "medium", "high"] | None = omitted_if_none()
     usage: ImagesUsage | None = omitted_if_none()
+    image_size: str  # extension: the "WxH" written, whatever the request asked and the schema's enum can say
 
 
 class ImageStreamEvent(WireModel):
@@ -115,6 +116,7 @@ class ImageStreamEvent(WireModel):
     output_format: OutputFormat
     partial_image_index: int | None = omitted_if_none()
     usage: ImagesUsage | None = omitted_if_none()
+    image_size: str  # extension: the "WxH" written
 
 
 class ImageEditRequest(ImageRequest):

@@ -43,7 +43,7 @@ async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCom
     prompt = await build_chat_prompt(engine, messages, settings, max_images=settings.max_images_per_request,
                                      plain=_plain(req, settings))
     kept = kept_codes(engine, prompt.token_ids, editable) if editable is not None else ()
-    options = await chat_options(engine, settings, req, size_param, kept)
+    options = await chat_options(engine, settings, req, size_param, kept, editable)
     return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
 
 
@@ -68,17 +68,17 @@ def _admitted(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRe
 def kept_codes(engine: ChameleonEngine, prompt_ids: list[int], editable: np.ndarray) -> tuple[int, ...]:
     """Per code cell of the prompt's first image (raster order): its code where ``editable`` is False, else -1."""
     start = prompt_ids.index(engine.layout.boi)
-    cells = editable.size
-    span = prompt_ids[start + 1:start + engine.layout.span.image_tokens()]
+    span = prompt_ids[start + 1:start + engine.layout.span.image_tokens(editable.shape)]
     codes = [t for t in span if t in engine.layout.code_of]
-    return tuple(-1 if free else code for code, free in zip(codes[:cells], editable.ravel().tolist(), strict=True))
+    return tuple(-1 if free else code for code, free in zip(codes, editable.ravel().tolist(), strict=True))
 
 
 async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
-                       size_param: str = "image_size", kept: tuple[int, ...] = ()) -> RequestOptions:
+                       size_param: str = "image_size", kept: tuple[int, ...] = (),
+                       editable: np.ndarray | None = None) -> RequestOptions:
     """The request's options: its modalities, its image sampling fields (else the checkpoint family's), the grid
-    of the image size it asks for (a masked edit's: its input image's), guidance, and a seed for a reply that
-    may write images."""
+    of the image size it asks for (a masked edit's: its input image's, whose cells ``editable`` maps), guidance,
+    and a seed for a reply that may write images."""
     try:
         mode = mode_of(req.modalities)
     except ValueError as exc:
@@ -87,12 +87,12 @@ async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCom
     image = {name: getattr(req, name) if getattr(req, name) is not None else getattr(family, name)
              for name in ("image_temperature", "image_top_k", "image_top_p")}
     grid = _image_grid(engine, req.image_size, size_param) if mode != TEXT_ONLY else None
-    if kept:
-        native = (engine.layout.span.native_grid,) * 2
-        if req.image_size not in (None, "auto") and grid not in (None, native):
+    if editable is not None:
+        own = tuple(editable.shape)
+        if req.image_size not in (None, "auto") and grid not in (None, own):
             raise BadRequest(f"{size_param}: a masked edit keeps its input image's size; use 'auto'",
                              param=size_param)
-        grid = native if engine.layout.span.rows_framed else None
+        grid = own if engine.layout.span.rows_framed else None
     scale, uncond = await _guidance(engine, settings, req, mode)
     return _checked(mode=mode, seed=_request_seed(req.seed, mode), cfg_scale=scale, uncond_prompt=uncond,
                     image_grid=grid, kept_codes=kept, **image)
@@ -129,17 +129,17 @@ def _checked(**fields) -> RequestOptions:
 
 
 def _image_grid(engine: ChameleonEngine, size: str | None, param: str) -> tuple[int, int] | None:
-    """The grid of a ``"WxH"`` size for a checkpoint whose images vary in size (Lumina-mGPT); None where the
-    checkpoint writes one size (or none: the sampling check refuses image output then)."""
+    """The grid of a ``"WxH"`` size for a checkpoint whose images vary in size (Lumina-mGPT, Emu3); None where
+    the checkpoint writes one size (or none: the sampling check refuses image output then)."""
     if not engine.can_paint:
         return None
     if size in (None, "auto"):
         grid = engine.image_grid
-    elif size in engine.image_sizes:
-        grid = engine.image_sizes[size]
     else:
-        raise BadRequest(f"{param} {size!r} is not a size this model writes: 'auto' or one of "
-                         f"{', '.join(engine.image_sizes)}", param=param)
+        try:
+            grid = engine.image_sizes.grid(size)
+        except ValueError as exc:
+            raise BadRequest(f"{param}: {exc}", param=param) from None
     return grid if engine.layout.span.rows_framed else None
 
 

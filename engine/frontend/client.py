@@ -13,7 +13,6 @@ images the model writes (VQGAN decoder + PNG).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -39,6 +39,7 @@ from engine.frontend.vqgan import (
     load_meta_vqgan,
 )
 from engine.shared.families import CHAMELEON, Family
+from engine.shared.processor_settings import processor_settings
 from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import CheckpointError, TokenLayout
 from engine.worker.private_kv import kv_bytes_per_token
@@ -68,6 +69,11 @@ class ImageTokenizer:
     @property
     def pixels_per_code(self) -> int:
         return self.vqmodel.pixels_per_code
+
+    def editable_cells(self, mask: Image.Image) -> np.ndarray:
+        """An edit's mask (the size of its image) as the [rows, cols] cells of that image's codes that the
+        reply may change: the native square."""
+        return self.preprocess.editable_cells(mask, self.layout.span.native_grid)
 
     def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
         """BOI + code ids + EOI for each image, in batched encoder passes of bounded pixels."""
@@ -133,14 +139,9 @@ class ImagePainter:
 
 
 def processor_chat_template(model_dir: str | Path) -> str | None:
-    """The chat template a processor saves beside the tokenizer (``chat_template.jinja`` or, as older
-    transformers wrote it, ``chat_template.json``); None where there is none."""
-    folder = Path(model_dir)
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
-    if (folder / "chat_template.json").is_file():
-        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
-    return None
+    """The chat template a processor saves beside the tokenizer, as transformers finds it (``chat_template.jinja``
+    or, as older transformers wrote it, ``chat_template.json``); None where there is none."""
+    return processor_settings(model_dir).get("chat_template")
 
 
 def _image_codec(model_dir: str, family: Family, decoder: Path | None,
@@ -248,7 +249,7 @@ class ChameleonEngine:
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
-        self.preprocess = image_tokenizer.preprocess  # the geometry of input images (and of an edit's mask)
+        self.editable_cells = image_tokenizer.editable_cells  # an edit's mask -> the cells of its image's codes
         self.tokenizer = llm.get_tokenizer()
         # the tokenizer's chat template, else the processor's saved beside it (Emu3's -hf folders keep it there)
         self.chat_template = getattr(self.tokenizer, "chat_template", None) or \
@@ -256,9 +257,9 @@ class ChameleonEngine:
         self.max_model_len = max_model_len
         self._encoder = MicroBatcher(image_tokenizer.encode_spans)
         self._painter = MicroBatcher(painter.paint) if painter else None
-        # "WxH" -> (rows, codes per row) of the images this checkpoint writes, the default first; {} without a decoder
-        self.image_sizes = family.image_sizes(self.layout.span, image_tokenizer.pixels_per_code, model_dir) \
-            if painter else {}
+        self.pixels_per_code = image_tokenizer.pixels_per_code
+        # the sizes this checkpoint writes; None without a decoder
+        self.image_sizes = family.image_sizes(self.layout.span, self.pixels_per_code, model_dir) if painter else None
 
     @classmethod
     def start(cls, engine_args, family: Family, vqgan: Path | None = None,
@@ -305,12 +306,12 @@ class ChameleonEngine:
     @property
     def can_paint(self) -> bool:
         """Whether image output is possible: a VQGAN decoder was found."""
-        return bool(self.image_sizes)
+        return self.image_sizes is not None
 
     @property
     def image_grid(self) -> tuple[int, int] | None:
         """(rows, codes per row) of an image written without an asked size."""
-        return next(iter(self.image_sizes.values()), None)
+        return self.image_sizes.default if self.image_sizes is not None else None
 
     async def paint_images(self, images: list[ImageCodes]) -> list[bytes]:
         """PNG bytes for each generated image."""

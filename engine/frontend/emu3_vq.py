@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.frontend.images import ImageInputError, cells_under, transparent_area
 from engine.frontend.vqgan import images_per_pass, read_hf_vq_state
-from engine.shared.families.emu3 import VQ_PREFIXES
+from engine.shared.families.emu3 import MAX_SIDE, VQ_PREFIXES, image_processor
 from engine.shared.vocab import CheckpointError, TokenLayout
 
 
@@ -36,7 +37,7 @@ class Emu3VQ:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device) -> Emu3VQ:
-        from transformers import Emu3ImageProcessor, Emu3VQVAE, Emu3VQVAEConfig
+        from transformers import Emu3VQVAE, Emu3VQVAEConfig
 
         model_dir = Path(model_dir)
         config = json.loads((model_dir / "config.json").read_text())
@@ -46,8 +47,7 @@ class Emu3VQ:
         if missing or unexpected:
             raise CheckpointError(f"{source}: Emu3 VQ weights do not match vq_config: missing {missing[:8]}, "
                                   f"unexpected {unexpected[:8]}")
-        processor = Emu3ImageProcessor.from_pretrained(model_dir)
-        return cls(vqmodel.to(device).eval(), processor, device)
+        return cls(vqmodel.to(device).eval(), image_processor(model_dir), device)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> list[torch.Tensor]:
@@ -81,11 +81,31 @@ class Emu3ImageTokenizer:
 
     layout: TokenLayout
     vq: Emu3VQ
-    preprocess = None  # no fixed square geometry: masked edits, which need one, are refused (Family.masked_edits)
 
     @property
     def pixels_per_code(self) -> int:
         return self.vq.pixels_per_code
+
+    def editable_cells(self, mask: Image.Image) -> np.ndarray:
+        """An edit's mask (the size of its image) as the [rows, cols] cells of that image's codes that the
+        reply may change: the grid the processor resizes the image to (``smart_resize``), the mask resized as
+        the image is."""
+        from transformers.models.emu3.image_processing_emu3 import smart_resize
+
+        processor, f = self.vq.processor, self.pixels_per_code
+        height, width = mask.height, mask.width
+        if processor.do_resize:
+            try:
+                height, width = smart_resize(height, width, processor.spatial_factor, processor.min_pixels,
+                                             processor.max_pixels)
+            except ValueError as e:
+                raise ImageInputError(f"the image cannot be read: {e}") from None
+        rows, cols = height // f, width // f
+        if height % f or width % f or not 1 <= max(rows, cols) <= MAX_SIDE:
+            raise ImageInputError(f"the image is read as {width}x{height} pixels, which is no grid of "
+                                  f"{MAX_SIDE} codes a side at most of {f} px each: an edit writes its image's grid")
+        area = transparent_area(mask).resize((width, height), resample=Image.Resampling.BILINEAR)
+        return cells_under(np.array(area), rows, cols)
 
     def encode_spans(self, images: list[Image.Image]) -> list[list[int]]:
         return [self.layout.image_span(c) for c in self.vq.encode_images(images)]

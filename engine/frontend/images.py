@@ -17,6 +17,7 @@ import PIL.Image
 import torch
 
 from engine.shared.families import CHAMELEON, Family
+from engine.shared.processor_settings import image_processor_settings
 from engine.shared.vocab import CheckpointError
 
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -97,21 +98,16 @@ class ImagePreprocessor:
 
     @classmethod
     def from_checkpoint(cls, model_dir: str | Path, family: Family = CHAMELEON) -> ImagePreprocessor:
-        """Read ``processor_config.json`` (nested ``image_processor``) or ``preprocessor_config.json``; a
-        ``family`` whose folders come without either gets :meth:`meta_tokenizer`'s."""
-        model_dir = Path(model_dir)
-        nested, flat = model_dir / "processor_config.json", model_dir / "preprocessor_config.json"
-        settings = json.loads(nested.read_text()).get("image_processor") if nested.exists() else None
-        source = nested
-        if settings is None and flat.exists():
-            settings, source = json.loads(flat.read_text()), flat
+        """The image processor's settings as transformers finds them (``engine/shared/processor_settings.py``);
+        a ``family`` whose folders come without any gets :meth:`meta_tokenizer`'s."""
+        settings = image_processor_settings(model_dir)
         if settings is not None:
-            return cls.from_settings(settings, source)
-        config = json.loads((model_dir / "config.json").read_text())
+            return cls.from_settings(settings, model_dir)
+        config = json.loads((Path(model_dir) / "config.json").read_text())
         if not family.processor_config_required and config.get("vq_config"):
             return cls.meta_tokenizer(int(config["vq_config"]["resolution"]))
-        raise CheckpointError(f"{model_dir}: no image-processor settings in processor_config.json "
-                              "or preprocessor_config.json")
+        raise CheckpointError(f"{model_dir}: no image-processor settings (processor_config.json, or "
+                              "preprocessor_config.json as published checkpoints have them)")
 
     @classmethod
     def meta_tokenizer(cls, resolution: int) -> ImagePreprocessor:
@@ -183,25 +179,35 @@ class ImagePreprocessor:
         return arr.astype(np.float32)
 
     def editable_cells(self, mask: PIL.Image.Image, grid: int) -> np.ndarray:
-        """OpenAI's edit mask (fully transparent pixels mark the area to change, the mask the size of the image)
-        as a ``grid`` x ``grid`` boolean map of the image's code cells: the mask goes through this image's
-        resize and crop, and a cell is editable if any of its pixels was transparent."""
-        if "A" not in mask.getbands() and not (mask.mode == "P" and "transparency" in mask.info):
-            raise ImageInputError("the mask has no alpha channel: its fully transparent pixels mark the area to edit")
-        alpha = np.array(mask.convert("RGBA"))[..., 3]
-        transparent = PIL.Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+        """OpenAI's edit mask (the size of the image) as a ``grid`` x ``grid`` boolean map of the image's code
+        cells: the mask goes through this image's resize and crop (:func:`cells_under`)."""
+        transparent = transparent_area(mask)
         if self.do_resize:
             h, w = self._resize_hw(*mask.size)
             transparent = transparent.resize((w, h), resample=PIL.Image.Resampling.BILINEAR)  # edges spread
-        arr = _center_crop(np.array(transparent)[None], *self.crop_size)[0]
-        cell_h, cell_w = self.crop_size[0] // grid, self.crop_size[1] // grid
-        return arr.reshape(grid, cell_h, grid, cell_w).max(axis=(1, 3)) > 0
+        return cells_under(_center_crop(np.array(transparent)[None], *self.crop_size)[0], grid, grid)
 
     def __call__(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """PIL images -> float32 [B, 3, crop_h, crop_w] VQGAN input."""
         if not images:
             return torch.empty(0, 3, *self.crop_size)
         return torch.from_numpy(np.stack([self._one(img) for img in images]))
+
+
+def transparent_area(mask: PIL.Image.Image) -> PIL.Image.Image:
+    """The fully transparent pixels of OpenAI's edit mask, which mark the area to change, as 255 in an 8-bit
+    map (0 elsewhere)."""
+    if "A" not in mask.getbands() and not (mask.mode == "P" and "transparency" in mask.info):
+        raise ImageInputError("the mask has no alpha channel: its fully transparent pixels mark the area to edit")
+    alpha = np.array(mask.convert("RGBA"))[..., 3]
+    return PIL.Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+
+
+def cells_under(area: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A [H, W] map of the image as the VQ model reads it -> [rows, cols]: a cell is editable if any of its
+    pixels is marked."""
+    height, width = area.shape
+    return area.reshape(rows, height // rows, cols, width // cols).max(axis=(1, 3)) > 0
 
 
 def _center_crop(arr: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:

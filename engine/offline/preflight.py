@@ -13,6 +13,7 @@ from engine.frontend.images import ImagePreprocessor
 from engine.frontend.vqgan import VQGANConfig
 from engine.shared.families import for_architectures, served_architectures
 from engine.shared.families.emu3 import spatial_factor
+from engine.shared.processor_settings import image_processor_settings
 from engine.shared.vocab import CheckpointError, TokenLayout
 
 
@@ -63,19 +64,15 @@ def _check_emu3(model_dir: Path, config: dict, layout: TokenLayout) -> Path:
         raise CheckpointError(f"{config_path}: vq_config has {codes} codes but vocabulary_map has "
                               f"{layout.codebook_size} visual tokens: the tokenizer and the VQ model are from "
                               "different models")
-    processor_path = model_dir / "preprocessor_config.json"
-    if not processor_path.is_file():
-        processor_path = model_dir / "processor_config.json"
-    try:
-        settings = json.loads(processor_path.read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"{model_dir}: no readable preprocessor_config.json: Emu3's image processor settings "
-                              "(Emu3ImageProcessor) are needed to read images") from None
-    settings = settings.get("image_processor", settings)
+    settings = image_processor_settings(model_dir)
+    if settings is None:
+        raise CheckpointError(f"{model_dir}: no image-processor settings (processor_config.json, or "
+                              "preprocessor_config.json as published): Emu3's image processor (Emu3ImageProcessor) "
+                              "is needed to read images")
     factor = spatial_factor(config)
     if settings.get("spatial_factor", 8) != factor:
-        raise CheckpointError(f"{processor_path}: spatial_factor {settings.get('spatial_factor')} but the VQ model "
-                              f"downsamples by {factor}")
+        raise CheckpointError(f"{model_dir}: the image processor's spatial_factor {settings.get('spatial_factor')} "
+                              f"but the VQ model downsamples by {factor}")
     return model_dir
 
 

@@ -10,8 +10,8 @@ byte-level BPE ``tokenizer.json`` whose special tokens follow Emu3's order (``<|
 ``<|im_end|>``, ``<|extra_0..204|>`` with ``<|extra_0|>`` renamed ``<image>``, ``<|image token|>``,
 ``<|image start|>``, ``<|image end|>``, then one ``<|visual token NNNNNN|>`` per code); bos ``<|extra_203|>``,
 eos ``<|extra_204|>``, pad ``<|endoftext|>``, and the processor's named tokens in ``tokenizer_config.json``.
-The image processor keeps the published values except ``min_pixels`` = ``max_pixels`` = the tiny grid's
-square, so small images give small grids.
+The image processor keeps the published values except its pixel range: from a square of half the tiny
+grid's side to that grid's square, so small images give small grids and several sizes can be asked for.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def make_tiny_emu3(dst: Path, spec: TinySpec) -> Path:
     tokenizer, vocab = _tokenizer(spec.codebook_size)
     side = spec.grid * _SPATIAL_FACTOR
     image_processor = Emu3ImageProcessor(resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                                         min_pixels=side * side, max_pixels=side * side,
+                                         min_pixels=(side // 2) ** 2, max_pixels=side * side,
                                          spatial_factor=_SPATIAL_FACTOR)
     processor = Emu3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(dst)

@@ -107,8 +107,9 @@ class SpanGrammar:
         self.top_k = np.zeros(max_slots, dtype=np.int64)
         self.top_p = np.ones(max_slots, dtype=np.float32)
         self.seed = np.zeros(max_slots, dtype=np.int64)  # every image draw is counter-based on this seed
-        # Masked edits: per slot, the token written at each code cell of a native-grid image (the input's code
-        # outside the mask), -1 where one is sampled; rows of slots without a mask are never read.
+        # Masked edits: per slot, the token written at each code cell of its image (the input's code outside the
+        # mask), -1 where one is sampled; rows of slots without a mask are never read. As wide as the largest
+        # edit's grid so far (Emu3 edits at each input image's own grid).
         self.has_kept = np.zeros(max_slots, dtype=bool)
         self.kept = np.full((max_slots, native * native), -1, dtype=np.int64)
         self._kept_t = torch.from_numpy(self.kept).to(self.device)
@@ -147,17 +148,24 @@ class SpanGrammar:
         self.top_k[slot] = params.image_top_k
         self.top_p[slot] = params.image_top_p
         self.seed[slot] = _request_seed(params.seed) if params.mode != TEXT_ONLY else 0
-        self._set_kept(slot, params.kept_codes if grid == (self.format.native_grid,) * 2 else ())
+        self._set_kept(slot, params.kept_codes if len(params.kept_codes) == grid[0] * grid[1] else ())
         self.resync(slot, tail, num_output)
 
     def _set_kept(self, slot: int, kept: Sequence[int]) -> None:
-        """A masked edit's cells (``RequestOptions.kept_codes``); ids that are not image codes are sampled, and a
-        list of the wrong length (the server refuses those) means no mask."""
-        self.has_kept[slot] = len(kept) == self.kept.shape[1]
-        if self.has_kept[slot]:
-            row = np.asarray(kept, dtype=np.int64)
-            self.kept[slot] = np.where(np.isin(row, self.layout.code_to_id), row, -1)
-            self._kept_t[slot] = to_device(self.kept[slot], self.device)
+        """A masked edit's cells (``RequestOptions.kept_codes``, one per cell of the slot's grid; ``()``: no mask);
+        ids that are not image codes are sampled. A grid wider than the table widens it: a reallocation when a
+        request is added, never in a step."""
+        self.has_kept[slot] = bool(kept)
+        if not kept:
+            return
+        if len(kept) > self.kept.shape[1]:
+            wider = np.full((len(self.kept), len(kept)), -1, dtype=np.int64)
+            wider[:, :self.kept.shape[1]] = self.kept
+            self.kept, self._kept_t = wider, torch.from_numpy(wider).to(self.device)
+        row = np.asarray(kept, dtype=np.int64)
+        self.kept[slot] = -1
+        self.kept[slot, :len(row)] = np.where(np.isin(row, self.layout.code_to_id), row, -1)
+        self._kept_t[slot] = to_device(self.kept[slot], self.device)
 
     def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
         """Place ``slot`` from its committed history (entry, resumption, or several new tokens)."""

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 
 from engine.frontend.client import ChameleonEngine
 from engine.frontend.images import ImageInputError, decode_image, decode_keeping_alpha
+from engine.shared.image_sizes import size_name
 from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
 from schemas.images import (
     SCHEMA_SIZES,
@@ -98,9 +99,6 @@ def _data_url(content_type: str, data: bytes) -> str:
 
 async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, mask: bytes) -> np.ndarray:
     """The code cells of ``image`` that ``mask`` marks for change (``ImagePreprocessor.editable_cells``)."""
-    if not settings.family.masked_edits:
-        raise BadRequest("masked edits need a checkpoint whose input images have one fixed size; this one "
-                         "keeps each image's aspect ratio (edit without a mask)", param="mask")
 
     def cells() -> np.ndarray:
         try:
@@ -112,7 +110,7 @@ async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, m
             raise BadRequest(f"the mask is {drawn.size[0]}x{drawn.size[1]} pixels but the image {size[0]}x{size[1]}:"
                              " they must be the same size", param="mask")
         try:
-            return engine.preprocess.editable_cells(drawn, engine.layout.span.native_grid)
+            return engine.editable_cells(drawn)
         except ImageInputError as exc:
             raise BadRequest(str(exc), param="mask") from None
 
@@ -146,7 +144,8 @@ async def _images(req: ImageRequest, content: list, kind: str, request: Request,
     data = [ImageData(b64_json=await shape.b64(png), token_ids=ids if req.return_token_ids else None)
             for png, ids in images]
     return ImagesResponse(created=int(time.time()), data=data, background="opaque", output_format=req.output_format,
-                          size=shape.schema_size, quality=shape.schema_quality, usage=shape.usage(output_tokens))
+                          size=shape.schema_size, quality=shape.schema_quality, usage=shape.usage(output_tokens),
+                          image_size=shape.size)
 
 
 class _Shape:
@@ -155,9 +154,10 @@ class _Shape:
     def __init__(self, req: ImageRequest, engine: ChameleonEngine,
                  prepared: Prepared) -> None:
         self.req = req
-        size = req.size if req.size in engine.image_sizes else next(iter(engine.image_sizes), None)
+        grid = prepared.options.image_grid or engine.image_grid
+        self.size = size_name(grid, engine.pixels_per_code)  # what is written, whatever was asked
         # What OpenAI's schemas can say of them (events say "auto" where these are None)
-        self.schema_size = size if size in SCHEMA_SIZES else None
+        self.schema_size = self.size if self.size in SCHEMA_SIZES else None
         self.schema_quality = req.quality if req.quality in ("low", "medium", "high") else None
         prompt = prepared.prompt.token_ids
         image_tokens = count_image_tokens(engine, prompt)
@@ -173,7 +173,8 @@ class _Shape:
 
     async def event(self, kind: str, image: PNG | Preview, **fields) -> str:
         event = ImageStreamEvent(type=kind, b64_json=await self.b64(image), created_at=int(time.time()),
-                                 size=self.schema_size or "auto", quality=self.schema_quality or "auto",
+                                 size=self.schema_size or "auto", image_size=self.size,
+                                 quality=self.schema_quality or "auto",
                                  background=self.req.background, output_format=self.req.output_format, **fields)
         return f"event: {kind}\ndata: {event.model_dump_json()}\n\n"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
 from server.deps import get_settings
@@ -30,11 +30,14 @@ async def page() -> FileResponse:
 
 
 @router.get("/playground/config")
-async def config(settings: Settings = Depends(get_settings)) -> dict:
-    """What the page needs before its first request: the model name, whether to ask for a key, and whether
-    its images can be edited with a mask."""
+async def config(request: Request, settings: Settings = Depends(get_settings)) -> dict:
+    """What the page needs before its first request: the model name, whether to ask for a key, and the image
+    sizes to offer (``"WxH"`` -> its label, the default first; null while the model loads, empty where it
+    writes no images)."""
+    engine = request.app.state.engine
+    sizes = None if engine is None else engine.image_sizes.offered if engine.can_paint else {}
     return {"model": settings.served_model_name, "api_key_required": settings.api_key is not None,
-            "masked_edits": settings.family.masked_edits}
+            "image_sizes": sizes}
 
 
 @router.get("/playground/{name}")

@@ -11,7 +11,6 @@ const state = {
   attachments: [],  // {name, url} data URLs waiting for the next message
   abort: null,      // AbortController of the request in flight
   images: 0,        // numbering for download names
-  maskedEdits: true,  // whether the model takes masked edits (/playground/config)
 };
 
 class ApiError extends Error {
@@ -66,6 +65,8 @@ function requestBody() {
   }
   const previews = $("partial_images").value.trim();
   if (body.modalities.includes("image") && previews !== "") body.stream_options.partial_images = Number(previews);
+  const size = $("image_size").value;
+  if (body.modalities.includes("image") && size !== "auto") body.image_size = size;
   return body;
 }
 
@@ -280,10 +281,8 @@ async function converse(content, request, onEvent) {
 
 const editor = {source: null, painted: false, drawing: false};
 
-// An Edit button for an image, where the model can keep an image's unpainted area (not Emu3's: its input
-// images keep their own size); none elsewhere.
+// An Edit button for an image: the model keeps the image's unpainted area.
 function editButtons(url) {
-  if (!state.maskedEdits) return [];
   const button = element("button", {type: "button", class: "edit", text: "Edit"});
   button.addEventListener("click", () => openEditor(url));
   return [button];
@@ -415,12 +414,24 @@ async function start() {
     if (!response.ok) throw await errorOf(response);
     const config = await response.json();
     state.model = config.model;
-    state.maskedEdits = config.masked_edits;
     $("model").textContent = config.model;
     $("key-box").hidden = !config.api_key_required;
+    offerSizes(config.image_sizes);
   } catch (error) {
     banner(error instanceof ApiError ? error.describe() : `Could not reach the server: ${error.message}`);
   }
+}
+
+// The sizes the model writes, "WxH" -> label; null while it loads: asked again until it is up.
+function offerSizes(sizes) {
+  if (sizes === null) {
+    setTimeout(() => fetch("/playground/config").then((r) => r.json()).then((c) => offerSizes(c.image_sizes))
+      .catch(() => offerSizes(null)), 2000);
+    return;
+  }
+  $("image_size").replaceChildren(element("option", {value: "auto", text: "auto"}),
+    ...Object.entries(sizes).map(([size, label]) =>
+      element("option", {value: size, text: label === size ? size : `${label} (${size})`})));
 }
 
 function wire() {

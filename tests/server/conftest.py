@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,14 +85,16 @@ def stop_server(server: LiveServer) -> None:
         server.process.kill()
 
 
-def serve_made_tiny(tmp_path_factory: pytest.TempPathFactory, family: str, grid: int,
-                    codebook_size: int) -> Iterator[LiveServer]:
-    """A tiny ``family`` checkpoint written as users write one (``chameleon-serve make-tiny``), served until
-    the generator is closed (a module fixture's ``yield from``)."""
+def serve_made_tiny(tmp_path_factory: pytest.TempPathFactory, family: str, grid: int, codebook_size: int,
+                    resave: Callable[[Path, Path], Path] | None = None) -> Iterator[LiveServer]:
+    """A tiny ``family`` checkpoint written as users write one (``chameleon-serve make-tiny``), or as ``resave``
+    writes that folder into another, served until the generator is closed (a module fixture's ``yield from``)."""
     model_dir = tmp_path_factory.mktemp(family) / f"tiny-{family}"
     subprocess.run([sys.executable, "-m", "server.cli", "make-tiny", str(model_dir), "--family", family,
                     "--grid", str(grid), "--codebook-size", str(codebook_size)], check=True, capture_output=True,
                    timeout=600)
+    if resave is not None:
+        model_dir = resave(model_dir, model_dir.with_name(f"{model_dir.name}-resaved"))
     live = start_server(model_dir, tmp_path_factory.mktemp(f"{family}-logs") / "server.log")
     yield live
     stop_server(live)

@@ -1,7 +1,9 @@
-"""A tiny Emu3 checkpoint in BAAI's ``-hf`` layout (written by ``make-tiny --family emu3`` with transformers'
-own Emu3 classes) served through the CLI, against transformers as the oracle (``tests/emu3_reference.py``):
-input images' codes, greedy text after an image, greedy images (plain and guided) token for token, PNGs to
-within 1/255, non-square sizes, and every route and stream on it."""
+"""A tiny Emu3 checkpoint (written by ``make-tiny --family emu3`` with transformers' own Emu3 classes in BAAI's
+``-hf`` layout, its processor then saved again as today's transformers saves it) served through the CLI,
+against transformers as the oracle (``tests/emu3_reference.py``): input images' codes, greedy text after an
+image, greedy images (plain and guided) token for token, PNGs to within 1/255, any size its processor writes,
+masked edits, and every route and stream on it. Both processor layouts give the same: see
+``tests/unit/frontend/test_processor_layouts.py``."""
 
 from __future__ import annotations
 
@@ -16,17 +18,18 @@ import torch
 from conftest import MODEL, serve_made_tiny
 from emu3_reference import decoded_pixels, emu3_model, greedy_image, guided_greedy_image, image_prefix
 from PIL import Image
+from processor_layouts import as_saved_today
 from testimages import data_url, noise_image
 
 from engine.shared.families.emu3 import NEGATIVE_PROMPT, POSITIVE_PROMPT
 from engine.shared.vocab import TokenLayout
 
-GRID = 4  # the square default: 4x4 codes, 32x32 px
+GRID = 4  # the square default: 4x4 codes, 32x32 px (its image processor takes 256 to 1,024 px)
 
 
 @pytest.fixture(scope="module")
 def emu3(tmp_path_factory):
-    yield from serve_made_tiny(tmp_path_factory, "emu3", GRID, 512)
+    yield from serve_made_tiny(tmp_path_factory, "emu3", GRID, 512, resave=as_saved_today)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_transformers_loads_the_checkpoint_unchanged(emu3):
     processor = Emu3Processor.from_pretrained(emu3.model_dir)
     assert processor.fake_token_around_image == "<|image token|>" and processor.eof_token == "<|extra_201|>"
     files = {p.name for p in emu3.model_dir.iterdir()}
-    assert {"config.json", "preprocessor_config.json", "tokenizer.json", "chat_template.json"} <= files
+    assert {"config.json", "processor_config.json", "tokenizer.json", "chat_template.jinja"} <= files
     config = json.loads((emu3.model_dir / "config.json").read_text())
     assert {"text_config", "vq_config", "vocabulary_map"} <= set(config)
 
@@ -113,7 +116,7 @@ def _png(resp) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
 
-@pytest.mark.parametrize(("size", "grid"), [(None, (GRID, GRID)), ("40x24", (3, 5))])
+@pytest.mark.parametrize(("size", "grid"), [(None, (GRID, GRID)), ("40x24", (3, 5)), ("64x16", (2, 8))])
 def test_greedy_image_and_png_equal_transformers(emu3, reference, layout, size, grid):
     rows, cols = grid
     resp = _image_reply(emu3, size)
@@ -158,10 +161,16 @@ def test_guided_greedy_image_equals_two_forward_reference(emu3, reference, negat
     assert written != _image_reply(emu3).choices[0].token_ids  # guidance changed the image
 
 
-def test_sizes_it_cannot_write_are_400_listing_those_it_can(emu3):
-    with pytest.raises(openai.BadRequestError) as err:
-        emu3.client().images.generate(model=MODEL, prompt="x", size="1024x1024")
-    assert "32x32" in str(err.value) and "40x24" in str(err.value)
+def test_any_size_the_processor_writes_and_a_400_with_the_rule_outside_it(emu3):
+    """Sizes round to whole codes as ``calculate_generate_size`` rounds; the response names what is written."""
+    client = emu3.client()
+    image = client.images.generate(model=MODEL, prompt="a boat", size="63x17", response_format="b64_json")
+    assert Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json))).size == (64, 16)
+    assert image.model_extra["image_size"] == "64x16"
+    for size in ["1024x1024", "16x8", "60x60"]:  # too many pixels, too few, and 64x64 > 1,024 px
+        with pytest.raises(openai.BadRequestError) as err:
+            client.images.generate(model=MODEL, prompt="x", size=size)
+        assert "256 to 1024 pixels in all" in str(err.value) and err.value.body["param"] == "size"
 
 
 def test_images_responses_completions_and_previews(emu3):
@@ -199,17 +208,54 @@ def test_text_reply_with_image_has_no_size_text(emu3, layout):
     assert resp.usage.completion_tokens_details.image_tokens == sum(layout.span_mask(written)) >= one
 
 
-def test_edits_without_a_mask_and_masked_ones_refused(emu3):
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_edits_without_a_mask(emu3):
     client = emu3.client()
     before = emu3.metric("chameleon:images_generated_total")
-    picture = io.BytesIO()
-    noise_image(3, size=(32, 32)).save(picture, "PNG")
-    edit = client.images.edit(model=MODEL, image=("in.png", picture.getvalue(), "image/png"), prompt="make it red")
+    edit = client.images.edit(model=MODEL, image=("in.png", _png_bytes(noise_image(3, size=(32, 32))), "image/png"),
+                              prompt="make it red")
     assert Image.open(io.BytesIO(base64.b64decode(edit.data[0].b64_json))).size == (32, 32)
     assert emu3.metric("chameleon:images_generated_total") == before + 1
-    mask = io.BytesIO()
-    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(mask, "PNG")
+
+
+def test_a_masked_edit_keeps_every_code_outside_the_mask_at_the_images_own_grid(emu3, reference, layout):
+    """A 40x24 input stays 40x24 in the processor's range: 3 rows of 5 codes, its own grid, not the default."""
+    from transformers import Emu3Processor
+
+    image = noise_image(8, size=(40, 24))
+    pixels = Emu3Processor.from_pretrained(emu3.model_dir).image_processor(image, return_tensors="pt")
+    ids = reference.model.get_image_tokens(pixels["pixel_values"], pixels["image_sizes"]).tolist()  # rows and EOLs
+    codes = np.array([t for t in ids if t in layout.code_of]).reshape(3, 5)
+    mask = Image.new("RGBA", (40, 24), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 16, 24))  # the two left columns of codes (8 px each) change
+    edit = emu3.client().images.edit(
+        model=MODEL, image=("in.png", _png_bytes(image), "image/png"), mask=("mask.png", _png_bytes(mask), "image/png"),
+        prompt="change the left", extra_body={"return_token_ids": True, "seed": 5})
+    assert Image.open(io.BytesIO(base64.b64decode(edit.data[0].b64_json))).size == (40, 24)
+    written = [t for t in edit.data[0].model_extra["token_ids"] if t in layout.code_of]
+    written = np.array(written).reshape(3, 5)
+    assert (written[:, 2:] == codes[:, 2:]).all()
+    assert (written[:, :2] != codes[:, :2]).any()
+
+
+def test_a_mask_that_cannot_map_is_400(emu3):
+    image = noise_image(8, size=(40, 24))
+    with pytest.raises(openai.BadRequestError) as err:  # not the image's size
+        emu3.client().images.edit(model=MODEL, image=("in.png", _png_bytes(image), "image/png"), prompt="x",
+                                  mask=("mask.png", _png_bytes(Image.new("RGBA", (24, 40))), "image/png"))
+    assert "the same size" in str(err.value) and err.value.body["param"] == "mask"
+    with pytest.raises(openai.BadRequestError) as err:  # the edit keeps the image's grid
+        emu3.client().images.edit(model=MODEL, image=("in.png", _png_bytes(image), "image/png"), prompt="x",
+                                  size="32x32",
+                                  mask=("mask.png", _png_bytes(Image.new("RGBA", (40, 24))), "image/png"))
+    assert "keeps its input image's size" in str(err.value) and err.value.body["param"] == "size"
+    thin = noise_image(8, size=(500, 2))  # beyond the processor's aspect ratio of 200
     with pytest.raises(openai.BadRequestError) as err:
-        client.images.edit(model=MODEL, image=("in.png", picture.getvalue(), "image/png"), prompt="x",
-                           mask=("mask.png", mask.getvalue(), "image/png"))
-    assert "masked edits" in str(err.value) and err.value.body["param"] == "mask"
+        emu3.client().images.edit(model=MODEL, image=("in.png", _png_bytes(thin), "image/png"), prompt="x",
+                                  mask=("mask.png", _png_bytes(Image.new("RGBA", (500, 2))), "image/png"))
+    assert "aspect ratio" in str(err.value) and err.value.body["param"] == "mask"

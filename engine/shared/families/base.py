@@ -11,6 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from engine.shared.image_sizes import ListedSizes, RoundedSizes, size_name
+from engine.shared.processor_settings import processor_settings
 from engine.shared.span_format import SpanFormat
 
 if TYPE_CHECKING:
@@ -59,7 +61,6 @@ class Family:
     # The VQ model: Meta's VQGAN ("vqgan"), or transformers' Emu3VQVAE ("emu3"); the front end and the tiny
     # writer (transformers' Chameleon or Emu3 model classes) follow it.
     codec = "vqgan"
-    masked_edits = True  # input images at one fixed grid, so a mask can keep an image's cells
     plain_image_prompt = False  # image-only replies prompted as BOS + the text, without the chat format
     processor_config_required = True  # False: without one, images get Meta's image-tokenizer preprocessing
     # vocabulary names of the span's ends, the image placeholder of chat templates, and the end of a turn
@@ -93,10 +94,9 @@ class Family:
         return int(config["vocab_size"])
 
     def native_seq_length(self, config: dict, model_dir: Path) -> int:
-        """Codes of the default image: ``processor_config.json``'s ``image_seq_length``, else the square of
-        the VQGAN's resolution over its downsampling."""
-        proc_path = model_dir / "processor_config.json"
-        seq_len = json.loads(proc_path.read_text()).get("image_seq_length") if proc_path.exists() else None
+        """Codes of the default image: the processor's ``image_seq_length``, else the square of the VQGAN's
+        resolution over its downsampling."""
+        seq_len = processor_settings(model_dir).get("image_seq_length")
         if seq_len is None:
             vq = config.get("vq_config") or {}
             grid = vq.get("resolution", 512) // 2 ** (len(vq.get("channel_multiplier", [1, 1, 2, 2, 4])) - 1)
@@ -109,10 +109,10 @@ class Family:
         ``model_dir``, where given, holds the checkpoint's tokenizer."""
         return SpanFormat(native_grid)
 
-    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:
-        """The sizes a checkpoint writes, ``"WxH"`` (pixels) -> (rows, cols) code grid, the default first."""
-        side = span.native_grid * pixels_per_code
-        return {f"{side}x{side}": (span.native_grid, span.native_grid)}
+    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> ListedSizes | RoundedSizes:
+        """The sizes a checkpoint writes: Chameleon's one native square."""
+        grid = (span.native_grid, span.native_grid)
+        return ListedSizes(MappingProxyType({size_name(grid, pixels_per_code): grid}))
 
     def weight_name(self, name: str) -> str | None:
         """Our model's name for the checkpoint's weight ``name``; None for weights it does not hold (the VQ

@@ -21,20 +21,24 @@ repository (github.com/baaivision/Emu3) ``image_generation.py``:
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from engine.shared.families.base import CHAMELEON_MODEL_CLASS, Family, SamplingDefaults
+from engine.shared.image_sizes import RoundedSizes
+from engine.shared.processor_settings import image_processor_settings
 from engine.shared.span_format import SizeText, SpanFormat
+
+if TYPE_CHECKING:
+    from transformers import Emu3ImageProcessor
 
 EMU3_ARCHITECTURE = "Emu3ForConditionalGeneration"
 VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")  # the VQ model's weights: published, and transformers' own names
 EOL_NAME, EOF_NAME, OPENING_NAME = "<|extra_200|>", "<|extra_201|>", "<|image token|>"
 DEFAULT_AREA = 720 * 720  # the authors' image_area
 MAX_SIDE = 512  # codes per side an image may have (4,096 px)
-RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")  # the sizes offered, each at the default area
+RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")  # the sizes offered to pick from, each at the default area
 # baaivision/Emu3 image_generation.py
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
@@ -57,7 +61,6 @@ class Emu3(Family):
     model_class = CHAMELEON_MODEL_CLASS  # Chameleon's decoder without q/k norms is Emu3's Llama
     qk_norm = False
     codec = "emu3"
-    masked_edits = False  # its input images keep their own size and aspect: no fixed grid for a mask's cells
     plain_image_prompt = True  # their image_generation.py: BOS + prompt + the image prefix, no chat template
     sampling = SamplingDefaults(image_temperature=1.0, image_top_k=2048, image_top_p=1.0, cfg_scale=3.0,
                                 negative_prompt=NEGATIVE_PROMPT, image_prompt_suffix=POSITIVE_PROMPT)
@@ -80,35 +83,39 @@ class Emu3(Family):
     def native_seq_length(self, config: dict, model_dir: Path) -> int:
         """The square grid at the authors' area, kept within the pixels the checkpoint's image processor
         accepts (a small test checkpoint writes small images)."""
-        rows, cols = generate_grid("1:1", image_area(model_dir), spatial_factor(config))
+        rows, cols = generate_grid("1:1", default_area(image_processor(model_dir)), spatial_factor(config))
         return rows * cols
 
     def span_format(self, vocabulary_map: dict[str, int], native_grid: int,
                     model_dir: Path | None = None) -> SpanFormat:
-        """The grid in the prefix as the checkpoint's tokenizer (``tokenizer.json``) writes ``H*W``: BAAI's
-        converted tokenizer pre-tokenizes digits as GPT-2 does and merges them; one token per digit where
-        there is no tokenizer file."""
+        """The grid in the prefix as the checkpoint's tokenizer (loaded by transformers) writes ``H*W``: BAAI's
+        converted tokenizer pre-tokenizes digits as GPT-2 does and merges them; one token per digit without a
+        ``model_dir``."""
         needed = [EOL_NAME, EOF_NAME, OPENING_NAME, "*", *"0123456789"]
         if missing := [n for n in needed if n not in vocabulary_map]:
             raise ValueError(f"an Emu3 vocabulary_map needs {missing}")
-        path = Path(model_dir or "") / "tokenizer.json"
-        if model_dir is not None and path.is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(path))
-            numbers = tuple(tuple(e.ids) for e in tokenizer.encode_batch([str(n) for n in range(MAX_SIDE + 1)],
-                                                                          add_special_tokens=False))
+        texts = [str(n) for n in range(MAX_SIDE + 1)]
+        if model_dir is None:
+            numbers = tuple(tuple(vocabulary_map[d] for d in text) for text in texts)
         else:
-            numbers = tuple(tuple(vocabulary_map[d] for d in str(n)) for n in range(MAX_SIDE + 1))
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{model_dir}: its tokenizer cannot be loaded ({e})") from None
+            numbers = tuple(map(tuple, tokenizer(texts, add_special_tokens=False)["input_ids"]))
         size = SizeText(numbers, vocabulary_map["*"], vocabulary_map[OPENING_NAME])
         return SpanFormat(native_grid, vocabulary_map[EOL_NAME], size, trailer=(vocabulary_map[EOF_NAME],))
 
-    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:
-        """Each of :data:`RATIOS` at the checkpoint's area, the square first."""
-        area = image_area(Path(model_dir))
-        grids = dict.fromkeys(generate_grid(r, area, pixels_per_code) for r in RATIOS)
-        return {f"{cols * pixels_per_code}x{rows * pixels_per_code}": (rows, cols) for rows, cols in grids
-                if min(rows, cols) > 0}
+    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> RoundedSizes:
+        """Any size the authors' processor writes, within its image processor's pixels; the square at their
+        area by default, and :data:`RATIOS` at that area to pick from."""
+        processor = image_processor(Path(model_dir))
+        area = default_area(processor)
+        return RoundedSizes(pixels_per_code, processor.min_pixels, processor.max_pixels, MAX_SIDE,
+                            generate_grid("1:1", area, pixels_per_code),
+                            MappingProxyType({r: generate_grid(r, area, pixels_per_code) for r in RATIOS}))
 
     def weight_name(self, name: str) -> str | None:
         """Published names (``text_model.model.*``, ``text_model.lm_head.*``, ``vqmodel.*``) and transformers'
@@ -127,12 +134,18 @@ def spatial_factor(config: dict) -> int:
     return 2 ** (len(config["vq_config"].get("channel_multiplier", [1, 2, 2, 4])) - 1)
 
 
-def image_area(model_dir: Path) -> int:
-    """The authors' area, within ``preprocessor_config.json``'s ``min_pixels``..``max_pixels``."""
-    path = Path(model_dir) / "preprocessor_config.json"
-    settings = json.loads(path.read_text()) if path.is_file() else {}
-    low, high = settings.get("min_pixels", 0), settings.get("max_pixels", math.inf)
-    return int(min(max(DEFAULT_AREA, low), high))
+def image_processor(model_dir: Path) -> Emu3ImageProcessor:
+    """The checkpoint's ``Emu3ImageProcessor`` from its saved settings in either layout; transformers' defaults
+    where it saved none (the preflight refuses such a folder)."""
+    from transformers import Emu3ImageProcessor
+
+    settings = image_processor_settings(model_dir)
+    return Emu3ImageProcessor() if settings is None else Emu3ImageProcessor.from_dict(settings)
+
+
+def default_area(processor: Emu3ImageProcessor) -> int:
+    """The authors' area, within the image processor's ``min_pixels``..``max_pixels``."""
+    return int(min(max(DEFAULT_AREA, processor.min_pixels), processor.max_pixels))
 
 
 EMU3 = Emu3()

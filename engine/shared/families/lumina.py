@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from engine.shared.families.base import Family, SamplingDefaults
+from engine.shared.image_sizes import ListedSizes, size_name
 from engine.shared.span_format import SizeTokens, SpanFormat
 
 if TYPE_CHECKING:
@@ -85,14 +87,14 @@ class Lumina(Family):
         return SpanFormat(native_grid, vocabulary_map[EOL_NAME], SizeTokens(tuple(size_ids), CODES_PER_PATCH),
                           guided_from_boi=True)
 
-    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> dict[str, tuple[int, int]]:
+    def image_sizes(self, span: SpanFormat, pixels_per_code: int, model_dir: str) -> ListedSizes:
         """The trained grids around a square of the checkpoint's target size, the square first (the authors'
         examples ask for it)."""
         patch = CODES_PER_PATCH * pixels_per_code
         target = target_resolution(model_dir, span.native_grid * pixels_per_code)
         grids = lumina_grids(max(1, target // patch), len(span.size.ids) - 1)
         grids.sort(key=lambda g: g[0] != g[1])
-        return {f"{cols * pixels_per_code}x{rows * pixels_per_code}": (rows, cols) for rows, cols in grids}
+        return ListedSizes(MappingProxyType({size_name(g, pixels_per_code): g for g in grids}))
 
     def qk_norm_rows(self, loaded: torch.Tensor, heads: int) -> torch.Tensor:
         """One row per model-parallel rank, repeated over that rank's heads."""

@@ -81,7 +81,7 @@ def test_emu3_folder_and_what_can_be_wrong_with_one(emu3, tmp_path):
     assert refused(bad) == f"{bad / 'config.json'}: no text_config: an Emu3 checkpoint nests its text model's config"
     edit_config(bad, text_config=config["text_config"])
     (bad / "preprocessor_config.json").unlink()
-    assert "no readable preprocessor_config.json" in refused(bad)
+    assert "no image-processor settings" in refused(bad)
     shutil.copy(emu3 / "preprocessor_config.json", bad / "preprocessor_config.json")
     edit_config(bad, vq_config={**config["vq_config"], "channel_multiplier": [1, 2, 4]})
     assert "spatial_factor 8 but the VQ model downsamples by 4" in refused(bad)

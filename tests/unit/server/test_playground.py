@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from starlette.testclient import TestClient
@@ -27,9 +28,20 @@ def test_page_assets_and_config():
         asset = client.get(f"/playground/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(media_type)
     assert client.get("/playground/config").json() == {"model": "tiny", "api_key_required": True,
-                                                        "masked_edits": True}
+                                                        "image_sizes": None}  # null: the model is loading
     assert _client().get("/playground/config").json()["api_key_required"] is False
-    assert _client(family=EMU3).get("/playground/config").json()["masked_edits"] is False  # no Edit buttons
+
+
+def test_config_offers_the_sizes_the_model_writes(tmp_path):
+    """Emu3's common ratios at its default area, within its image processor's range; none without a decoder."""
+    (tmp_path / "preprocessor_config.json").write_text('{"min_pixels": 4096, "max_pixels": 16384}')
+    client = _client(family=EMU3)
+    sizes = EMU3.image_sizes(None, 8, str(tmp_path))
+    client.app.state.engine = SimpleNamespace(can_paint=True, image_sizes=sizes)
+    assert client.get("/playground/config").json()["image_sizes"] == {
+        "128x128": "1:1", "144x112": "4:3", "112x144": "3:4", "168x96": "16:9", "96x168": "9:16"}
+    client.app.state.engine = SimpleNamespace(can_paint=False, image_sizes=None)
+    assert client.get("/playground/config").json()["image_sizes"] == {}
 
 
 @pytest.mark.parametrize("path", ["/playground/index.html", "/playground/..%2Fapp.py", "/playground/nope.js"])

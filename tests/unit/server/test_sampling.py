@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
 from engine.offline.tiny import TinySpec, make_tiny
 from engine.shared.families import CHAMELEON
+from engine.shared.image_sizes import ListedSizes
 from engine.shared.vocab import TokenLayout
 from schemas.chat import ChatCompletionRequest
 from server.pipeline import chat_options
@@ -19,8 +20,9 @@ from server.sampling import sampling_params
 def engine(tmp_path_factory):
     """The fields of ChameleonEngine that sampling_params reads, from a real tiny checkpoint's layout."""
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
-    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes={"64x64": (4, 4)}, can_paint=True,
-                           max_model_len=4096, can_guide=lambda modalities: True)
+    sizes = ListedSizes(MappingProxyType({"64x64": (4, 4)}))
+    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096,
+                           can_guide=lambda modalities: True)
 
 
 def _params(engine, modalities: list[str], **fields):

@@ -97,10 +97,28 @@ def test_splitter_mask_and_input_spans():
 def test_sizes_are_the_authors_ratios_at_their_area(tmp_path):
     assert generate_grid("1:1", 720 * 720, 8) == (90, 90)
     assert generate_grid("16:9", 720 * 720, 8) == (68, 120)
-    sizes = EMU3.image_sizes(LAYOUT.span, 8, str(tmp_path))  # no preprocessor config: the authors' area
-    assert next(iter(sizes.items())) == ("720x720", (90, 90)) and sizes["960x544"] == (68, 120)
+    sizes = EMU3.image_sizes(LAYOUT.span, 8, str(tmp_path))  # no image-processor settings: transformers' defaults
+    assert sizes.default == (90, 90) and next(iter(sizes.offered.items())) == ("720x720", "1:1")
+    assert sizes.offered["960x544"] == "16:9" and sizes.grid("960x544") == (68, 120)
     (tmp_path / "preprocessor_config.json").write_text('{"min_pixels": 1024, "max_pixels": 1024}')
-    assert next(iter(EMU3.image_sizes(LAYOUT.span, 8, str(tmp_path)))) == "32x32"
+    assert EMU3.image_sizes(LAYOUT.span, 8, str(tmp_path)).default == (4, 4)
+
+
+def test_any_size_rounds_to_whole_codes_within_the_pixel_range(tmp_path):
+    """``Emu3Processor.calculate_generate_size`` of the ratio W:H at the area W * H, bounded by the range."""
+    from transformers import Emu3Processor
+
+    (tmp_path / "preprocessor_config.json").write_text('{"min_pixels": 1024, "max_pixels": 4096}')
+    sizes = EMU3.image_sizes(LAYOUT.span, 8, str(tmp_path))
+    assert sizes.default == (8, 8)  # the authors' 720 x 720, kept within the range
+    for width, height in [(64, 64), (33, 33), (60, 36), (100, 20), (20, 100), (48, 28)]:
+        theirs = Emu3Processor.calculate_generate_size(None, f"{width}:{height}", width * height, 8)
+        assert sizes.grid(f"{width}x{height}") == theirs
+    for size in ["64x72", "24x24", "2000x8", "0x64", "64", "64 x 64", "-8x64"]:
+        with pytest.raises(ValueError, match="1024 to 4096 pixels in all"):
+            sizes.grid(size)
+    with pytest.raises(ValueError, match="'64x72' would be written as 64x72"):
+        sizes.grid("64x72")
 
 
 def test_the_prefix_is_written_as_the_checkpoints_tokenizer_writes_it(tmp_path):

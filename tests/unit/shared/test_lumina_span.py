@@ -131,15 +131,17 @@ def test_sizes_follow_the_authors_crop_list():
     assert grids[0] == (24, 96) and (48, 48) in grids and all(r * c <= 576 * 4 for r, c in grids)
     assert all(max(r, c) / min(r, c) <= 4 for r, c in grids)
     sizes = LUMINA.image_sizes(LAYOUT.span, pixels_per_code=2, model_dir="/tmp/tiny")  # 2 patches of 4 px a side
-    assert next(iter(sizes.items())) == ("8x8", (4, 4))
-    assert sizes["16x4"] == (2, 8) and sizes["4x16"] == (8, 2)
+    assert next(iter(sizes.grids.items())) == ("8x8", (4, 4)) and sizes.default == (4, 4)
+    assert sizes.grid("16x4") == (2, 8) and sizes.grid("4x16") == (8, 2)
+    with pytest.raises(ValueError, match="not a size this model writes: 'auto' or one of 8x8, .*16x4"):
+        sizes.grid("8x9")
     assert target_resolution("/models/Lumina-mGPT-7B-768/", 512) == 768
     assert target_resolution("/tmp/tiny-lumina", 16) == 16
 
 
 def test_chameleon_format_is_one_square():
     fmt = SpanFormat(32)
-    assert CHAMELEON.image_sizes(fmt, 16, "/models/chameleon-7b") == {"512x512": (32, 32)}
+    assert CHAMELEON.image_sizes(fmt, 16, "/models/chameleon-7b").grids == {"512x512": (32, 32)}
     with pytest.raises(ValueError, match="32x32"):
         fmt.check_grid((32, 16))
 
