@@ -5,7 +5,8 @@
 #   FLAVOUR=cpu (default): named debian:bookworm-slim unless NAME is given.
 #   FLAVOUR=gpu: named debian-nvidia:bookworm, and carries the environment the NVIDIA container toolkit reads, as
 #     nvidia/cuda's images set it: the toolkit mounts the host's driver into containers that carry it. The CUDA
-#     libraries themselves come with torch's wheels.
+#     libraries themselves come with torch's wheels. Triton, which vLLM's GPU kernels run on, compiles a small C
+#     launcher on the first model load: gcc and Python's headers are included.
 # Usage: [FLAVOUR=gpu] docker/make-base.sh [NAME:TAG]   (env MIRROR, DOCKER)
 set -euo pipefail
 # What it needs, checked before any work: debootstrap (Debian's package of that name, run as root) and docker.
@@ -16,9 +17,9 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     exit 1
 fi
 case "${FLAVOUR:-cpu}" in
-    cpu) name="${1:-debian:bookworm-slim}" env=() ;;
+    cpu) name="${1:-debian:bookworm-slim}" tools="" env=() ;;
     # CUDA 13 needs driver >= 580: the toolkit refuses an older one at `docker run` ("unsatisfied condition").
-    gpu) name="${1:-debian-nvidia:bookworm}" \
+    gpu) name="${1:-debian-nvidia:bookworm}" tools=",gcc,libc6-dev,python3-dev" \
          env=(NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility 'NVIDIA_REQUIRE_CUDA=cuda>=13.0') ;;
     *) echo "docker/make-base.sh: FLAVOUR must be cpu or gpu, not $FLAVOUR" >&2; exit 1 ;;
 esac
@@ -30,7 +31,7 @@ if ! command -v "$docker" >/dev/null 2>&1; then
 fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 bookworm "$root" "$mirror" >&2
+debootstrap --variant=minbase --include="python3,python3-venv,ca-certificates,libnuma1$tools" bookworm "$root" "$mirror" >&2
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 changes=(--change 'CMD ["/bin/bash"]')
 for e in "${env[@]}"; do changes+=(--change "ENV $e"); done
