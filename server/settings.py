@@ -33,7 +33,7 @@ class Settings:
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
     playground: bool = True  # the browser page at GET /
-    family: Family = CHAMELEON  # the checkpoint's family: its authors' sampling defaults (engine/shared/families.py)
+    family: Family = CHAMELEON  # the checkpoint's family: its authors' sampling defaults (engine/shared/families/)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

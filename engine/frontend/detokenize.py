@@ -1,7 +1,7 @@
 """vLLM's fast incremental detokenizer with image spans kept out of it: O(1) work per span token.
 
 tokenizers' ``DecodeStream`` re-decodes, at every step, all ids since the last one that produced text.
-Image codes are special tokens on the output side (``runner.codes_as_special``) and produce none, so
+Image codes are special tokens on the output side (``client.codes_as_special``) and produce none, so
 inside a span that window grows by one id per code: a 1,024-code image costs ~half a million id decodes,
 a 4,096-code Lumina-mGPT image ~8 million. Span tokens never are text, so they do not enter the stream:
 the text, and vLLM's stop-string matching on it, stay what vLLM writes with ``skip_special_tokens`` (its
