@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from conftest import API_KEY, MODEL, start_server
 from openapi_schema import check, sse_events
 
 from engine.offline.tiny import TinySpec, make_tiny
+from engine.shared.vocab import TokenLayout
 
 
 def test_engine_death_is_reported_and_ends_the_process(tmp_path):
@@ -60,52 +62,49 @@ def _kill_engine_core(live) -> None:
 def test_a_reply_cut_by_the_engines_death_does_not_look_complete(tmp_path):
     """Killed mid-reply: a chat or completions stream ends with one in-band error event (OpenAI's error shape)
     and no finish reason, a Responses stream with response.failed, and a reply not streamed is a 503."""
-    live = start_server(make_tiny(tmp_path / "m", TinySpec(grid=4, codebook_size=64)), tmp_path / "server.log")
+    model_dir = make_tiny(tmp_path / "m", TinySpec(grid=4, codebook_size=64))
+    live = start_server(model_dir, tmp_path / "server.log")
     headers = {"Authorization": f"Bearer {API_KEY}"}
     long = {"max_tokens": 3000, "ignore_eos": True, "min_tokens": 3000}
+    # Responses has no min_tokens: its reply outlasts the kill with its stop tokens (EOS, the separator) banned
+    never_ends = {str(json.loads((model_dir / "config.json").read_text())["eos_token_id"]): -100,
+                  str(TokenLayout.from_checkpoint(model_dir).sep): -100}
     try:
         with httpx.Client(base_url=live.url, headers=headers, timeout=120) as http, \
                 ThreadPoolExecutor(4) as pool:
+            def stream(path: str, body: dict, first_event: threading.Event) -> list[str]:
+                """The stream's lines; ``first_event`` is set once it has sent one, so it is past admission."""
+                lines = []
+                with http.stream("POST", path, json={**body, "model": MODEL, "stream": True}) as resp:
+                    assert resp.status_code == 200, resp.read()
+                    for line in resp.iter_lines():
+                        lines.append(line)
+                        if line.startswith("data: "):
+                            first_event.set()
+                return lines
+
+            streaming = [threading.Event() for _ in range(3)]
+            chat = pool.submit(stream, "/v1/chat/completions",
+                               {"messages": [{"role": "user", "content": "hi"}], **long}, streaming[0])
+            completion = pool.submit(stream, "/v1/completions", {"prompt": "hi", **long}, streaming[1])
+            responses = pool.submit(stream, "/v1/responses", {
+                "input": "hi", "max_output_tokens": 3000, "logit_bias": never_ends}, streaming[2])
             whole = pool.submit(http.post, "/v1/chat/completions",
                                 json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **long})
-            responses_stream: list[str] = []
-
-            def read_responses() -> None:
-                with http.stream("POST", "/v1/responses", json={
-                        "model": MODEL, "input": "hi", "stream": True, "max_output_tokens": 3000}) as resp:
-                    responses_stream.append(resp.read().decode())
-
-            responses = pool.submit(read_responses)
-            completion_stream: list[str] = []
-
-            def read_completion() -> None:
-                with http.stream("POST", "/v1/completions", json={
-                        "model": MODEL, "prompt": "hi", "stream": True, **long}) as resp:
-                    completion_stream.append(resp.read().decode())
-
-            completion = pool.submit(read_completion)
-            chat_events: list[str] = []
-            with http.stream("POST", "/v1/chat/completions", json={
-                    "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, **long}) as resp:
-                assert resp.status_code == 200
-                for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        chat_events.append(line[6:])
-                        if len(chat_events) == 5:
-                            _kill_engine_core(live)
-            responses.result(timeout=120)
-            completion.result(timeout=120)
+            assert all(event.wait(120) for event in streaming)
+            _kill_engine_core(live)
+            chat_events = [line[6:] for line in chat.result(timeout=120) if line.startswith("data: ")]
+            completion_events = [line[6:] for line in completion.result(timeout=120) if line.startswith("data: ")]
+            responses_events = sse_events("\n".join(responses.result(timeout=120)))
             cut = whole.result(timeout=120)
         assert chat_events[-1] == "[DONE]"
         payloads = [json.loads(e) for e in chat_events[:-1]]
         assert payloads[-1]["error"]["message"] and payloads[-1]["error"]["type"]
         assert not any(c.get("finish_reason") for p in payloads[:-1] for c in p["choices"]), payloads[-3:]
-        completion_events = [line[6:] for line in completion_stream[0].splitlines() if line.startswith("data: ")]
         assert completion_events[-1] == "[DONE]"
         completion_payloads = [json.loads(e) for e in completion_events[:-1]]
         assert completion_payloads[-1]["error"]["message"]
         assert not any(c.get("finish_reason") for p in completion_payloads[:-1] for c in p["choices"])
-        responses_events = sse_events(responses_stream[0])
         name, failed = responses_events[-1]
         assert name == "response.failed", [n for n, _ in responses_events[-3:]]
         check("ResponseFailedEvent", failed)
