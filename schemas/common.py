@@ -51,7 +51,14 @@ class CompletionTokensDetails(WireModel):
     image_tokens: int  # extension: BOI, image codes and EOI the model wrote
 
 
-class UsageInfo(WireModel):
+class UsageModel(WireModel):
+    """Base of every usage object: fields beyond the schema's are the server's extensions (``server/context.py``
+    ``Usage.extensions``), sent as they are."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class UsageInfo(UsageModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

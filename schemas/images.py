@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import GuidanceFields, Text, WireModel, omitted_if_none
+from schemas.common import GuidanceFields, Text, UsageModel, WireModel, omitted_if_none
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # "standard" and "hd" are dall-e-3's values, accepted as the schema allows; the event schemas know only the rest.
@@ -85,7 +85,7 @@ class InputTokensDetails(WireModel):
     image_tokens: int
 
 
-class ImagesUsage(WireModel):
+class ImagesUsage(UsageModel):
     input_tokens: int
     output_tokens: int
     total_tokens: int

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import Text, WireModel, omitted_if_none
+from schemas.common import Text, UsageModel, WireModel, omitted_if_none
 from schemas.images import ImageFormatFields, OutputFormat
 
 
@@ -158,7 +158,7 @@ class OutputTokensDetails(WireModel):
     image_tokens: int  # extension: BOI, image codes and EOI the model wrote
 
 
-class ResponseUsage(WireModel):
+class ResponseUsage(UsageModel):
     input_tokens: int
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
     output_tokens: int

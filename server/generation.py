@@ -1,7 +1,5 @@
-"""Run one request on the engine: per-choice deltas (text and finished PNGs) for streams, whole choices otherwise.
-
-A request whose client disconnects is cancelled, which aborts it in vLLM and
-frees its KV blocks (AsyncLLM.generate aborts on cancellation).
+"""Run one request on the engine: per-choice deltas of text, finished PNGs and previews (``server/driver.py``
+accounts them and hands them to the route's wire mapping), or whole choices.
 """
 
 from __future__ import annotations
@@ -10,19 +8,17 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-from fastapi import Request
 
 from engine.frontend.client import ChameleonEngine
 from engine.frontend.images import encode_as
 from engine.frontend.splitter import ImageCodes, SpanSplitter, StopTextHold
 from schemas.images import ImageFormatFields
 from server import metrics
+from server.context import RequestContext
 from server.errors import APIError, Unavailable
-from server.pipeline import Prepared
 from server.previews import ImagePreviews, Preview
 
 T = TypeVar("T")
@@ -100,7 +96,7 @@ async def _paint(engine: ChameleonEngine, pieces: list[str | ImageCodes]) -> lis
     return [PNG(next(pngs)) if isinstance(p, ImageCodes) else p for p in pieces]
 
 
-async def stream_deltas(engine: ChameleonEngine, request: Prepared,
+async def stream_deltas(engine: ChameleonEngine, request: RequestContext,
                         partial_images: int = 0) -> AsyncIterator[list[ChoiceDelta]]:
     """Per-choice deltas; with ``partial_images`` K, up to K previews of each image precede it."""
     params = request.params
@@ -142,35 +138,3 @@ async def _delta(engine: ChameleonEngine, o, splitters: dict[int, SpanSplitter],
     early = await previews[o.index].follow(splitter.open_span) if o.index in previews else []
     return ChoiceDelta(o.index, [*early, *await _paint(engine, pieces)], list(o.token_ids),
                        _finish(o.finish_reason), o.logprobs, image_mask)
-
-
-async def collect_choices(engine: ChameleonEngine, request: Prepared) -> list[Choice]:
-    choices = [Choice(index=i) for i in range(request.params.n)]
-    async for deltas in stream_deltas(engine, request):
-        for d in deltas:
-            choices[d.index].add(d)
-    return choices
-
-
-def count_image_tokens(engine: ChameleonEngine, *sequences: list[int]) -> int:
-    """Tokens of images (BOI to EOI) in ``sequences``, each read from its start (a prompt, or one choice)."""
-    return sum(sum(engine.layout.span_mask(ids)) for ids in sequences)
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; cancel it if the client goes away first (then raise CancelledError)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise asyncio.CancelledError("client disconnected")
-    return task.result()

@@ -1,5 +1,6 @@
-"""One serving path for every route: prompt -> request options -> sampling params -> admission, then the
-route runs ``server/generation.py`` on the result and shapes the reply for its wire format.
+"""One serving path for every route: prompt -> request options -> sampling params -> admission, whose result is
+the request's context (``server/context.py``); the route then runs it through the driver (``server/driver.py``)
+and maps the reply onto its wire format.
 
 Chat, Responses and Images all arrive here as a chat request (each route maps its wire fields onto one),
 completions as a text prompt; from here on nothing depends on the route, so a family's defaults, the
@@ -9,33 +10,23 @@ checks of image sizes and guidance, and the guidance-memory admission apply on a
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 import numpy as np
-from vllm import SamplingParams
 
 from engine.frontend.client import ChameleonEngine
 from engine.shared.request_options import TEXT_ONLY, RequestOptions, mode_of
 from schemas.chat import ChatCompletionRequest, ChatMessage, TextPart
 from schemas.completions import CompletionRequest
+from server.context import RequestContext, RequestRecord, Usage
 from server.errors import BadRequest
 from server.prompt import Prompt, build_chat_prompt, build_text_prompt
 from server.sampling import sampling_params
 from server.settings import Settings
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A request ready for the engine: what the model reads, what it is asked, and under which id."""
-
-    prompt: Prompt
-    options: RequestOptions
-    params: SamplingParams
-    request_id: str
-
-
 async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest, request_id: str,
-                       log: dict, *, size_param: str = "image_size", editable: np.ndarray | None = None) -> Prepared:
+                       record: RequestRecord, *, size_param: str = "image_size",
+                       editable: np.ndarray | None = None) -> RequestContext:
     """A chat-shaped request (chat, Responses, Images); ``size_param`` names ``req.image_size`` in 400s.
     ``editable`` (a masked edit): the code cells of the prompt's first image that the reply may change; the
     rest are written as they are in that image."""
@@ -44,25 +35,30 @@ async def prepare_chat(engine: ChameleonEngine, settings: Settings, req: ChatCom
                                      plain=_plain(req, settings))
     kept = kept_codes(engine, prompt.token_ids, editable) if editable is not None else ()
     options = await chat_options(engine, settings, req, size_param, kept, editable)
-    return _admitted(engine, settings, req, prompt, options, req.max_new_tokens, True, request_id, log)
+    return _admitted(engine, settings, req, prompt, options, max_new_tokens=req.max_new_tokens, end_of_turn=True,
+                     request_id=request_id, record=record)
 
 
 async def prepare_text(engine: ChameleonEngine, settings: Settings, req: CompletionRequest, prompt: str | list[int],
-                       request_id: str, log: dict) -> Prepared:
+                       request_id: str, record: RequestRecord) -> RequestContext:
     """A completions request of one ``prompt`` (text, or token ids): text replies, no end-of-turn stop."""
     options = _checked(mode=TEXT_ONLY, seed=req.seed)
     text = Prompt(build_text_prompt(engine, prompt), num_images=0)
-    return _admitted(engine, settings, req, text, options, req.max_tokens, False, request_id, log)
+    return _admitted(engine, settings, req, text, options, max_new_tokens=req.max_tokens, end_of_turn=False,
+                     request_id=request_id, record=record)
 
 
 def _admitted(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest | CompletionRequest,
-              prompt: Prompt, options: RequestOptions, max_new_tokens: int | None, end_of_turn: bool,
-              request_id: str, log: dict) -> Prepared:
+              prompt: Prompt, options: RequestOptions, *, max_new_tokens: int | None, end_of_turn: bool,
+              request_id: str, record: RequestRecord) -> RequestContext:
     params = sampling_params(req, engine, len(prompt.token_ids), max_new_tokens, end_of_turn=end_of_turn,
                              family=settings.family, options=options)
     engine.check_guidance(options, params)  # a 429 as a status line; once streaming, it could only be in-band
-    log.update(prompt_tokens=len(prompt.token_ids), images_in=prompt.num_images)
-    return Prepared(prompt, options, params, request_id)
+    record.prompt_tokens, record.images_in = len(prompt.token_ids), prompt.num_images
+    ids = prompt.token_ids
+    usage = Usage(prompt_tokens=len(ids), prompt_image_tokens=sum(engine.layout.span_mask(ids)),
+                  completion_tokens=[0] * params.n, completion_image_tokens=[0] * params.n, images_in=prompt.num_images)
+    return RequestContext(request_id, settings.served_model_name, prompt, options, params, record, usage)
 
 
 def kept_codes(engine: ChameleonEngine, prompt_ids: list[int], editable: np.ndarray) -> tuple[int, ...]:

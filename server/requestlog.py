@@ -1,7 +1,7 @@
 """One structured log line and the HTTP metrics per request, and ``X-Request-Id`` honoured and returned.
 
-Handlers add what only they know (tokens, images) to ``request.state.log``; the
-line is written when the response, stream included, has been sent.
+The request's context fills in what only it knows (tokens, images) on ``request.state.log``, a
+``RequestRecord``; the line is written when the response, stream included, has been sent.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from starlette.routing import BaseRoute, Match
 
 from server import metrics
+from server.context import RequestRecord
 
 logger = logging.getLogger("chameleon.requests")
 ASGIApp = Callable[..., Awaitable[None]]
@@ -43,8 +44,8 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(dict(scope["headers"]))
-        fields: dict = {}
-        scope.setdefault("state", {})["log"] = fields
+        record = RequestRecord()
+        scope.setdefault("state", {})["log"] = record
         start, status = time.perf_counter(), 500
         route = self._route_label(scope)
         metrics.http_request_started(route)
@@ -67,5 +68,5 @@ class RequestLog:
             if scope["path"] not in _UNLOGGED:
                 logger.info(json.dumps({
                     "request_id": request_id, "method": scope["method"], "route": scope["path"], "status": status,
-                    "latency_ms": round(1000 * seconds, 1), **fields,
+                    "latency_ms": round(1000 * seconds, 1), **record.fields(),
                 }))

@@ -1,13 +1,12 @@
-"""Server-sent events framing for OpenAI-style streams."""
+"""Server-sent events framing for OpenAI-style streams (chat, completions)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
-from server.errors import as_api_error, error_body
+from server.errors import APIError, error_body
 
 DONE = "data: [DONE]\n\n"
 
@@ -17,11 +16,6 @@ def sse(payload: BaseModel | dict) -> str:
     return f"data: {data}\n\n"
 
 
-async def with_error_event(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Pass events through; a failure mid-stream becomes one final error event, then [DONE]."""
-    try:
-        async for event in events:
-            yield event
-    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
-        yield sse(error_body(as_api_error(exc)))
-    yield DONE
+def error_events(error: APIError) -> list[str]:
+    """A stream's end after a failure: one error event, then [DONE]."""
+    return [sse(error_body(error)), DONE]

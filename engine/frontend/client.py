@@ -39,10 +39,10 @@ from engine.frontend.vqgan import (
     load_meta_vqgan,
 )
 from engine.shared.families import CHAMELEON, Family
+from engine.shared.kv_size import kv_bytes_per_token
 from engine.shared.processor_settings import processor_settings
 from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import CheckpointError, TokenLayout
-from engine.worker.private_kv import kv_bytes_per_token
 
 logger = logging.getLogger(__name__)
 

@@ -53,8 +53,9 @@ from vllm.model_executor.utils import set_weight_attrs
 from vllm.sequence import IntermediateTensors
 
 from engine.shared.families import Family, for_architectures
+from engine.shared.kv_size import kv_heads_per_rank
 from engine.worker.live import register_model
-from engine.worker.private_kv import PrivateBatch, PrivateKV, kv_heads_per_rank
+from engine.worker.private_kv import PrivateBatch, PrivateKV
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so it reaches vLLM's log handler
 

@@ -1,31 +1,15 @@
 """Keys and values kept outside vLLM's paged cache: the unconditional twins of guided requests
-(``engine/worker/guidance.py``), their batched forward's layout, and what they cost per token across
-tensor-parallel ranks (the server's cap on guidance memory)."""
+(``engine/worker/guidance.py``) and their batched forward's layout; what they cost per token is
+``engine/shared/kv_size.py``'s."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from engine.worker.transfers import to_device
-
-if TYPE_CHECKING:  # a type only: the V2 processor imports this module in vLLM's front end, and device checks
-    from transformers import PretrainedConfig  # run where transformers is absent (bench/gpu_check.py)
-
-
-def kv_heads_per_rank(total_kv_heads: int, tp_size: int) -> int:
-    """KV heads one tensor-parallel rank holds: a share, or one replicated head when ranks outnumber them."""
-    return max(1, total_kv_heads // tp_size)
-
-
-def kv_bytes_per_token(config: PretrainedConfig, tp_size: int, dtype: torch.dtype) -> int:
-    """Keys and values of one token, all layers and all TP ranks together (replicated heads once per rank)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    heads = kv_heads_per_rank(config.num_key_value_heads, tp_size) * tp_size
-    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
 
 
 class PrivateKV:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from engine.frontend.client import ChameleonEngine
-from schemas.common import UsageInfo
 from schemas.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from server import driver
+from server.context import RequestContext
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.errors import BadRequest
-from server.generation import collect_choices, stream_deltas, until_disconnect
-from server.pipeline import Prepared, prepare_text
+from server.errors import APIError, BadRequest
+from server.generation import ChoiceDelta
+from server.pipeline import prepare_text
 from server.settings import Settings
-from server.sse import sse, with_error_event
+from server.sse import DONE, error_events, sse
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -34,43 +33,46 @@ async def completions(
         prompt_text: str | list[int] = req.prompt[0]
     else:
         prompt_text = req.prompt
-    log = request.state.log
-    prepared = await prepare_text(engine, settings, req, prompt_text, f"cmpl-{uuid.uuid4().hex}", log)
-    created, prompt_ids = int(time.time()), prepared.prompt.token_ids
+    ctx = await prepare_text(engine, settings, req, prompt_text, f"cmpl-{uuid.uuid4().hex}", request.state.log)
     echo = prompt_text if req.echo and isinstance(prompt_text, str) else ""
     if req.stream:
-        events = _stream(req, engine, prepared, created, settings.served_model_name, echo)
-        return StreamingResponse(with_error_event(events), media_type="text/event-stream")
-    choices = await until_disconnect(request, collect_choices(engine, prepared))
-    completion_tokens = sum(len(c.token_ids) for c in choices)
-    request.state.log["completion_tokens"] = completion_tokens
+        return driver.stream(ctx, engine, _CompletionStream(req, ctx, echo))
+    choices = await driver.collect(request, ctx, engine)
     return CompletionResponse(
-        id=prepared.request_id, created=created, model=settings.served_model_name,
+        id=ctx.request_id, created=ctx.created, model=ctx.model,
         choices=[CompletionChoice(index=c.index, text=echo + "".join(c.pieces), finish_reason=c.finish_reason,
                                   token_ids=c.token_ids if req.return_token_ids else None) for c in choices],
-        usage=UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
-                        total_tokens=len(prompt_ids) + completion_tokens),
-        prompt_token_ids=prompt_ids if req.return_token_ids else None,
+        usage=ctx.usage.completions(),
+        prompt_token_ids=ctx.prompt.token_ids if req.return_token_ids else None,
     )
 
 
-async def _stream(req: CompletionRequest, engine: ChameleonEngine, prepared: Prepared, created: int, model: str,
-                  echo: str) -> AsyncIterator[str]:
-    prompt_ids = prepared.prompt.token_ids
+class _CompletionStream:
+    """Completion chunks: each delta's text (the echoed prompt before a choice's first), usage last where asked."""
 
-    def chunk(choices: list[CompletionChoice], **extra) -> str:
-        return sse(CompletionResponse(id=prepared.request_id, created=created, model=model, choices=choices,
-                                      **extra))
+    def __init__(self, req: CompletionRequest, ctx: RequestContext, echo: str) -> None:
+        self.req, self.ctx = req, ctx
+        self.first = {i: echo for i in range(req.n)}  # text each choice's first chunk starts with
+        self.prompt_once = ctx.prompt.token_ids if req.return_token_ids else None
 
-    completion_tokens, first = 0, {i: echo for i in range(req.n)}
-    prompt_once = prompt_ids if req.return_token_ids else None
-    async for deltas in stream_deltas(engine, prepared):
-        completion_tokens += sum(len(d.token_ids) for d in deltas)
-        yield chunk([CompletionChoice(index=d.index, text=first.pop(d.index, "") + "".join(d.pieces),
-                                      finish_reason=d.finish_reason,
-                                      token_ids=d.token_ids if req.return_token_ids else None) for d in deltas],
-                    prompt_token_ids=prompt_once)
-        prompt_once = None
-    if req.stream_options and req.stream_options.include_usage:
-        yield chunk([], usage=UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
-                                        total_tokens=len(prompt_ids) + completion_tokens))
+    def _chunk(self, choices: list[CompletionChoice], **extra) -> str:
+        return sse(CompletionResponse(id=self.ctx.request_id, created=self.ctx.created, model=self.ctx.model,
+                                      choices=choices, **extra))
+
+    def opening(self) -> list[str]:
+        return []
+
+    async def delta(self, d: ChoiceDelta) -> list[str]:
+        choice = CompletionChoice(index=d.index, text=self.first.pop(d.index, "") + "".join(d.pieces),
+                                  finish_reason=d.finish_reason,
+                                  token_ids=d.token_ids if self.req.return_token_ids else None)
+        chunk = self._chunk([choice], prompt_token_ids=self.prompt_once)
+        self.prompt_once = None
+        return [chunk]
+
+    def closing(self) -> list[str]:
+        asked = self.req.stream_options and self.req.stream_options.include_usage
+        return [self._chunk([], usage=self.ctx.usage.completions()), DONE] if asked else [DONE]
+
+    def failed(self, error: APIError) -> list[str]:
+        return error_events(error)

@@ -10,12 +10,10 @@ a failure mid-stream is one ``error`` event.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -25,7 +23,6 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from engine.frontend.client import ChameleonEngine
-from engine.frontend.images import ImageInputError, decode_image, decode_keeping_alpha
 from engine.shared.image_sizes import size_name
 from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
 from schemas.images import (
@@ -36,13 +33,14 @@ from schemas.images import (
     ImageRequest,
     ImagesResponse,
     ImageStreamEvent,
-    ImagesUsage,
-    InputTokensDetails,
 )
+from server import driver
+from server.context import RequestContext
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.errors import APIError, BadRequest, as_api_error, error_body
-from server.generation import PNG, collect_choices, count_image_tokens, in_format, stream_deltas, until_disconnect
-from server.pipeline import Prepared, prepare_chat
+from server.edit_masks import mask_cells
+from server.errors import APIError, BadRequest, error_body
+from server.generation import PNG, ChoiceDelta, in_format
+from server.pipeline import prepare_chat
 from server.previews import Preview
 from server.settings import Settings
 
@@ -84,7 +82,7 @@ async def edit_images(
         raise BadRequest("image: at least one image file is required", param="image")
     uploads = [(f.content_type or "", await f.read()) for f in files]
     mask = form.get("mask")
-    editable = await _editable(engine, settings, uploads[0][1], await mask.read()) \
+    editable = await mask_cells(engine, settings, uploads[0][1], await mask.read()) \
         if isinstance(mask, UploadFile) else None
     images = [ImagePart(type="image_url", image_url=ImageURL(url=_data_url(*u))) for u in uploads]
     return await _images(req, [*images, TextPart(type="text", text=req.prompt)], "image_edit", request, settings,
@@ -95,26 +93,6 @@ def _data_url(content_type: str, data: bytes) -> str:
     """An uploaded file as the data URL the chat pipeline reads (its decoding checks are chat's)."""
     kind = content_type if content_type.startswith("image/") else "image/png"
     return f"data:{kind};base64," + base64.b64encode(data).decode()
-
-
-async def _editable(engine: ChameleonEngine, settings: Settings, image: bytes, mask: bytes) -> np.ndarray:
-    """The code cells of ``image`` that ``mask`` marks for change (``ImagePreprocessor.editable_cells``)."""
-
-    def cells() -> np.ndarray:
-        try:
-            size = decode_image(image, settings.max_image_pixels).size
-            drawn = decode_keeping_alpha(mask, settings.max_image_pixels)
-        except ImageInputError as exc:
-            raise BadRequest(f"image or mask: {exc}", param="mask") from None
-        if drawn.size != size:
-            raise BadRequest(f"the mask is {drawn.size[0]}x{drawn.size[1]} pixels but the image {size[0]}x{size[1]}:"
-                             " they must be the same size", param="mask")
-        try:
-            return engine.editable_cells(drawn)
-        except ImageInputError as exc:
-            raise BadRequest(str(exc), param="mask") from None
-
-    return await asyncio.to_thread(cells)
 
 
 async def _images(req: ImageRequest, content: list, kind: str, request: Request,
@@ -129,69 +107,58 @@ async def _images(req: ImageRequest, content: list, kind: str, request: Request,
     chat = ChatCompletionRequest(model=settings.served_model_name, n=req.n, modalities=["image"],
                                  messages=[ChatMessage(role="user", content=content)], image_size=req.size,
                                  **req.model_dump(include=_SAMPLING, exclude_unset=True))
-    prepared = await prepare_chat(engine, settings, chat, f"img-{uuid.uuid4().hex}", request.state.log,
-                                  size_param="size", editable=editable)
-    shape = _Shape(req, engine, prepared)
+    ctx = await prepare_chat(engine, settings, chat, f"img-{uuid.uuid4().hex}", request.state.log,
+                             size_param="size", editable=editable)
+    shape = _Shape(req, engine, ctx, kind)
     if req.stream:
-        return StreamingResponse(_events(kind, engine, prepared, shape, request.state.log),
-                                 media_type="text/event-stream")
-    choices = await until_disconnect(request, collect_choices(engine, prepared))
+        return driver.stream(ctx, engine, shape, req.partial_images)
+    choices = await driver.collect(request, ctx, engine)
     images = [(p, c.token_ids) for c in choices for p in c.pieces if isinstance(p, PNG)]
     if len(images) != req.n:  # the grammar forces a full span within max_tokens: this is a bug if it happens
         raise APIError(f"generated {len(images)} of {req.n} images")
-    output_tokens = sum(len(c.token_ids) for c in choices)
-    request.state.log.update(completion_tokens=output_tokens, images_out=len(images))
     data = [ImageData(b64_json=await shape.b64(png), token_ids=ids if req.return_token_ids else None)
             for png, ids in images]
-    return ImagesResponse(created=int(time.time()), data=data, background="opaque", output_format=req.output_format,
-                          size=shape.schema_size, quality=shape.schema_quality, usage=shape.usage(output_tokens),
+    return ImagesResponse(created=ctx.created, data=data, background="opaque", output_format=req.output_format,
+                          size=shape.schema_size, quality=shape.schema_quality, usage=ctx.usage.images(),
                           image_size=shape.size)
 
 
 class _Shape:
-    """How one request's images are returned: format, reported size and quality, usage."""
+    """How one request's images are returned: format, reported size and quality; streamed, as OpenAI's
+    ``image_generation.*`` / ``image_edit.*`` events (``kind``), each finished image with its own tokens' usage."""
 
-    def __init__(self, req: ImageRequest, engine: ChameleonEngine,
-                 prepared: Prepared) -> None:
-        self.req = req
-        grid = prepared.options.image_grid or engine.image_grid
+    def __init__(self, req: ImageRequest, engine: ChameleonEngine, ctx: RequestContext, kind: str) -> None:
+        self.req, self.ctx, self.kind = req, ctx, kind
+        grid = ctx.options.image_grid or engine.image_grid
         self.size = size_name(grid, engine.pixels_per_code)  # what is written, whatever was asked
         # What OpenAI's schemas can say of them (events say "auto" where these are None)
         self.schema_size = self.size if self.size in SCHEMA_SIZES else None
         self.schema_quality = req.quality if req.quality in ("low", "medium", "high") else None
-        prompt = prepared.prompt.token_ids
-        image_tokens = count_image_tokens(engine, prompt)
-        self.input = InputTokensDetails(text_tokens=len(prompt) - image_tokens, image_tokens=image_tokens)
 
     async def b64(self, image: PNG | Preview) -> str:
         return base64.b64encode((await in_format(image, self.req)).data).decode()
 
-    def usage(self, output_tokens: int) -> ImagesUsage:
-        prompt_tokens = self.input.text_tokens + self.input.image_tokens
-        return ImagesUsage(input_tokens=prompt_tokens, output_tokens=output_tokens,
-                           total_tokens=prompt_tokens + output_tokens, input_tokens_details=self.input)
-
-    async def event(self, kind: str, image: PNG | Preview, **fields) -> str:
+    async def _event(self, kind: str, image: PNG | Preview, **fields) -> str:
         event = ImageStreamEvent(type=kind, b64_json=await self.b64(image), created_at=int(time.time()),
                                  size=self.schema_size or "auto", image_size=self.size,
                                  quality=self.schema_quality or "auto",
                                  background=self.req.background, output_format=self.req.output_format, **fields)
         return f"event: {kind}\ndata: {event.model_dump_json()}\n\n"
 
+    def opening(self) -> list[str]:
+        return []
 
-async def _events(kind: str, engine: ChameleonEngine, prepared: Prepared, shape: _Shape,
-                  log: dict) -> AsyncIterator[str]:
-    tokens = [0] * prepared.params.n  # each image's own tokens so far
-    try:
-        async for deltas in stream_deltas(engine, prepared, shape.req.partial_images):
-            for d in deltas:
-                tokens[d.index] += len(d.token_ids)
-                log["completion_tokens"] = sum(tokens)
-                for piece in d.pieces:
-                    if isinstance(piece, Preview):
-                        yield await shape.event(f"{kind}.partial_image", piece, partial_image_index=piece.index)
-                    elif isinstance(piece, PNG):
-                        log["images_out"] = log.get("images_out", 0) + 1
-                        yield await shape.event(f"{kind}.completed", piece, usage=shape.usage(tokens[d.index]))
-    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
-        yield f"event: error\ndata: {json.dumps(error_body(as_api_error(exc)))}\n\n"
+    async def delta(self, d: ChoiceDelta) -> list[str]:
+        events = []
+        for piece in d.pieces:
+            if isinstance(piece, Preview):
+                events.append(await self._event(f"{self.kind}.partial_image", piece, partial_image_index=piece.index))
+            elif isinstance(piece, PNG):
+                events.append(await self._event(f"{self.kind}.completed", piece, usage=self.ctx.usage.images(d.index)))
+        return events
+
+    def closing(self) -> list[str]:
+        return []  # OpenAI sends nothing after the last image's event
+
+    def failed(self, error: APIError) -> list[str]:
+        return [f"event: error\ndata: {json.dumps(error_body(error))}\n\n"]

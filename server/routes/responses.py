@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -27,16 +26,17 @@ from schemas.responses import (
     IncompleteDetails,
     InputImage,
     OutputItem,
-    OutputTokensDetails,
     ResponseError,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
 )
+from server import driver
+from server.context import RequestContext
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.errors import BadRequest, as_api_error
-from server.generation import PNG, collect_choices, count_image_tokens, in_format, stream_deltas, until_disconnect
-from server.pipeline import Prepared, prepare_chat
+from server.errors import APIError, BadRequest
+from server.generation import ChoiceDelta, in_format
+from server.pipeline import prepare_chat
 from server.response_items import OutputItems, ResponseEvents
 from server.settings import Settings
 
@@ -76,22 +76,15 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         raise BadRequest(f"input: {first['msg']}", param="input") from None
 
 
-def _response(req: ResponsesRequest, chat: ChatCompletionRequest, response_id: str, created: int, model: str,
-              output: list[OutputItem], status: str, usage: ResponseUsage | None = None,
-              error: ResponseError | None = None) -> ResponseObject:
+def _response(req: ResponsesRequest, chat: ChatCompletionRequest, ctx: RequestContext, output: list[OutputItem],
+              status: str, usage: ResponseUsage | None = None, error: ResponseError | None = None) -> ResponseObject:
     done = status in ("completed", "incomplete")
     return ResponseObject(
-        id=response_id, created_at=created, status=status, completed_at=int(time.time()) if done else None,
+        id=ctx.request_id, created_at=ctx.created, status=status, completed_at=int(time.time()) if done else None,
         incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
-        instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=model, output=output,
+        instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=ctx.model, output=output,
         parallel_tool_calls=req.parallel_tool_calls, metadata=req.metadata or {}, temperature=chat.temperature,
         tool_choice=req.tool_choice, tools=req.tools, top_p=chat.top_p, usage=usage, error=error)
-
-
-def _usage(engine: ChameleonEngine, prompt_len: int, token_ids: list[int]) -> ResponseUsage:
-    details = OutputTokensDetails(image_tokens=count_image_tokens(engine, token_ids))
-    return ResponseUsage(input_tokens=prompt_len, output_tokens=len(token_ids),
-                         total_tokens=prompt_len + len(token_ids), output_tokens_details=details)
 
 
 @router.post("/responses", response_model=None)
@@ -101,53 +94,46 @@ async def create_response(
 ) -> ResponseObject | StreamingResponse:
     check_model(req.model, settings)
     chat = as_chat_request(req)
-    prepared = await prepare_chat(engine, settings, chat, f"resp_{uuid.uuid4().hex}", request.state.log,
-                                  size_param="tools[0].size")
-    response_id, created, model = prepared.request_id, int(time.time()), settings.served_model_name
+    ctx = await prepare_chat(engine, settings, chat, f"resp_{uuid.uuid4().hex}", request.state.log,
+                             size_param="tools[0].size")
     if req.stream:
-        events = _stream(req, chat, engine, prepared, created, model, request.state.log)
-        return StreamingResponse(events, media_type="text/event-stream")
-    [choice] = await until_disconnect(request, collect_choices(engine, prepared))
+        return driver.stream(ctx, engine, _ResponseStream(req, chat, ctx), req.partial_images)
+    [choice] = await driver.collect(request, ctx, engine)
     fmt = req.image_format
     pieces = [p if isinstance(p, str) else await in_format(p, fmt) for p in choice.pieces]
     status = "incomplete" if choice.finish_reason == "length" else "completed"
-    request.state.log.update(completion_tokens=len(choice.token_ids),
-                             images_out=sum(isinstance(p, PNG) for p in choice.pieces))
-    return _response(req, chat, response_id, created, model, OutputItems.of(pieces, status, fmt.output_format), status,
-                     _usage(engine, len(prepared.prompt.token_ids), choice.token_ids))
+    return _response(req, chat, ctx, OutputItems.of(pieces, status, fmt.output_format), status, ctx.usage.responses())
 
 
-async def _stream(req: ResponsesRequest, chat: ChatCompletionRequest, engine: ChameleonEngine, prepared: Prepared,
-                  created: int, model: str, log: dict) -> AsyncIterator[str]:
+class _ResponseStream:
     """The Responses event sequence; a failure mid-stream (the engine's death among them) ends it with one
-    ``response.failed`` event, so that a cut reply never looks complete."""
-    events, response_id, prompt_ids = ResponseEvents(req.image_format.output_format), prepared.request_id, \
-        prepared.prompt.token_ids
+    ``response.failed`` event."""
 
-    def lifecycle(kind: str, status: str, **fields) -> str:
-        snapshot = _response(req, chat, response_id, created, model, events.output.items, status, **fields)
-        return events.event(kind, response=snapshot.model_dump(mode="json"))
+    def __init__(self, req: ResponsesRequest, chat: ChatCompletionRequest, ctx: RequestContext) -> None:
+        self.req, self.chat, self.ctx = req, chat, ctx
+        self.events = ResponseEvents(req.image_format.output_format)
+        self.finish: str | None = None
 
-    generated: list[int] = []
-    finish: str | None = None
-    try:
-        yield lifecycle("response.created", "in_progress")
-        yield lifecycle("response.in_progress", "in_progress")
-        async for deltas in stream_deltas(engine, prepared, req.partial_images):
-            for d in deltas:
-                generated += d.token_ids
-                finish = d.finish_reason or finish
-                log["completion_tokens"] = len(generated)
-                log["images_out"] = log.get("images_out", 0) + sum(isinstance(p, PNG) for p in d.pieces)
-                for piece in d.pieces:
-                    for out in events.piece(piece if isinstance(piece, str) else await in_format(piece,
-                                                                                                req.image_format)):
-                        yield out
-        status = "incomplete" if finish == "length" else "completed"
-        for out in events.finish(status):
-            yield out
-        yield lifecycle(f"response.{status}", status, usage=_usage(engine, len(prompt_ids), generated))
-    except Exception as exc:  # noqa: BLE001 -- the status line is sent already: report in-band
-        err = as_api_error(exc)
-        code = "rate_limit_exceeded" if err.status == 429 else "server_error"
-        yield lifecycle("response.failed", "failed", error=ResponseError(code=code, message=err.message))
+    def _lifecycle(self, kind: str, status: str, **fields) -> str:
+        snapshot = _response(self.req, self.chat, self.ctx, self.events.output.items, status, **fields)
+        return self.events.event(kind, response=snapshot.model_dump(mode="json"))
+
+    def opening(self) -> list[str]:
+        return [self._lifecycle("response.created", "in_progress"),
+                self._lifecycle("response.in_progress", "in_progress")]
+
+    async def delta(self, d: ChoiceDelta) -> list[str]:
+        self.finish = d.finish_reason or self.finish
+        out = []
+        for piece in d.pieces:
+            out += self.events.piece(piece if isinstance(piece, str) else await in_format(piece, self.req.image_format))
+        return out
+
+    def closing(self) -> list[str]:
+        status = "incomplete" if self.finish == "length" else "completed"
+        return [*self.events.finish(status),
+                self._lifecycle(f"response.{status}", status, usage=self.ctx.usage.responses())]
+
+    def failed(self, error: APIError) -> list[str]:
+        code = "rate_limit_exceeded" if error.status == 429 else "server_error"
+        return [self._lifecycle("response.failed", "failed", error=ResponseError(code=code, message=error.message))]

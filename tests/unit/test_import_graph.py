@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("engine", "server", "schemas")
 ABOVE_WORKER = ("server", "engine.frontend")
@@ -136,6 +134,5 @@ def test_the_layering_rule_catches_a_planted_import(tmp_path):
                                              "server/app.py:3 engine.worker.runner_v1"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine/frontend/client.py:45 imports engine.worker.private_kv (issue 33)")
 def test_server_and_frontend_never_import_the_worker():
     assert layering_violations() == []

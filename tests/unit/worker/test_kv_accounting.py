@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import ChameleonConfig
 
-from engine.worker.private_kv import PrivateKV, kv_bytes_per_token, kv_heads_per_rank
+from engine.shared.kv_size import kv_bytes_per_token, kv_heads_per_rank
+from engine.worker.private_kv import PrivateKV
 
 CONFIG = ChameleonConfig(hidden_size=128, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=3)
 
