@@ -65,6 +65,9 @@ def test_page_loads_clean(watch):
     assert page.title() == "chameleon-serve playground"
     assert page.locator("#model").text_content() == "tiny-chameleon"
     assert page.locator("#key-box").is_visible()  # this server was started with --api-key
+    sizes = page.locator("#image_size option")
+    sizes.nth(1).wait_for(state="attached")  # the sizes the model writes, from /playground/config
+    assert sizes.all_text_contents() == ["auto", "64x64"]  # the tiny checkpoint's one square
     watch.shot("loaded")
     _clean(watch)
 
