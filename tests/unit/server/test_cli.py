@@ -140,12 +140,28 @@ def test_no_room_for_a_cpu_kv_cache_is_one_clear_line(tmp_path, monkeypatch):
         main(["--model", str(tmp_path)])
 
 
-def test_the_gpu_build_without_a_gpu_is_one_clear_line(tmp_path, monkeypatch):
-    """vLLM's GPU build where no GPU is visible finds no platform (as in tests/deploy/test_gpu_image.py's container)."""
+def _no_platform(monkeypatch) -> None:
+    """vLLM's GPU build where no GPU is visible (as in tests/deploy/test_gpu_image.py's container)."""
     import vllm.platforms
-    from vllm.platforms.interface import UnspecifiedPlatform
 
-    monkeypatch.setattr(vllm.platforms, "_current_platform", UnspecifiedPlatform())
-    monkeypatch.setattr("server.cli.settings_from_args", lambda *a: pytest.fail("the device check comes first"))
+    monkeypatch.setattr(vllm.platforms, "resolve_current_platform_cls_qualname",
+                        lambda: "vllm.platforms.interface.UnspecifiedPlatform")
+
+
+def test_the_gpu_build_without_a_gpu_is_one_clear_line(tmp_path, monkeypatch):
+    _no_platform(monkeypatch)
+    monkeypatch.setattr("server.cli.build_parser", lambda: pytest.fail("the device check comes first"))
     with pytest.raises(SystemExit, match="chameleon-serve: error: no GPU found: vLLM .* is its GPU build"):
         main(["--model", str(tmp_path)])
+
+
+def test_the_gpu_build_without_a_gpu_shows_help(monkeypatch):
+    _no_platform(monkeypatch)
+
+    def execvpe(path, args, env):
+        raise SystemExit(args[1:], env["VLLM_TARGET_DEVICE"])
+
+    monkeypatch.setattr("server.cli.os.execvpe", execvpe)
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.args == (["-m", "server.cli", "--help"], "cpu")
