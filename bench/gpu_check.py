@@ -403,12 +403,12 @@ def in_nucleus(p: torch.Tensor, pick: int, top_p: float) -> bool:
 
 def check_nucleus(setup: Setup) -> Row:
     """``draw_nucleus`` on the device: draws inside each row's nucleus, the CPU's draws; time, syncs."""
+    from engine.worker.code_sampler import CodeSampler
     from engine.worker.nucleus import draw_nucleus
-    from engine.worker.span_grammar import SpanGrammar
 
     dev, n, width = setup.device, setup.rows, token_layout(setup.model_dir).codebook_size
     probs = random_logits(n, width, seed=1).softmax(dim=1)
-    uniforms = torch.rand(n, SpanGrammar.MAX_ATTEMPTS + 1, generator=torch.Generator().manual_seed(2))
+    uniforms = torch.rand(n, CodeSampler.MAX_ATTEMPTS + 1, generator=torch.Generator().manual_seed(2))
     top_p = np.resize(np.array([0.9, 1.0, 0.5, 0.99], dtype=np.float32), n)
     dev_probs, dev_uniforms = probs.to(dev), uniforms.to(dev)
     picked = draw_nucleus(dev_probs.clone(), dev_uniforms, top_p).cpu()

@@ -3,12 +3,13 @@
 A guided request is one vLLM request. Its unconditional twin (the negative prompt, or an empty turn,
 followed by the same tokens the request writes) is not a second request: it lives here, beside the
 request's batch row, with its keys and values in a preallocated cache of the model's own
-(``engine.worker.private_kv.PrivateKV``). At every step that samples an image code, the twins of all guided
+(``engine.worker.private_kv.PrivateKV``). At every step inside an image span, the twins of all guided
 rows are brought up to date in one forward (``engine.worker.private_kv.PrivateBatch``: each twin's new tokens
-packed one twin after another, attention padded over their caches): one code per twin in the steady
+packed one twin after another, attention padded over their caches): one token per twin in the steady
 state, the prompt and BOI at an image's first code, and the text written since the last image, or the
-whole history after a preemption, when there is more to catch up. The rows' logits become
-``uncond + scale * (cond - uncond)``; the span grammar then samples them as usual.
+whole history after a preemption, when there is more to catch up. Where a row samples a code (a device
+mask: the grammar's forced tokens are not read back), its logits become ``uncond + scale * (cond - uncond)``;
+the span grammar then samples them as usual.
 
 Why not a companion request: vLLM schedules requests independently (arrival, chunked prefill,
 preemption), so two rows cannot be kept in the same step without patching its scheduler; a twin that
@@ -79,12 +80,13 @@ class Guidance:
         return any(self._twins[s] is not None for s in slots)
 
     def apply(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
-              outputs: Sequence[Sequence[int]], committed: Sequence[int]) -> None:
-        """Guide row ``rows[i]`` (request in ``slots[i]``, ``committed[i]`` real tokens in
-        ``outputs[i]``) in place, for the rows whose request is guided: one forward over all their twins.
-        The V1 runner's form: outputs are host lists, and only rows that sample a code come here."""
-        guided = [(row, self._twins[slot], output[:n])
-                  for row, slot, output, n in zip(rows, slots, outputs, committed, strict=True)
+              outputs: Sequence[Sequence[int]], committed: Sequence[int], sampling: torch.Tensor) -> None:
+        """Guide row ``rows[i]`` (request in ``slots[i]``, ``committed[i]`` real tokens in ``outputs[i]``) in
+        place where ``sampling[i]`` (on the device) says it samples a code, for the rows whose request is guided:
+        one forward over all their twins. The V1 runner's form: outputs are host lists, and rows come here only
+        inside a span."""
+        guided = [(i, row, self._twins[slot], output[:n])
+                  for i, (row, slot, output, n) in enumerate(zip(rows, slots, outputs, committed, strict=True))
                   if self._twins[slot] is not None]
         if not guided:
             return
@@ -92,7 +94,7 @@ class Guidance:
         ids: list[int] = []
         positions: list[int] = []
         steps: list[int] = []
-        for _, twin, output in guided:
+        for _, _, twin, output in guided:
             if twin.cache is None:
                 twin.cache = model.new_private_kv(twin.capacity)
             if self._span_boi is not None:
@@ -101,8 +103,10 @@ class Guidance:
             ids += history[twin.cache.length :]
             positions += range(twin.cache.length, len(history))
             steps.append(len(history) - twin.cache.length)
-        ids_t = to_device(np.array(ids), logits.device)
-        self._guide(logits, [row for row, _, _ in guided], [t for _, t, _ in guided], ids_t, positions, steps)
+        device = logits.device
+        index = to_device(np.array([i for i, _, _, _ in guided]), device)
+        self._guide(logits, [row for _, row, _, _ in guided], [t for _, _, t, _ in guided],
+                    to_device(np.array(ids), device), positions, steps, only=sampling[index])
 
     def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, num_output: np.ndarray,
                         prompt_len: np.ndarray, history: torch.Tensor, sampling: torch.Tensor) -> None:

@@ -77,7 +77,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         stepped: list[int] = []
         tokens: list[int] = []
         for slot in self.grammar.tracked(slots):  # only requests that may write images
-            output, seen = self._outputs[slot], int(self.grammar.num_output[slot])
+            output, seen = self._outputs[slot], int(self.grammar.state.num_output[slot])
             n = _committed(output)
             if n == seen + 1:
                 stepped.append(slot)
@@ -86,9 +86,10 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
                 self.grammar.resync(slot, self._tail(slot, n), n)
         self.grammar.advance(np.array(stepped, dtype=np.int64), np.array(tokens, dtype=np.int64))
         if self.guidance.any(slots):
-            rows = np.flatnonzero(self.grammar.sampling_code(slots))
+            rows = np.flatnonzero(self.grammar.state.pos[slots] >= 0)  # inside a span: they may sample a code
             self.guidance.apply(logits, rows, slots[rows], [self._outputs[s] for s in slots[rows]],
-                                [_committed(self._outputs[s]) for s in slots[rows]])
+                                [_committed(self._outputs[s]) for s in slots[rows]],
+                                self.grammar.sampling_code(slots[rows]))
         return self.grammar.apply(logits, slots)
 
     def _tail(self, slot: int, n: int) -> list[int]:

@@ -98,9 +98,10 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         slots = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
         if logits.shape[0] != len(slots):  # several rows per request; not expected without speculation
             slots = ctx.expanded_idx_mapping.cpu().numpy().astype(np.int64)
-        rows = np.flatnonzero(self.grammar.mode[slots] != TEXT_ONLY)
-        if not len(rows):  # text only: every mask is known on the host
-            return self.grammar.apply(logits, slots)
+        rows = np.flatnonzero(self.grammar.state.mode[slots] != TEXT_ONLY)
+        if not len(rows):  # text only: no position to read
+            none = torch.empty(0, dtype=torch.long, device=logits.device)
+            return self.grammar.apply_on_device(logits, slots, rows, none, none)
         placed = slots[rows]
         pos, num_output = self._positions(placed)
         codes = self._code_logits(logits, slots, rows)
@@ -114,7 +115,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
 
     def _positions(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Per slot, on the device: tokens written since an unclosed BOI (-1 outside a span), read from the last
-        :meth:`SpanGrammar.tail_length` tokens of its history as ``span_position`` reads them on the host, and
+        :meth:`SpanGrammar.tail_length` tokens of its history (``engine/worker/span_rules.py``), and
         its output tokens so far. Nothing is carried from step to step: entry, preemption and resumption
         need no bookkeeping."""
         rs, grammar = self.req_states, self.grammar
@@ -125,7 +126,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         at = total.unsqueeze(1) + torch.arange(-width, 0, device=dev)  # the window's positions, oldest first
         tokens = rs.all_token_ids.gpu[idx.unsqueeze(1), at.clamp(min=0)].long()
         num_output = total - to_device(rs.prompt_len.np[slots].astype(np.int64), dev)
-        return grammar.positions_on_device(slots, tokens, at), num_output
+        return grammar.rules.positions(slots, tokens, at), num_output
 
     def _code_logits(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """For ``rows``, what V1 samples image codes from: the model's logits plus each request's logit bias,

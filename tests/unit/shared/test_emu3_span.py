@@ -13,7 +13,8 @@ from engine.shared.families import EMU3
 from engine.shared.families.emu3 import EMU3_ARCHITECTURE, generate_grid
 from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, RequestOptions
 from engine.shared.vocab import CheckpointError, TokenLayout
-from engine.worker.span_grammar import SpanGrammar, span_position
+from engine.worker.span_grammar import SpanGrammar
+from engine.worker.span_rules import span_position
 
 V = 64
 DIGITS = {str(d): 40 + d for d in range(10)}
@@ -60,14 +61,14 @@ def test_every_position_host_and_device_alike(grid):
         window = device.tail_length(0) + 2
         tail = torch.tensor([[*([0] * window), *history][-window:]])
         at = torch.arange(len(history) - window, len(history)).unsqueeze(0)
-        pos = device.positions_on_device(slots, tail, at)
-        assert int(pos[0]) == span_position(history, LAYOUT, LAYOUT.span.prefix(grid)) == host.pos[0]
+        pos = device.rules.positions(slots, tail, at)
+        assert int(pos[0]) == span_position(history, LAYOUT, LAYOUT.span.prefix(grid)) == host.state.pos[0]
         num_output = torch.tensor([len(history) - 2])
         (dev_tok,) = allowed(device.apply_on_device(logits.clone(), slots, np.array([0]), pos, num_output)[0])
         assert tok == dev_tok and (tok in CODES if want == "code" else {tok} == want)
         host.advance(slots, np.array([tok]))
         history.append(tok)
-    assert host.pos[0] == -1 and history[-1] == EOI
+    assert host.state.pos[0] == -1 and history[-1] == EOI
 
 
 def test_text_after_boi_that_is_not_the_prefix_is_not_a_span():

@@ -91,16 +91,16 @@ def test_resync_places_a_slot_inside_a_row_and_after_an_eol():
     g = SpanGrammar(LAYOUT, max_slots=2)
     params = RequestOptions(mode=INTERLEAVED, image_grid=(2, 2))
     g.add(0, params, [1, BOI, 31, 31, 4, 5, EOL], 6)
-    assert g.pos[0] == 5 and g.tail_length(0) == 3 + 2 * 3 + 1
+    assert g.state.pos[0] == 5 and g.tail_length(0) == 3 + 2 * 3 + 1
     assert allowed(g.apply(torch.randn(1, V), np.array([0]))[0]) <= CODES
     g.add(1, params, [1, BOI, 31, 31, 4, 5, EOL, 6, 7, EOL, EOI], 10)
-    assert g.pos[1] == -1
+    assert g.state.pos[1] == -1
 
 
 def test_a_grid_the_checkpoint_cannot_write_falls_back_to_native():
     g = SpanGrammar(LAYOUT, max_slots=1)
     g.add(0, RequestOptions(mode=INTERLEAVED, image_grid=(3, 4)), [1], 0)  # odd side: no size token
-    assert (g.rows[0], g.cols[0]) == (NATIVE, NATIVE)
+    assert (g.state.rows[0], g.state.cols[0]) == (NATIVE, NATIVE)
     with pytest.raises(ValueError, match="image_grid"):
         RequestOptions.from_extra_args({"modalities": ["image"], "image_grid": [0, 4]})
 
@@ -160,7 +160,7 @@ def test_the_on_device_form_allows_what_the_host_form_allows(grid):
     for _ in range(3 + grid[0] * (grid[1] + 1) + 1):
         logits = torch.randn(3, V)
         host = g.apply(logits.clone(), slots)
-        device = g.apply_on_device(logits.clone(), slots, tracked, torch.from_numpy(g.pos[slots[tracked]]),
-                                   torch.from_numpy(g.num_output[slots[tracked]]))
+        device = g.apply_on_device(logits.clone(), slots, tracked, torch.from_numpy(g.state.pos[slots[tracked]]),
+                                   torch.from_numpy(g.state.num_output[slots[tracked]]))
         assert torch.equal(host, device)
         g.advance(np.array([0]), np.array([min(allowed(host[1]))]))  # the one allowed, until text after EOI

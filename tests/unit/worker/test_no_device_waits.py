@@ -40,7 +40,7 @@ def full_batch(family: str, monkeypatch: pytest.MonkeyPatch) -> Pair:
     install(monkeypatch)
     pair = Pair(family, monkeypatch, layout.vocab_size)
     for grammar in (pair.v1.grammar, pair.v2.processor.grammar):
-        grammar._draw_nucleus = _draw_tensor
+        grammar.sampler._draw_nucleus = _draw_tensor
     code, cells = layout.code_to_id, layout.span.native_grid ** 2
     pair.add("text", [1, 2], sp(["text"], **PENALTIES))
     pair.add("mixed", [3, 16], sp(["text", "image"], image_temperature=1.0, image_top_p=0.8))

@@ -36,7 +36,7 @@ def ops_per_step(model_dir: str, monkeypatch: pytest.MonkeyPatch, rows: int, ste
     install(monkeypatch)
     pair = Pair(model_dir, monkeypatch, V, slots=rows)
     for grammar in (pair.v1.grammar, pair.v2.processor.grammar):
-        grammar._draw_nucleus = _draw_tensor  # the accelerator's form
+        grammar.sampler._draw_nucleus = _draw_tensor  # the accelerator's form
     counts = (OpCount(), OpCount())
     pair.v1.apply = counts[0].during(pair.v1.apply)
     pair.v2.processor.apply = counts[1].during(pair.v2.processor.apply)

@@ -165,10 +165,10 @@ def test_v1_does_not_consume_async_placeholders(model_dir):
     output = [BOI, CODES[0], -1]
     added = [(0, sp(["image"]), [1], output)]
     v1.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
-    assert v1.grammar.pos[0] == 1 and v1.grammar.num_output[0] == 2
+    assert v1.grammar.state.pos[0] == 1 and v1.grammar.state.num_output[0] == 2
     output[-1] = CODES[1]
     row = v1.apply(torch.randn(1, V))[0]
-    assert v1.grammar.pos[0] == 2 and v1.grammar.num_output[0] == 3
+    assert v1.grammar.state.pos[0] == 2 and v1.grammar.state.num_output[0] == 3
     assert len(torch.isfinite(row).nonzero()) == 1
 
 

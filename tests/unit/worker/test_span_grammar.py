@@ -12,7 +12,9 @@ import torch
 from engine.shared.families import CHAMELEON
 from engine.shared.request_options import IMAGE_ONLY, INTERLEAVED, TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
-from engine.worker.span_grammar import SpanGrammar, counter_uniforms, span_position
+from engine.worker.code_sampler import CodeSampler, counter_uniforms
+from engine.worker.span_grammar import SpanGrammar
+from engine.worker.span_rules import span_position
 
 V, N = 40, 4
 CODES = tuple(range(4, 12))
@@ -107,7 +109,7 @@ def test_one_apply_over_a_batch_mixing_every_mode_and_phase():
         RequestOptions(mode=IMAGE_ONLY),  # span full: EOI next
         tails=[[1], [1], [1], [1, BOI, 4], [1, BOI, 4, 5, 6, 7]],
     )
-    g.num_output[4] = 5
+    g.state.num_output[4] = 5
     rows = step(g, [4, 0, 3, 2, 1])  # rows in any slot order
     assert allowed(rows[0]) == {EOI}
     assert allowed(rows[1]) == set(TEXT)
@@ -160,7 +162,7 @@ def test_resumed_request_continues_its_span():
 def test_resync_replaces_state():
     g = grammar(RequestOptions(mode=INTERLEAVED))
     g.resync(0, [1, BOI, 4, 5, 6], 7)
-    assert g.pos[0] == 3 and g.num_output[0] == 7
+    assert g.state.pos[0] == 3 and g.state.num_output[0] == 7
 
 
 @pytest.mark.parametrize("beside_text", [False, True])
@@ -196,7 +198,7 @@ def test_a_row_without_usable_code_logits_samples_every_code(bad_codes, value):
     g = grammar(*[RequestOptions(mode=IMAGE_ONLY, image_temperature=1.0, image_top_p=0.9)] * 2, tails=[[BOI], [BOI]])
     seen = set()
     for i in range(200):
-        g.seed[:] = i  # each draw from another seed
+        g.state.seed[:] = i  # each draw from another seed
         logits = torch.randn(2, V)
         logits[0, bad_codes] = value
         logits[1, list(CODES)] = -50.0
@@ -244,9 +246,9 @@ def _nucleus(code_logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"),
                          [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.0, 0, 0.5), (2.0, 3, 1.0), (1.0, 5, 0.6)])
-@pytest.mark.parametrize("rounds", [SpanGrammar.MAX_ATTEMPTS, 0])  # 0: every row takes the sorted fallback
+@pytest.mark.parametrize("rounds", [CodeSampler.MAX_ATTEMPTS, 0])  # 0: every row takes the sorted fallback
 def test_image_sampling_matches_the_reference_distribution(monkeypatch, temperature, top_k, top_p, rounds):
-    monkeypatch.setattr(SpanGrammar, "MAX_ATTEMPTS", rounds)
+    monkeypatch.setattr(CodeSampler, "MAX_ATTEMPTS", rounds)
     torch.manual_seed(0)
     logits = torch.zeros(1, V)
     code_logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, 3.0])
@@ -315,9 +317,9 @@ def test_unseeded_rows_sample_in_one_draw_and_vary():
 def test_move_and_swap_carry_state():
     g = grammar(RequestOptions(mode=INTERLEAVED), RequestOptions(mode=IMAGE_ONLY), tails=[[BOI, 4], [1]])
     g.move(0, 1, swap=True)
-    assert (g.mode[0], g.mode[1], g.pos[1]) == (IMAGE_ONLY, INTERLEAVED, 1)
+    assert (g.state.mode[0], g.state.mode[1], g.state.pos[1]) == (IMAGE_ONLY, INTERLEAVED, 1)
     g.move(1, 5, swap=False)
-    assert (g.mode[5], g.pos[5], g.mode[1]) == (INTERLEAVED, 1, TEXT_ONLY)
+    assert (g.state.mode[5], g.state.pos[5], g.state.mode[1]) == (INTERLEAVED, 1, TEXT_ONLY)
     g.remove(5)
     assert allowed(step(g, [5])[0]) == set(TEXT)
 
@@ -433,7 +435,7 @@ def test_a_masked_edit_writes_the_kept_codes_and_samples_the_rest(on_device):
     for _ in range(N + 2):  # BOI, N codes, EOI
         logits = torch.randn(3, V, generator=torch.Generator().manual_seed(len(written[0])))
         if on_device:
-            pos, done = torch.from_numpy(g.pos[:2].copy()), torch.from_numpy(g.num_output[:2].copy())
+            pos, done = torch.from_numpy(g.state.pos[:2].copy()), torch.from_numpy(g.state.num_output[:2].copy())
             out = g.apply_on_device(logits, slots, np.array([0, 1]), pos, done)
         else:
             out = g.apply(logits, slots)
@@ -454,4 +456,4 @@ def test_kept_codes_travel_in_extra_args_and_must_be_codes():
     with pytest.raises(ValueError, match="image_keep"):
         RequestOptions.from_extra_args({"modalities": ["text"], "image_keep": [4, -1]})
     g = grammar(RequestOptions(mode=IMAGE_ONLY, kept_codes=(4, 99, BOI, -1)))
-    assert g.kept[0].tolist() == [4, -1, -1, -1]  # ids that are not codes are sampled
+    assert g.state.kept[0].tolist() == [4, -1, -1, -1]  # ids that are not codes are sampled
