@@ -38,6 +38,7 @@ from engine.frontend.vqgan import (
     load_hf_vqmodel,
     load_meta_vqgan,
 )
+from engine.shared.capabilities import Capabilities
 from engine.shared.families import CHAMELEON, Family
 from engine.shared.kv_size import kv_bytes_per_token
 from engine.shared.processor_settings import processor_settings
@@ -249,6 +250,7 @@ class ChameleonEngine:
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
+        self.capabilities = Capabilities(model_runner, self.layout.span.guided_from_boi)
         self.editable_cells = image_tokenizer.editable_cells  # an edit's mask -> the cells of its image's codes
         self.tokenizer = llm.get_tokenizer()
         # the tokenizer's chat template, else the processor's saved beside it (Emu3's -hf folders keep it there)
@@ -293,12 +295,6 @@ class ChameleonEngine:
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
                    max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1", family)
-
-    def can_guide(self, modalities: list[str]) -> bool:
-        """Whether a reply of ``modalities`` can be guided: everywhere, except span-only twins (Lumina-mGPT)
-        in interleaved replies on Model Runner V2, where a twin would restart at a BOI that only the device
-        sees (``engine/worker/runner_v2.py``)."""
-        return self.model_runner == "v1" or not self.layout.span.guided_from_boi or set(modalities) == {"image"}
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

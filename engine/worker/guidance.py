@@ -117,7 +117,7 @@ class Guidance:
         Twins follow every token their request commits, read from ``history`` (``all_token_ids``) on the device
         by positions the host knows; so they run on every step of a guided request, text or image, one token
         each in the steady state. Span-only twins (Lumina-mGPT) start at output 0: the open span of an
-        image-only reply; the server refuses guided interleaved replies of that family on this runner.
+        image-only reply, the only ones this runner guides (``engine/shared/capabilities.py``).
         """
         model = live_model()
         index: list[int] = []

@@ -32,7 +32,8 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcRequestState,
 )
 
-from engine.shared.request_options import IMAGE_ONLY, TEXT_ONLY, RequestOptions
+from engine.shared.capabilities import V2_SPAN_GUIDANCE, Capabilities
+from engine.shared.request_options import TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
 from engine.worker.live import live_model, live_v2_guidance, register_v2_guidance
@@ -61,6 +62,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         self.req_states = req_states
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
         self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.guided_from_boi else None)
+        self.capabilities = Capabilities("v2", layout.span.guided_from_boi)
         register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
         # per slot, on the device: the request's logit_bias as (token id, bias) columns, padded with (0, 0.0)
         self._bias_ids = torch.zeros(req_states.max_num_reqs, 0, dtype=torch.long, device=req_states.device)
@@ -70,10 +72,8 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         params = RequestOptions.from_sampling_params(sampling_params)
         self.grammar.add(req_idx, params)  # placed from the device history at every step (_positions)
-        if params.guided and self.guidance.span_only and params.mode != IMAGE_ONLY:
-            # its twin would restart at each image's BOI, which only the device knows (server/prompt.py refuses)
-            logger.warning("Model Runner V2 guides span-only twins (Lumina-mGPT) in image-only replies only; "
-                           "this interleaved request is not guided")
+        if params.guided and not self.capabilities.guides(params.mode):  # the server refuses these with a 400
+            logger.warning("%s; this request is not guided", V2_SPAN_GUIDANCE)
             params = dataclasses.replace(params, cfg_scale=1.0)
         self.guidance.add(req_idx, params, sampling_params.max_tokens)
         self._set_bias(req_idx, (sampling_params.logit_bias or {}) if params.mode != TEXT_ONLY else {})

@@ -8,6 +8,7 @@ from types import MappingProxyType, SimpleNamespace
 import pytest
 
 from engine.offline.tiny import TinySpec, make_tiny
+from engine.shared.capabilities import Capabilities
 from engine.shared.families import CHAMELEON
 from engine.shared.image_sizes import ListedSizes
 from engine.shared.vocab import TokenLayout
@@ -22,7 +23,7 @@ def engine(tmp_path_factory):
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
     sizes = ListedSizes(MappingProxyType({"64x64": (4, 4)}))
     return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096,
-                           can_guide=lambda modalities: True)
+                           capabilities=Capabilities("v1", layout.span.guided_from_boi))
 
 
 def _params(engine, modalities: list[str], **fields):
@@ -81,13 +82,13 @@ def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
     """Lumina-mGPT guides from the image alone, its twin restarting at each image's BOI, which Model Runner V2
     keeps on the device: there its default cfg_scale applies to image-only replies, and an interleaved reply
     that asks for guidance is a 400 (on V1 both are guided)."""
-    from engine.frontend.client import ChameleonEngine
     from engine.shared.families import LUMINA
     from server.errors import BadRequest
 
-    engine = SimpleNamespace(model_runner=runner, can_paint=False, layout=TokenLayout.from_checkpoint(
-        make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64, family="lumina"))))
-    engine.can_guide = lambda modalities: ChameleonEngine.can_guide(engine, modalities)
+    layout = TokenLayout.from_checkpoint(make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64,
+                                                                              family="lumina")))
+    engine = SimpleNamespace(capabilities=Capabilities(runner, layout.span.guided_from_boi), can_paint=False,
+                             layout=layout)
     settings = SimpleNamespace(family=LUMINA)
 
     def args(modalities, **fields):
