@@ -31,7 +31,8 @@ if ! command -v "$docker" >/dev/null 2>&1; then
 fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
-debootstrap --variant=minbase --include="python3,python3-venv,ca-certificates,libnuma1$tools" bookworm "$root" "$mirror" >&2
+debootstrap --variant=minbase --include="python3,python3-venv,ca-certificates,libnuma1$tools" \
+    bookworm "$root" "$mirror" >&2
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 changes=(--change 'CMD ["/bin/bash"]')
 for e in "${env[@]}"; do changes+=(--change "ENV $e"); done
