@@ -58,6 +58,19 @@ class SlotTable:
         if not swap:
             self.remove(src)
 
+    def widen(self, name: str, width: int) -> None:
+        """Field ``name`` at least ``width`` values per slot, new columns at its default: a reallocation when a
+        request is added, never in a step."""
+        narrow = getattr(self, name)
+        if width <= narrow.shape[1]:
+            return
+        f = self._fields[name]
+        wide = np.full((len(narrow), width), f.default, dtype=f.dtype)
+        wide[:, :narrow.shape[1]] = narrow
+        setattr(self, name, wide)
+        if name in self._copies:
+            self._copies[name] = to_device(wide, self._device).clone()
+
     def device(self, name: str) -> torch.Tensor:
         """The device copy of field ``name`` (every slot)."""
         return self._copies[name]

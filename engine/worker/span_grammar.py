@@ -39,8 +39,9 @@ def slot_fields(layout: TokenLayout) -> dict[str, Field]:
         "top_k": Field(np.int64, 0),
         "top_p": Field(np.float32, 1.0),
         "seed": Field(np.int64, 0),  # every image draw is counter-based on this seed
-        # Masked edits: the token written at each code cell of a native-grid image (the input's code outside the
-        # mask), -1 where one is sampled; rows of slots without a mask are never read.
+        # Masked edits: the token written at each code cell of the slot's image (the input's code outside the
+        # mask), -1 where one is sampled; rows of slots without a mask are never read. As wide as the largest
+        # edit's grid so far (Emu3 edits at each input image's own grid).
         "has_kept": Field(np.bool_, False),
         "kept": Field(np.int64, -1, native * native, on_device=True),
     }
@@ -67,8 +68,8 @@ class SpanGrammar:
         :meth:`resync`, which needs :meth:`tail_length` tokens, known once the grid is set here).
 
         A grid the checkpoint cannot write (the server refuses those with a 400) falls back to the native one.
-        A masked edit's cells (``RequestOptions.kept_codes``): ids that are not image codes are sampled, and a
-        list of the wrong length (the server refuses those) means no mask.
+        A masked edit's cells (``RequestOptions.kept_codes``, one per cell of the grid): ids that are not image
+        codes are sampled, and a list of the wrong length (the server refuses those) means no mask.
         """
         native = (self.format.native_grid,) * 2
         grid = params.image_grid or native
@@ -77,13 +78,15 @@ class SpanGrammar:
         except ValueError:
             grid = native
         prefix = self.format.prefix(grid)[:MAX_PREFIX]
-        kept = np.asarray(params.kept_codes if grid == native else (), dtype=np.int64)
-        has_kept = len(kept) == self.state.kept.shape[1]
+        codes = params.kept_codes if len(params.kept_codes) == grid[0] * grid[1] else ()
+        self.state.widen("kept", len(codes))
+        kept = np.full(self.state.kept.shape[1], -1, dtype=np.int64)
+        kept[:len(codes)] = np.where(np.isin(codes, self.layout.code_to_id), codes, -1)
         self.state.set(slot, mode=params.mode, rows=grid[0], cols=grid[1],
                        prefix=[*prefix, *[-1] * (MAX_PREFIX - len(prefix))], prefix_len=len(prefix),
                        temperature=params.image_temperature, top_k=params.image_top_k, top_p=params.image_top_p,
-                       seed=request_seed(params.seed) if params.mode != TEXT_ONLY else 0, has_kept=has_kept,
-                       kept=np.where(np.isin(kept, self.layout.code_to_id), kept, -1) if has_kept else -1)
+                       seed=request_seed(params.seed) if params.mode != TEXT_ONLY else 0, has_kept=bool(codes),
+                       kept=kept)
         self.resync(slot, tail, num_output)
 
     def resync(self, slot: int, tail: Sequence[int], num_output: int) -> None:
