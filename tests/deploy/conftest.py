@@ -124,4 +124,4 @@ def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         live.seconds_to_healthy = time.monotonic() - start
         yield live
     finally:
-        docker("rm", "-f", name, check=False)
+        docker("rm", "-f", "-v", name, check=False)  # -v: its /models volume too

@@ -105,7 +105,7 @@ def test_serving_without_a_gpu_fails_at_once_naming_it(gpu_image: str):
                       "chameleon-serve make-tiny /tmp/tiny >/dev/null && exec chameleon-serve --model /tmp/tiny",
                       check=False, timeout=NO_GPU_TIMEOUT_S)
     finally:
-        docker("rm", "-f", name, check=False)
+        docker("rm", "-f", "-v", name, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("chameleon-serve: error: no GPU found: vLLM 0.32.0 here is its GPU build"), done.stderr
