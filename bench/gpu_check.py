@@ -2,8 +2,9 @@
 private-cache attention and the VQGAN on the device, each timed, probed for host syncs and compared with the
 CPU (attention: with a plain causal SDPA over each whole sequence).
 
-Written for the machine issue 21 lends: torch and numpy, no vLLM, no transformers, maybe no numba, nothing
-to install. So without numba a stand-in ``njit`` runs engine/worker/nucleus.py's host loops as plain Python (on a
+Written for the machine issue 21 lends: torch and numpy, no vLLM, maybe no transformers or numba, nothing
+to install. So without transformers the token layout reads this script's stand-in checkpoint's processor file as
+JSON, and without numba a stand-in ``njit`` runs engine/worker/nucleus.py's host loops as plain Python (on a
 GPU they only serve the CPU side); the private-cache attention and ``PrivateKV``/``PrivateBatch`` are loaded
 from their source files without the vLLM and transformers imports they do not use; the V2 adapter reads the
 step's raw logits from a stand-in model, and needs vLLM's pure-Python interface module: from an installed
@@ -184,6 +185,24 @@ def numba_or_stand_in() -> str:
         sys.modules["numba"] = stand_in
         return f"absent ({e}): a stand-in njit runs engine/worker/nucleus.py's host loops as plain Python"
     return numba.__version__
+
+
+def transformers_or_stand_in() -> str:
+    """transformers' version; without transformers, a stand-in for ``engine/shared/processor_settings.py``, whose
+    loaders are transformers': it reads the processor files that this script's own stand-in checkpoint writes."""
+    try:
+        import transformers
+    except ImportError as e:
+        def processor_settings(model_dir: Path) -> dict:
+            path = Path(model_dir) / "processor_config.json"
+            return json.loads(path.read_text()) if path.is_file() else {}
+
+        stand_in = types.ModuleType("engine.shared.processor_settings")
+        stand_in.processor_settings = processor_settings
+        stand_in.image_processor_settings = lambda model_dir: processor_settings(model_dir).get("image_processor")
+        sys.modules[stand_in.__name__] = stand_in
+        return f"absent ({e}): the token layout reads the stand-in checkpoint's processor_config.json as JSON"
+    return transformers.__version__
 
 
 def runtime_names(nodes: list[ast.AST]) -> set[str]:
@@ -716,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO))
     device = torch.device(args.device)
     notes = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-             "torch": f"{torch.__version__} (CUDA {torch.version.cuda})", "numba": numba_or_stand_in()}
+             "torch": f"{torch.__version__} (CUDA {torch.version.cuda})", "numba": numba_or_stand_in(),
+             "transformers": transformers_or_stand_in()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or chameleon_stand_in(Path(tmp))
