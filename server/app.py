@@ -19,7 +19,7 @@ from server import metrics
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
-from server.routes import chat, completions, health, images, models, playground, responses
+from server.routes import chat, completions, health, image_edits, images, models, playground, responses
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     metrics.set_guidance_limit(settings.max_guidance_bytes)
     for router in (health.router, models.router, chat.router, completions.router, images.router,
-                   responses.router):
+                   image_edits.router, responses.router):
         app.include_router(router)
     if settings.playground:
         app.include_router(playground.router)

@@ -1,4 +1,5 @@
-"""`POST /v1/images/generations` (text to image) and `POST /v1/images/edits` (images and text to image).
+"""`POST /v1/images/generations` (text to image), and the reply it shares with `POST /v1/images/edits` (images
+and text to image, ``server/routes/image_edits.py``).
 
 Both become a chat request with modalities ["image"] and run the shared pipeline; they differ only in the
 prompt (an edit's user turn holds its input images, then the instruction). Replies are ``b64_json`` images in
@@ -17,18 +18,14 @@ import uuid
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from engine.frontend.client import ChameleonEngine
 from engine.shared.image_sizes import size_name
-from schemas.chat import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, TextPart
+from schemas.chat import ChatCompletionRequest, ChatMessage, TextPart
 from schemas.images import (
     SCHEMA_SIZES,
     ImageData,
-    ImageEditRequest,
     ImageGenerationRequest,
     ImageRequest,
     ImagesResponse,
@@ -37,7 +34,6 @@ from schemas.images import (
 from server import driver
 from server.context import RequestContext
 from server.deps import check_model, get_engine, get_settings, require_api_key
-from server.edit_masks import mask_cells
 from server.errors import APIError, BadRequest, error_body
 from server.generation import PNG, ChoiceDelta, in_format
 from server.pipeline import prepare_chat
@@ -54,48 +50,11 @@ async def generate_images(
     req: ImageGenerationRequest, request: Request,
     settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
 ) -> ImagesResponse | StreamingResponse:
-    return await _images(req, [TextPart(type="text", text=req.prompt)], "image_generation", request, settings, engine)
+    content = [TextPart(type="text", text=req.prompt)]
+    return await images_reply(req, content, "image_generation", request, settings, engine)
 
 
-@router.post("/images/edits", response_model=None)
-async def edit_images(
-    request: Request, settings: Settings = Depends(get_settings), engine: ChameleonEngine = Depends(get_engine),
-) -> ImagesResponse | StreamingResponse:
-    """Multipart form, as OpenAI takes it: ``image`` (or several ``image[]``), ``prompt``, an optional ``mask``,
-    and the fields of /v1/images/generations.
-
-    With a mask (a PNG the size of the first image, whose fully transparent pixels mark the area to change), the
-    reply is that image with only the code cells under the mask written anew: every other cell is forced to
-    the input's own code, so the untouched area decodes to the input's VQGAN reconstruction. The model writes
-    in raster order, so a changed cell sees the kept cells before it, not those after it.
-    """
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadRequest("send the edit as multipart/form-data (image files and form fields)", param="image")
-    form = await request.form()
-    files = [f for key in ("image", "image[]") for f in form.getlist(key) if isinstance(f, UploadFile)]
-    fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in ("image", "image[]", "mask")}
-    try:
-        req = ImageEditRequest(**fields)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
-    if not files:
-        raise BadRequest("image: at least one image file is required", param="image")
-    uploads = [(f.content_type or "", await f.read()) for f in files]
-    mask = form.get("mask")
-    editable = await mask_cells(engine, settings, uploads[0][1], await mask.read()) \
-        if isinstance(mask, UploadFile) else None
-    images = [ImagePart(type="image_url", image_url=ImageURL(url=_data_url(*u))) for u in uploads]
-    return await _images(req, [*images, TextPart(type="text", text=req.prompt)], "image_edit", request, settings,
-                         engine, editable)
-
-
-def _data_url(content_type: str, data: bytes) -> str:
-    """An uploaded file as the data URL the chat pipeline reads (its decoding checks are chat's)."""
-    kind = content_type if content_type.startswith("image/") else "image/png"
-    return f"data:{kind};base64," + base64.b64encode(data).decode()
-
-
-async def _images(req: ImageRequest, content: list, kind: str, request: Request,
+async def images_reply(req: ImageRequest, content: list, kind: str, request: Request,
                   settings: Settings, engine: ChameleonEngine,
                   editable: np.ndarray | None = None) -> ImagesResponse | StreamingResponse:
     if req.model is not None:
