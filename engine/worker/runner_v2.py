@@ -88,8 +88,8 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
             self._bias_values = torch.nn.functional.pad(self._bias_values, (0, grow))
         self._has_bias[slot] = bool(bias)
         dev = self.req_states.device
-        self._bias_ids[slot] = 0
-        self._bias_values[slot] = 0.0
+        self._bias_ids[slot].zero_()  # the scalar an argument of the fill, not a host value the device copies in
+        self._bias_values[slot].zero_()
         self._bias_ids[slot, :len(bias)] = to_device(np.fromiter(bias, dtype=np.int64, count=len(bias)), dev)
         self._bias_values[slot, :len(bias)] = to_device(np.fromiter(bias.values(), dtype=np.float32,
                                                                     count=len(bias)), dev)

@@ -171,7 +171,7 @@ class SpanGrammar:
         no_boi = self.state.mode[slots] != INTERLEAVED  # in rows that write text
         no_boi[rows] = False
         if no_boi.all():
-            logits[:, boi] = float("-inf")
+            logits[:, boi].fill_(float("-inf"))
         elif no_boi.any():
             logits[:, boi].index_fill_(0, self._to_device(np.flatnonzero(no_boi)), float("-inf"))
         if not len(rows):
@@ -206,10 +206,10 @@ class SpanGrammar:
         text rows need; the scalar an argument of each fill, not a host value the device copies in."""
         for cols in (self.sampler.code_cols, self._inner_cols):
             if isinstance(cols, slice):
-                logits[:, cols] = float("-inf")
+                logits[:, cols].fill_(float("-inf"))
             elif len(cols):
                 logits.index_fill_(1, cols, float("-inf"))
-        logits[:, self.layout.eoi] = float("-inf")
+        logits[:, self.layout.eoi].fill_(float("-inf"))
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
