@@ -21,8 +21,6 @@ from server.context import RequestContext
 from server.errors import APIError, Unavailable
 from server.previews import ImagePreviews, Preview
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True, slots=True)
 class PNG:
