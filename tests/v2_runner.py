@@ -24,7 +24,7 @@ from vllm.v1.worker.gpu.sample.sampler import Sampler
 from vllm.v1.worker.gpu.states import RequestState
 
 import engine.worker.live
-from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2, ReleasesTwins
+from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
 
 
 def _apply_write(self: buffer_utils.StagedWriteTensor) -> None:
@@ -95,47 +95,12 @@ def install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logit_bias, "apply_logit_bias", _apply_logit_bias)
 
 
-class TwinHistory:
-    """A guidance twin's cache in :class:`ModelStub`: the token written at each position (``PrivateKV``'s
-    ``length`` protocol)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.tokens = [-1] * capacity
-        self.length = 0
-
-
 class ModelStub:
-    """Stands in for the worker's model: the step's logits (the V2 processor reads them), and guidance twins
-    whose logits are a pure function of their history, so that two runners agree exactly when, and only when,
-    their twins saw the same tokens at the same positions, however the forwards were batched or chunked."""
+    """Stands in for the worker's model: the step's logits, which the V2 processor reads."""
 
     def __init__(self, vocab: int) -> None:
         self.vocab = vocab
         self.raw_logits: torch.Tensor | None = None
-
-    def new_private_kv(self, capacity: int) -> TwinHistory:
-        return TwinHistory(capacity)
-
-    def private_logits(self, ids: torch.Tensor, positions: torch.Tensor, batch) -> torch.Tensor:
-        ids, positions, rows, start = ids.tolist(), positions.tolist(), [], 0
-        for cache, n in zip(batch.caches, batch.steps, strict=True):
-            for token, at in zip(ids[start:start + n], positions[start:start + n], strict=True):
-                cache.tokens[at] = token
-            start += n
-            history = tuple(cache.tokens[:cache.length + n])
-            rows.append(torch.randn(self.vocab, generator=torch.Generator().manual_seed(hash(history) & (2**62 - 1))))
-        batch.advance()
-        return torch.stack(rows)
-
-
-class _RunnerModelState:
-    """The runner-side half of vLLM's model state that our ReleasesTwins hooks extend (no rope, no embeds)."""
-
-    def add_request(self, req_index: int, new_req_data) -> None:
-        pass
-
-    def remove_request(self, req_id: str) -> None:
-        pass
 
 
 class V2Runner:
@@ -147,8 +112,7 @@ class V2Runner:
         config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=None,
                                  reasoning_config=None)
         cpu = torch.device("cpu")
-        for name in ("_model", "_v2_guidance"):  # set below and by the processor; restored after the test
-            monkeypatch.setattr(engine.worker.live, name, None)
+        monkeypatch.setattr(engine.worker.live, "_model", None)  # set below; restored after the test
         self.req_states = RequestState(max_num_reqs=slots, max_model_len=max_len, max_num_batched_tokens=max_len,
                                        num_speculative_steps=0, vocab_size=vocab, device=cpu)
         self.processor = ChameleonSpanLogitsProcessorV2(
@@ -156,27 +120,23 @@ class V2Runner:
         self.sampler = Sampler(config, slots, vocab, cpu, self.req_states,
                                custom_logits_processors=[self.processor])
         self.model = ModelStub(vocab)
-        self.model_state = type("ModelState", (ReleasesTwins, _RunnerModelState), {})()
 
     def add(self, req_id: str, prompt: Sequence[int], params: SamplingParams, output: Sequence[int] = ()) -> int:
         """A new request, or a preempted one resuming with its output so far, as the runner adds it."""
         self._live()
         self.req_states.add_request(req_id, len(prompt), [*prompt, *output], 0, params.max_tokens)
         slot = self.req_states.req_id_to_index[req_id]
-        self.model_state.add_request(slot, SimpleNamespace(req_id=req_id))
         self.sampler.add_request(slot, params)
         return slot
 
     def remove(self, req_id: str) -> None:
-        """Finish, abort or preemption: the model state hears first, as in the runner's ``_remove_request``."""
+        """Finish, abort or preemption."""
         self._live()
-        self.model_state.remove_request(req_id)
         self.req_states.remove_request(req_id)
 
     def _live(self) -> None:
-        """This runner's model and processor are the worker's (two runners stand for two ranks)."""
+        """This runner's model is the worker's (two runners stand for two ranks)."""
         engine.worker.live.register_model(self.model)
-        engine.worker.live.register_v2_guidance(self.processor.guidance)
 
     def slot(self, req_id: str) -> int:
         return self.req_states.req_id_to_index[req_id]

@@ -18,7 +18,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 from transformers import PretrainedConfig
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
@@ -55,7 +54,6 @@ from vllm.sequence import IntermediateTensors
 from engine.shared.families import Family, for_architectures
 from engine.shared.kv_size import kv_heads_per_rank
 from engine.worker.live import register_model
-from engine.worker.private_kv import PrivateBatch, PrivateKV
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so it reaches vLLM's log handler
 
@@ -150,39 +148,14 @@ class ChameleonAttention(nn.Module):
             quant_config=vllm_config.quant_config, prefix=f"{prefix}.attn",
         )
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
-                private: PrivateBatch | None = None) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv, _ = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)  # norm before rotary
         q, k = self.rotary_emb(positions, q, k)
-        out, _ = self.o_proj(self.attn(q, k, v) if private is None else self._attend_private(q, k, v, private))
+        out, _ = self.o_proj(self.attn(q, k, v))
         return out
-
-    def _attend_private(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
-        """Causal attention of ``q`` (each sequence's new tokens, packed) over its cached sequence plus
-        these tokens: one padded attention over all sequences of ``batch``."""
-        layer, heads, kv_heads, dim = self.layer_index, self.num_heads, self.num_kv_heads, self.head_dim
-        keys, values = [], []
-        for cache, start, new_k, new_v in zip(batch.caches, batch.starts, k.split(batch.steps), v.split(batch.steps),
-                                              strict=True):
-            end = start + new_k.shape[0]
-            cache.keys[layer, start:end] = new_k.view(-1, kv_heads, dim)
-            cache.values[layer, start:end] = new_v.view(-1, kv_heads, dim)
-            keys.append(cache.keys[layer, :end])
-            values.append(cache.values[layer, :end])
-        keys = pad_sequence(keys, batch_first=True).transpose(1, 2)  # (seqs, KV heads, padded length, dim)
-        values = pad_sequence(values, batch_first=True).transpose(1, 2)
-        # The query heads of one KV head attend as extra query rows of it: no copies of repeated keys.
-        group = heads // kv_heads
-        queries = pad_sequence(q.view(-1, heads, dim).split(batch.steps), batch_first=True)
-        seqs, steps = queries.shape[:2]
-        queries = queries.view(seqs, steps, kv_heads, group, dim).transpose(1, 2).reshape(seqs, kv_heads, -1, dim)
-        visible = batch.visible(keys.shape[2]).repeat_interleave(group, dim=2)
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=visible, scale=dim**-0.5)
-        out = out.view(seqs, kv_heads, steps, group, dim).transpose(1, 2)  # (seqs, steps, KV heads, group, dim)
-        return out.reshape(seqs * steps, -1).index_select(0, batch.real)
 
 
 class ChameleonDecoderLayer(nn.Module):
@@ -204,18 +177,17 @@ class ChameleonDecoderLayer(nn.Module):
 
     def forward(
         self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
-        private: PrivateBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.swin_norm:
             h = hidden_states if residual is None else hidden_states + residual
-            h = h + self.input_layernorm(self.self_attn(positions, h, private))
+            h = h + self.input_layernorm(self.self_attn(positions, h))
             return self.post_attention_layernorm(self.mlp(h)), h
         if residual is None:
             residual = hidden_states
             hidden_states = self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions, hidden_states, private)
+        hidden_states = self.self_attn(positions, hidden_states)
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
         return self.mlp(hidden_states), residual
 
@@ -269,16 +241,6 @@ class ChameleonModel(nn.Module):
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
-    def forward_private(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
-        """Final hidden states of ``input_ids`` (packed as ``batch`` says) appended to their caches' sequences;
-        eager, all layers here (guidance needs pipeline parallelism off)."""
-        hidden_states, residual = self.embed_input_ids(input_ids), None
-        for layer in islice(self.layers, self.start_layer, self.end_layer):
-            hidden_states, residual = layer(positions, hidden_states, residual, batch)
-        batch.advance()
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
-
 
 class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
     # (fused parameter, checkpoint shard, shard id)
@@ -299,7 +261,7 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         config: PretrainedConfig = vllm_config.model_config.hf_text_config
         self.config = config
         self.family = for_architectures(vllm_config.model_config.architectures)
-        register_model(self)  # for guidance twins and Model Runner V2's span processor (engine/worker/live.py)
+        register_model(self)  # for Model Runner V2's span processor (engine/worker/live.py)
         logger.info("chameleon-serve plugin model for %s (swin_norm=%s, qk_norm=%s)", self.family.title,
                     getattr(config, "swin_norm", False), self.family.qk_norm)
         self.model = ChameleonModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
@@ -313,14 +275,6 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
             self.lm_head = PPMissingLayer()
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
         self.raw_logits: torch.Tensor | None = None  # the last compute_logits output
-
-    @staticmethod
-    def get_model_state_cls() -> type:
-        """Model Runner V2's model state (V1 never asks): vLLM's default, plus dropping a guided request's twin
-        when the request leaves the batch (``engine/worker/runner_v2.py``)."""
-        from engine.worker.runner_v2 import model_state_cls
-
-        return model_state_cls()
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -342,19 +296,6 @@ class ChameleonForConditionalGeneration(nn.Module, SupportsPP):
         """
         self.raw_logits = self.logits_processor(self.lm_head, hidden_states)
         return self.raw_logits
-
-    def new_private_kv(self, capacity: int) -> PrivateKV:
-        if get_pp_group().world_size > 1:
-            raise ValueError("classifier-free guidance needs --pipeline-parallel-size 1")
-        attn = self.model.layers[self.model.start_layer].self_attn
-        weight = self.lm_head.weight
-        return PrivateKV(len(self.model.layers), capacity, attn.num_kv_heads, attn.head_dim, weight.dtype,
-                         weight.device)
-
-    def private_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: PrivateBatch) -> torch.Tensor:
-        """Logits after the last new token of each sequence of ``batch`` (float32, one row per sequence)."""
-        hidden = self.model.forward_private(input_ids, positions, batch)
-        return self.logits_processor(self.lm_head, hidden[batch.last_tokens]).float()  # raw_logits kept as is
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the transformer from the checkpoint's names as its family maps them; what maps to None (the VQ

@@ -18,6 +18,7 @@ from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
 from engine.worker.span_grammar import SpanGrammar
+from engine.worker.transfers import to_device
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -43,7 +44,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
-        self.guidance = Guidance(max_slots, layout.boi if layout.span.guided_from_boi else None)
+        self.guidance = Guidance(max_slots)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)
@@ -64,7 +65,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             options = RequestOptions.from_sampling_params(params)
             self.grammar.add(slot, options)
             self.grammar.resync(slot, self._tail(slot, n), n)
-            self.guidance.add(slot, options, params.max_tokens)
+            self.guidance.add(slot, options, params.extra_args)
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)
@@ -85,12 +86,15 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             elif n != seen:
                 self.grammar.resync(slot, self._tail(slot, n), n)
         self.grammar.advance(np.array(stepped, dtype=np.int64), np.array(tokens, dtype=np.int64))
-        if self.guidance.any(slots):
-            rows = np.flatnonzero(self.grammar.state.pos[slots] >= 0)  # inside a span: they may sample a code
-            self.guidance.apply(logits, rows, slots[rows], [self._outputs[s] for s in slots[rows]],
-                                [_committed(self._outputs[s]) for s in slots[rows]],
-                                self.grammar.sampling_code(slots[rows]))
-        return self.grammar.apply(logits, slots)
+        rows, companions = self.guidance.pairs(slots)
+        if len(rows):
+            index = to_device(rows, logits.device)
+            guided = self.guidance.guided(logits.index_select(0, index),
+                                          logits.index_select(0, to_device(companions, logits.device)),
+                                          slots[rows], self.grammar.sampling_code(slots[rows]))
+            logits.index_copy_(0, index, guided)
+        logits = self.grammar.apply(logits, slots)
+        return self.guidance.mirror(logits, rows, companions) if len(rows) else logits
 
     def _tail(self, slot: int, n: int) -> list[int]:
         """The last ``tail_length`` tokens of prompt + the first ``n`` output tokens."""

@@ -7,22 +7,19 @@ worker, at the first step). Committed tokens live on the device (``req_states.al
 ``total_len``) and are never read back: each step reads every image-capable row's span position from
 its history on the device, and the grammar decides by masks there (``SpanGrammar.apply_on_device``), so
 no step waits for the one before it. What the host knows it uses: each row's committed length
-(``ctx.seq_lens_upper_bound_np``, exact without speculative decoding), which places guidance twins.
+(``ctx.seq_lens_upper_bound_np``, exact without speculative decoding).
 
 V2 runs custom processors after logit bias, penalties and bad words (V1: after bias and bad words,
 before penalties). Image codes are therefore sampled from the model's own logits of the step
 (``ChameleonForConditionalGeneration.raw_logits``) plus the request's logit bias, with every token
 that an earlier stage forbade kept forbidden: exactly what V1 samples them from, so penalties act on
-text only, on both runners. Guidance twins are dropped when their request leaves the batch through the
-model-state hooks V2 offers (:class:`ReleasesTwins`).
+text only, on both runners. A guided row's unconditional companion (``engine/worker/guidance.py``) is guided
+from the companion's raw logits, as V1 guides from the companion's unbiased ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,19 +29,16 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcRequestState,
 )
 
-from engine.shared.capabilities import V2_SPAN_GUIDANCE, Capabilities
 from engine.shared.request_options import TEXT_ONLY, RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
-from engine.worker.live import live_model, live_v2_guidance, register_v2_guidance
+from engine.worker.live import live_model
 from engine.worker.span_grammar import SpanGrammar
 from engine.worker.transfers import to_device
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.sampling_params import SamplingParams
-
-logger = logging.getLogger(__name__)
 
 
 class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
@@ -61,9 +55,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.req_states = req_states
         self.grammar = SpanGrammar(layout, req_states.max_num_reqs, req_states.device)
-        self.guidance = Guidance(req_states.max_num_reqs, layout.boi if layout.span.guided_from_boi else None)
-        self.capabilities = Capabilities("v2", layout.span.guided_from_boi)
-        register_v2_guidance(self.guidance)  # for the model state's request removals (ReleasesTwins)
+        self.guidance = Guidance(req_states.max_num_reqs)
         # per slot, on the device: the request's logit_bias as (token id, bias) columns, padded with (0, 0.0)
         self._bias_ids = torch.zeros(req_states.max_num_reqs, 0, dtype=torch.long, device=req_states.device)
         self._bias_values = torch.zeros(req_states.max_num_reqs, 0, device=req_states.device)
@@ -72,10 +64,7 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         params = RequestOptions.from_sampling_params(sampling_params)
         self.grammar.add(req_idx, params)  # placed from the device history at every step (_positions)
-        if params.guided and not self.capabilities.guides(params.mode):  # the server refuses these with a 400
-            logger.warning("%s; this request is not guided", V2_SPAN_GUIDANCE)
-            params = dataclasses.replace(params, cfg_scale=1.0)
-        self.guidance.add(req_idx, params, sampling_params.max_tokens)
+        self.guidance.add(req_idx, params, sampling_params.extra_args)
         self._set_bias(req_idx, (sampling_params.logit_bias or {}) if params.mode != TEXT_ONLY else {})
         return True
 
@@ -99,19 +88,22 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         if logits.shape[0] != len(slots):  # several rows per request; not expected without speculation
             slots = ctx.expanded_idx_mapping.cpu().numpy().astype(np.int64)
         rows = np.flatnonzero(self.grammar.state.mode[slots] != TEXT_ONLY)
-        if not len(rows):  # text only: no position to read
+        if not len(rows):  # text only: no position to read (companions are text-only rows: no pair either)
             none = torch.empty(0, dtype=torch.long, device=logits.device)
             return self.grammar.apply_on_device(logits, slots, rows, none, none)
         placed = slots[rows]
         pos, num_output = self._positions(placed)
         codes = self._code_logits(logits, slots, rows)
-        if self.guidance.any(placed):
-            # committed lengths are known on the host (exact without speculative decoding), token ids are not
-            prompt_len = self.req_states.prompt_len.np[placed]
-            self.guidance.apply_on_device(codes, placed, ctx.seq_lens_upper_bound_np[rows] - prompt_len, prompt_len,
-                                          self.req_states.all_token_ids.gpu,
-                                          self.grammar.samples_code_on_device(placed, pos))
-        return self.grammar.apply_on_device(logits, slots, rows, pos, num_output, codes)
+        guided, companions = self.guidance.pairs(slots)
+        if len(guided):
+            at = np.searchsorted(rows, guided)  # the guided rows among ``rows`` (they write images)
+            at_t = to_device(at, logits.device)
+            sampling = self.grammar.samples_code_on_device(placed, pos).index_select(0, at_t)
+            uncond = self._raw(logits).index_select(0, to_device(companions, logits.device))
+            codes.index_copy_(0, at_t, self.guidance.guided(codes.index_select(0, at_t), uncond, slots[guided],
+                                                             sampling))
+        logits = self.grammar.apply_on_device(logits, slots, rows, pos, num_output, codes)
+        return self.guidance.mirror(logits, guided, companions) if len(guided) else logits
 
     def _positions(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Per slot, on the device: tokens written since an unclosed BOI (-1 outside a span), read from the last
@@ -134,41 +126,14 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         penalties."""
         rows_t = to_device(rows, logits.device)
         processed = logits.index_select(0, rows_t)
-        raw = live_model().raw_logits
-        if raw is None or raw.shape != logits.shape:  # not this step's rows: nothing better than V2's own
-            return processed
-        x = raw.index_select(0, rows_t).float()  # a copy: raw is vLLM's too (its raw logprobs)
+        x = self._raw(logits).index_select(0, rows_t).float()  # a copy: raw is vLLM's too (its raw logprobs)
         if self._has_bias[slots[rows]].any():
             placed = to_device(slots[rows], logits.device)
             x.scatter_add_(1, self._bias_ids[placed], self._bias_values[placed])
         return x.masked_fill_(processed == float("-inf"), float("-inf"))
 
-
-class ReleasesTwins:
-    """Model-state hooks that drop a guided request's twin the moment the request leaves the batch (finish,
-    abort, preemption): Model Runner V2 tells its model state, with request ids, but not logits processors,
-    which would otherwise keep the twin's cache until their slot is reused."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._slots: dict[str, int] = {}
-
-    def add_request(self, req_index: int, new_req_data: Any) -> None:
-        super().add_request(req_index, new_req_data)
-        self._slots[new_req_data.req_id] = req_index
-
-    def remove_request(self, req_id: str) -> None:
-        slot = self._slots.pop(req_id, None)
-        guidance = live_v2_guidance()
-        if slot is not None and guidance is not None:
-            guidance.remove(slot)
-        super().remove_request(req_id)
-
-
-@functools.cache
-def model_state_cls() -> type:
-    """Model Runner V2's model state for our models (``get_model_state_cls``): vLLM's default plus
-    :class:`ReleasesTwins`. Built on first use: vLLM's model-state module is worker-side and heavy."""
-    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
-
-    return type("ChameleonModelState", (ReleasesTwins, DefaultModelState), {})
+    @staticmethod
+    def _raw(logits: torch.Tensor) -> torch.Tensor:
+        """The model's own logits of this step (``logits`` itself where they are not this step's rows)."""
+        raw = live_model().raw_logits
+        return logits if raw is None or raw.shape != logits.shape else raw

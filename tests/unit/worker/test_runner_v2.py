@@ -22,6 +22,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from engine.frontend.client import logits_processor_for_runner
+from engine.shared.companions import COMPANION_KEY, PAIR_KEY
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
 
@@ -65,43 +66,60 @@ def test_v2_matches_v1_through_adds_removes_moves_preemption_penalties_and_bias(
     assert resumed[4] in CODES and resumed[5] in CODES and resumed[6] == EOI
 
 
-def test_guided_requests_match_on_both_runners(model_dir, v2_on_cpu):
-    """Guidance twins (a model stub whose twin logits are a function of the twin's history) on both runners:
-    image-only and interleaved, a negative prompt and none, greedy and sampled, beside an unguided request, and
-    a guided request preempted mid-image that re-enters with its output."""
+def guided(rid: str, modalities, scale: float, **kw) -> SamplingParams:
+    """A guided request's params, with the pair mark the scheduler gives it (engine/core/guided_pairs.py)."""
+    params = sp(modalities, cfg_scale=scale, cfg_uncond_prompt=[15], **kw)
+    params.extra_args[PAIR_KEY] = rid
+    return params
+
+
+def companion(rid: str) -> SamplingParams:
+    """The unconditional companion of ``rid``, as the scheduler makes it."""
+    return SamplingParams(max_tokens=64, temperature=0.0, extra_args={PAIR_KEY: rid, COMPANION_KEY: True})
+
+
+def test_guided_rows_and_companions_match_on_both_runners(model_dir, v2_on_cpu):
+    """Guided rows beside their companions, on both runners: image-only and interleaved, greedy and sampled,
+    beside an unguided request, a pair re-entering mid-image, and row moves. Each companion writes exactly what
+    its row writes, up to the span's EOI."""
     rng = random.Random(11)
     pair = Pair(model_dir, v2_on_cpu, V)
     pair.add("plain", [1, 2], sp(["text", "image"], image_temperature=1.0))
-    pair.add("guided", [1, 2, 3], sp(["image"], image_temperature=0.0, cfg_scale=3.0, cfg_uncond_prompt=[1, 15]))
-    pair.add("bare", [2], sp(["image"], image_temperature=1.0, cfg_scale=2.0, cfg_uncond_prompt=[]))
-    pair.add("mixed", [3], sp(["text", "image"], image_temperature=0.0, cfg_scale=4.0, cfg_uncond_prompt=[15],
-                               **PENALTIES), output=[20, 21])
-    for i in range(3 * (N + 2)):
-        if i == 4:
-            params, prompt, output = pair.params["guided"], pair.prompt["guided"], pair.output["guided"]
-            pair.remove("guided")
-            pair.add("guided", prompt, params, output=output)
-        pair.step(rng, swap=i == 7)
-    assert pair.output["guided"][N + 1] == EOI and pair.output["bare"][N + 1] == EOI
+    pair.add("guided", [1, 2, 3], guided("guided", ["image"], 3.0, image_temperature=0.0))
+    pair.add("guided~u", [1, 15], companion("guided"))
+    pair.add("mixed", [3], guided("mixed", ["text", "image"], 4.0, image_temperature=1.0, **PENALTIES),
+             output=[20, BOI])
+    pair.add("mixed~u", [15, 20, BOI], companion("mixed"))
+    for i in range(N + 2):
+        if i == 2:  # a preempted pair re-enters with its output so far
+            for rid in ("guided", "guided~u"):
+                params, prompt, output = pair.params[rid], pair.prompt[rid], pair.output[rid]
+                pair.remove(rid)
+                pair.add(rid, prompt, params, output=output)
+        picks = dict(zip(pair.batch, pair.step(rng, swap=i == 3)))
+        for rid in ("guided", "mixed"):
+            if f"{rid}~u" in picks:
+                assert picks[f"{rid}~u"] == picks[rid]
+                if picks[rid] == EOI:  # the span is over: so is the companion (the scheduler's)
+                    pair.remove(f"{rid}~u")
+    assert pair.output["guided"][N + 1] == EOI and pair.output["mixed"][N + 2] == EOI
 
 
-def test_a_request_leaving_the_batch_drops_its_twin_at_once(model_dir, v2_on_cpu):
-    """On V2 the model state, told of finish, abort and preemption by request id, frees the twin's cache;
-    the processor alone would keep it until its slot is reused."""
-    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
-
-    from engine.worker.model import ChameleonForConditionalGeneration
-    from engine.worker.runner_v2 import ReleasesTwins
-
-    cls = ChameleonForConditionalGeneration.get_model_state_cls()
-    assert issubclass(cls, ReleasesTwins) and issubclass(cls, DefaultModelState)
-    runner = V2Runner(model_dir, SLOTS, V, MAX_LEN, v2_on_cpu)
-    slot = runner.add("g", [1, 2], sp(["image"], cfg_scale=3.0, cfg_uncond_prompt=[]))
-    runner.sample_logits(["g"], torch.randn(1, V))
-    twins = runner.processor.guidance._twins
-    assert twins[slot] is not None and twins[slot].cache is not None
-    runner.remove("g")
-    assert twins[slot] is None
+def test_guidance_changes_the_guided_rows_codes_only(model_dir):
+    """Through the V1 adapter: the same model logits with and without the companion beside the row (greedy):
+    with it, the row's code is the argmax of uncond + scale * (cond - uncond)."""
+    config = v1_config(model_dir)
+    processor = ChameleonSpanLogitsProcessorV1(config, torch.device("cpu"), False)
+    outputs: list[list[int]] = [[BOI], []]
+    params = guided("g", ["image"], 3.0, image_temperature=0.0)
+    processor.update_state(BatchUpdate(batch_size=2, removed=[], moved=[],
+                                       added=[(0, params, [1, 2], outputs[0]), (1, companion("g"), [15], outputs[1])]))
+    logits = torch.randn(2, V)
+    out = processor.apply(logits.clone())
+    cond, uncond = logits[0, CODES], logits[1, CODES]
+    want = CODES[int((uncond + 3.0 * (cond - uncond)).argmax())]
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [want]
+    assert torch.equal(out[0], out[1])
 
 
 def test_v2_random_workloads_match_v1(model_dir, v2_on_cpu):
