@@ -8,7 +8,6 @@ import pytest
 from guidance_reference import guided_image_reference
 
 from engine.offline.tiny import TinySpec, make_tiny
-from engine.shared.companions import SCHEDULER
 from engine.shared.vocab import TokenLayout
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
@@ -24,7 +23,7 @@ def engine(model_dir):
     from vllm import LLM
 
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=512, max_num_seqs=16,
-              seed=0, logits_processors=[ChameleonSpanLogitsProcessorV1], scheduler_cls=SCHEDULER)
+              seed=0, logits_processors=[ChameleonSpanLogitsProcessorV1])
     yield llm, TokenLayout.from_checkpoint(model_dir)
     llm.llm_engine.engine_core.shutdown()
 
