@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from vllm.utils.gc_utils import freeze_gc_heap
 
 from engine.frontend.client import ChameleonEngine
-from server import metrics
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
@@ -31,8 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
         # The socket opens at once and the engine loads in a thread beside it (AsyncLLM supports being
         # built outside the event loop), so probes get answers (503 until loaded) during a long load.
         load = asyncio.create_task(asyncio.to_thread(ChameleonEngine.start, settings.engine_args, settings.family,
-                                                     vqgan=settings.vqgan,
-                                                     max_guidance_bytes=settings.max_guidance_bytes))
+                                                     vqgan=settings.vqgan))
         watch = asyncio.create_task(_serve_when_loaded(app, load))
         try:
             yield
@@ -52,7 +50,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False  # set by the CLI's server when a shutdown signal arrives
     app.state.started_at = int(time.time())
     install_error_handlers(app)
-    metrics.set_guidance_limit(settings.max_guidance_bytes)
     for router in (health.router, models.router, chat.router, completions.router, images.router,
                    image_edits.router, responses.router):
         app.include_router(router)

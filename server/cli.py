@@ -113,10 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-queued-requests", type=int, default=_setting("max_queued_requests"),
                         help="requests allowed to wait beyond the engine's --max-num-seqs running ones; "
                              "past it, 429 with Retry-After (default: unbounded)")
-    server.add_argument("--max-guidance-memory-gib", type=float, default=None,
-                        help="cap on the memory the unconditional twins of guided requests (cfg_scale) hold "
-                             "outside vLLM's KV cache, all in flight together; past it, 429 with Retry-After "
-                             "(default: no cap)")
     server.add_argument("--shutdown-grace-seconds", type=float, default=_setting("shutdown_grace_s"),
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
     server.add_argument("--image-output-format", default=_setting("image_output_format"), choices=IMAGE_OUTPUT_FORMATS,
@@ -224,7 +220,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_key=args.api_key, max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, chat_template=template, vqgan=Path(args.vqgan) if args.vqgan else None,
         max_body_bytes=args.max_body_bytes, max_queued_requests=args.max_queued_requests,
-        max_guidance_bytes=None if args.max_guidance_memory_gib is None else int(args.max_guidance_memory_gib * 2**30),
         shutdown_grace_s=args.shutdown_grace_seconds, image_output_format=args.image_output_format,
         playground=not args.no_playground, family=recognize(given, args.model),
         remote_images=RemoteImagePolicy(

@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine.frontend.client import GuidanceMemoryFull
 from engine.frontend.images import ImageInputError
 from schemas.common import ErrorBody, ErrorResponse
 
@@ -74,7 +73,7 @@ def error_body(exc: APIError) -> dict:
 # Known errors raised outside our code, mapped by ``as_api_error``; each gets its own handler so it is
 # answered like an APIError, not by Starlette's server-error path (which also closes the connection).
 CLIENT_ERRORS: tuple[type[Exception], ...] = (VLLMValidationError, ImageInputError)
-SERVER_ERRORS: tuple[type[Exception], ...] = (EngineDeadError, GuidanceMemoryFull)
+SERVER_ERRORS: tuple[type[Exception], ...] = (EngineDeadError,)
 
 
 def as_api_error(exc: BaseException) -> APIError:
@@ -83,8 +82,6 @@ def as_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, CLIENT_ERRORS):
         return BadRequest(str(exc), param=getattr(exc, "parameter", None))
-    if isinstance(exc, GuidanceMemoryFull):
-        return TooManyRequests(str(exc), code="guidance_memory_full")
     if isinstance(exc, EngineDeadError):
         return Unavailable("the inference engine has stopped; the server is restarting", code="engine_dead")
     logger.error("unhandled error", exc_info=exc)

@@ -104,11 +104,12 @@ async def stream_deltas(engine: ChameleonEngine, request: RequestContext,
     holds = {i: StopTextHold(params.stop) for i in range(params.n)} if params.include_stop_str_in_output else {}
     grid = request.options.image_grid or engine.image_grid
     previewing = (partial_images, grid) if partial_images and grid else None
+    if request.options.guided:
+        metrics.record_guided_request()
     try:
-        with engine.guidance_held(request.options, params) as kv_bytes, metrics.guided_request(kv_bytes):
-            async for out in engine.generate(request.prompt.token_ids, params, request.request_id):
-                yield [await _delta(engine, o, splitters, previews, previewing, holds.get(o.index))
-                       for o in out.outputs]
+        async for out in engine.generate(request.prompt.token_ids, params, request.request_id):
+            yield [await _delta(engine, o, splitters, previews, previewing, holds.get(o.index))
+                   for o in out.outputs]
     finally:
         for p in previews.values():
             p.close()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 IMAGES_ENCODED = Counter("chameleon:images_encoded_total", "Input images VQ-encoded into prompt tokens")
@@ -16,10 +13,6 @@ DECODE_SECONDS = Histogram(
 )
 
 GUIDED = Counter("chameleon:guided_requests_total", "Requests with classifier-free guidance (cfg_scale != 1)")
-GUIDANCE_KV = Gauge("chameleon:guidance_kv_bytes",
-                    "Memory reserved for unconditional twins of guided requests, outside vLLM's KV cache")
-GUIDANCE_KV_LIMIT = Gauge("chameleon:guidance_kv_bytes_limit",
-                          "Cap on chameleon:guidance_kv_bytes (--max-guidance-memory-gib); +Inf when uncapped")
 HTTP_REQUESTS = Counter("chameleon:http_requests_total", "HTTP requests answered, by route, method and status",
                         ["route", "method", "status"])
 HTTP_IN_FLIGHT = Gauge("chameleon:http_requests_in_flight", "HTTP requests being answered, streams included",
@@ -43,22 +36,9 @@ def record_image_tokens(count: int) -> None:
     IMAGE_TOKENS.inc(count)
 
 
-def set_guidance_limit(limit_bytes: int | None) -> None:
-    GUIDANCE_KV_LIMIT.set(float("inf") if limit_bytes is None else limit_bytes)
-
-
-@contextmanager
-def guided_request(kv_bytes: int) -> Iterator[None]:
-    """Counts a guided request (``kv_bytes`` > 0) and holds its twins' memory in the gauge while it runs."""
-    if not kv_bytes:
-        yield
-        return
+def record_guided_request() -> None:
+    """A guided request started; its unconditional companion's KV shows in vLLM's own ``vllm:kv_cache_usage_perc``."""
     GUIDED.inc()
-    GUIDANCE_KV.inc(kv_bytes)
-    try:
-        yield
-    finally:
-        GUIDANCE_KV.dec(kv_bytes)
 
 
 def http_request_started(route: str) -> None:

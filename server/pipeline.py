@@ -3,8 +3,8 @@ the request's context (``server/context.py``); the route then runs it through th
 and maps the reply onto its wire format.
 
 Chat, Responses and Images all arrive here as a chat request (each route maps its wire fields onto one),
-completions as a text prompt; from here on nothing depends on the route, so a family's defaults, the
-checks of image sizes and guidance, and the guidance-memory admission apply on all of them alike.
+completions as a text prompt; from here on nothing depends on the route, so a family's defaults and the
+checks of image sizes and guidance apply on all of them alike.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ def _admitted(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRe
               request_id: str, record: RequestRecord) -> RequestContext:
     params = sampling_params(req, engine, len(prompt.token_ids), max_new_tokens, end_of_turn=end_of_turn,
                              family=settings.family, options=options)
-    engine.check_guidance(options, params)  # a 429 as a status line; once streaming, it could only be in-band
     record.prompt_tokens, record.images_in = len(prompt.token_ids), prompt.num_images
     ids = prompt.token_ids
     usage = Usage(prompt_tokens=len(ids), prompt_image_tokens=sum(engine.layout.span_mask(ids)),

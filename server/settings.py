@@ -27,8 +27,6 @@ class Settings:
     vqgan: Path | None = None  # Meta's vqgan.ckpt (yaml beside it) for image output; None: text and image input only
     max_body_bytes: int = 32 * 1024 * 1024
     max_queued_requests: int | None = None  # beyond the engine's max_num_seqs running; None = unbounded
-    # guided requests' twin memory in flight (engine/worker/guidance.py); None = no cap
-    max_guidance_bytes: int | None = None
     shutdown_grace_s: float = 30.0
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)  # off unless hosts are allowlisted
     image_output_format: str = "content_parts"  # chat replies' image shape unless a request names one
@@ -48,8 +46,6 @@ class Settings:
             raise ValueError("max_body_bytes must be > 0")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
-        if self.max_guidance_bytes is not None and self.max_guidance_bytes <= 0:
-            raise ValueError("max_guidance_bytes must be > 0")
         if self.image_output_format not in IMAGE_OUTPUT_FORMATS:
             raise ValueError(f"image_output_format must be one of {', '.join(IMAGE_OUTPUT_FORMATS)}")
         if self.api_key == "":

@@ -40,9 +40,7 @@ from engine.frontend.vqgan import (
 )
 from engine.shared.capabilities import Capabilities
 from engine.shared.families import CHAMELEON, Family
-from engine.shared.kv_size import kv_bytes_per_token
 from engine.shared.processor_settings import processor_settings
-from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import CheckpointError, TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -227,26 +225,14 @@ def logits_processor_for_runner(vllm_config: Any = None) -> type:
     return ChameleonSpanLogitsProcessorV1
 
 
-class GuidanceMemoryFull(Exception):
-    """A guided request that would take the twins' memory in flight over ``max_guidance_bytes``.
-
-    Refused, not queued: vLLM already queues what it cannot run, and a second, hidden queue in
-    front of it would hold connections open with no sign of progress; the client retries instead.
-    """
-
-
 class ChameleonEngine:
     """AsyncLLM for token generation and the image tokenizer for prompts, started together."""
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer | Emu3ImageTokenizer, painter: ImagePainter | None,
-                 max_model_len: int, max_num_seqs: int, model_class: str, kv_bytes_per_token: int,
-                 model_dir: str = "", max_guidance_bytes: int | None = None, model_runner: str = "v1",
-                 family: Family = CHAMELEON) -> None:
+                 max_model_len: int, max_num_seqs: int, model_class: str, model_dir: str = "",
+                 model_runner: str = "v1", family: Family = CHAMELEON) -> None:
         self.llm = llm
         self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
-        self.max_guidance_bytes = max_guidance_bytes  # cap on the twins' memory in flight; None: no cap
-        self._guidance_in_flight = 0
-        self.kv_bytes_per_token = kv_bytes_per_token  # all layers, keys and values, all TP ranks together
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
@@ -264,12 +250,11 @@ class ChameleonEngine:
         self.image_sizes = family.image_sizes(self.layout.span, self.pixels_per_code, model_dir) if painter else None
 
     @classmethod
-    def start(cls, engine_args, family: Family, vqgan: Path | None = None,
-              max_guidance_bytes: int | None = None) -> ChameleonEngine:
+    def start(cls, engine_args, family: Family, vqgan: Path | None = None) -> ChameleonEngine:
         """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer of a ``family``
         checkpoint and the painter of ``vqgan`` (as ``engine.offline.preflight.preflight`` found it; None: no
-        image output), with guided requests admitted while their twins' memory stays under
-        ``max_guidance_bytes``."""
+        image output). Guided requests' unconditional companions are vLLM requests of their own, scheduled by
+        ours (``engine/core/guided_pairs.py``, chosen by ``engine/plugin.py``), their KV in vLLM's paged cache."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -290,11 +275,9 @@ class ChameleonEngine:
         skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
-        kv_bytes = kv_bytes_per_token(model_config.hf_text_config, vllm_config.parallel_config.tensor_parallel_size,
-                                      model_config.dtype)
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
-                   vllm_config.scheduler_config.max_num_seqs, model_class, kv_bytes, model_config.model,
-                   max_guidance_bytes, "v2" if vllm_config.use_v2_model_runner else "v1", family)
+                   vllm_config.scheduler_config.max_num_seqs, model_class, model_config.model,
+                   "v2" if vllm_config.use_v2_model_runner else "v1", family)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)
@@ -331,41 +314,6 @@ class ChameleonEngine:
         from vllm.inputs import tokens_input
 
         return self.llm.generate(tokens_input(prompt_ids), params, request_id)
-
-    def guidance_kv_bytes(self, options: RequestOptions, params) -> int:
-        """Memory the unconditional twins of a request take outside vLLM's KV budget (engine/worker/guidance.py)."""
-        if not options.guided:
-            return 0
-        return params.n * (len(options.uncond_prompt) + params.max_tokens) * self.kv_bytes_per_token
-
-    def check_guidance(self, options: RequestOptions, params) -> int:
-        """The twins' memory of a request (``options`` and vLLM's ``params``) if it fits beside the guided
-        requests in flight, under ``max_guidance_bytes``; else GuidanceMemoryFull, or VLLMValidationError when
-        it could never fit."""
-        from vllm.exceptions import VLLMValidationError
-
-        kv_bytes = self.guidance_kv_bytes(options, params)
-        limit = self.max_guidance_bytes
-        if not kv_bytes or limit is None:
-            return kv_bytes
-        if kv_bytes > limit:
-            raise VLLMValidationError(
-                f"guidance needs {kv_bytes} bytes for this request's unconditional twins, over the server's "
-                f"limit of {limit}: lower max_tokens or n", parameter="max_tokens")
-        if self._guidance_in_flight + kv_bytes > limit:
-            raise GuidanceMemoryFull(f"guided requests in flight hold {self._guidance_in_flight} of the server's "
-                                     f"{limit} bytes of guidance memory; this one needs {kv_bytes}: retry shortly")
-        return kv_bytes
-
-    @contextmanager
-    def guidance_held(self, options: RequestOptions, params) -> Iterator[int]:
-        """Admit a request's twins (``check_guidance``) and count their memory in flight until exit."""
-        kv_bytes = self.check_guidance(options, params)
-        self._guidance_in_flight += kv_bytes
-        try:
-            yield kv_bytes
-        finally:
-            self._guidance_in_flight -= kv_bytes
 
     @property
     def is_alive(self) -> bool:

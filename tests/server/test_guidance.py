@@ -1,12 +1,14 @@
-"""Classifier-free guidance over HTTP on the tiny checkpoint: chat and images routes, metrics, abort, the
-memory cap."""
+"""Classifier-free guidance over HTTP on the tiny checkpoint: chat and images routes, metrics, abort, and the
+unconditional companions' KV in vLLM's own paged cache (its usage metric, its prefix cache)."""
 
 from __future__ import annotations
+
+import re
 
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, MODEL, start_server, stop_server
+from conftest import API_KEY, MODEL
 from guidance_reference import guided_image_reference
 
 from engine.offline.tiny import TinySpec
@@ -29,7 +31,6 @@ def test_guided_image_equals_two_forward_reference(server, client):
     reference = guided_image_reference(server.model_dir, resp.prompt_token_ids, prompt_ids(client, "blurry"), 4.0)
     assert resp.choices[0].token_ids == reference
     assert server.metric("chameleon:guided_requests_total") == before + 1
-    assert server.metric("chameleon:guidance_kv_bytes") == 0  # released when done
 
 
 def test_images_route_takes_guidance(client):
@@ -42,19 +43,6 @@ def test_images_route_takes_guidance(client):
     # products over batches of different sizes round differently, and a draw can then land elsewhere.
     once, again = (client.images.generate(**common, extra_body={"cfg_scale": 3.0, "seed": 5}) for _ in range(2))
     assert once.data[0].b64_json == again.data[0].b64_json
-
-
-def test_dropped_guided_stream_frees_everything(server, client):
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a tree"}],
-                                            modalities=["image"], stream=True, extra_body={"cfg_scale": 2.0})
-    next(iter(stream))
-    assert server.metric("chameleon:guidance_kv_bytes") > 0
-    stream.close()
-    for _ in range(100):
-        if server.metric("vllm:num_requests_running") == 0 and server.metric("chameleon:guidance_kv_bytes") == 0:
-            break
-        httpx.get(f"{server.url}/health")
-    assert server.metric("chameleon:guidance_kv_bytes") == 0
 
 
 @pytest.mark.parametrize("body, param", [
@@ -83,41 +71,62 @@ def settle(server, name: str, done) -> float:
     return value
 
 
-@pytest.fixture(scope="module")
-def capped(tiny_dir, tmp_path_factory):
-    """A server whose guidance memory cap holds one guided image request, not two."""
-    spec = TinySpec()
-    per_token = 2 * spec.num_layers * spec.num_kv_heads * (spec.hidden_size // spec.num_heads) * 4  # float32
-    cap_gib = 1.5 * (IMAGE_TOKENS + 16) * per_token / 2**30  # 16: room for the unconditional prompt
-    live = start_server(tiny_dir, tmp_path_factory.mktemp("capped-logs") / "server.log",
-                        "--max-guidance-memory-gib", str(cap_gib))
-    yield live
-    stop_server(live)
+def cache_config(server) -> dict[str, str]:
+    """vLLM's cache settings as the server exposes them (the labels of ``vllm:cache_config_info``)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    labels = re.search(r"^vllm:cache_config_info\{([^}]*)\}", text, re.MULTILINE)
+    assert labels, "no vllm:cache_config_info on /metrics"
+    return dict(re.findall(r'(\w+)="([^"]*)"', labels.group(1)))
 
 
-def _guided(client: openai.OpenAI, **kw):
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a boat"}],
-                                          modalities=["image"], max_tokens=IMAGE_TOKENS,
-                                          extra_body={"cfg_scale": 3.0}, **kw)
+def negative_prompt(client, text: str, min_tokens: int) -> str:
+    """``text`` repeated until its unconditional prompt (the negative prompt as a chat turn) has ``min_tokens``."""
+    one, two = len(prompt_ids(client, text)), len(prompt_ids(client, f"{text} {text}"))
+    words = " ".join([text] * (1 + max(0, -(-(min_tokens - one) // (two - one)))))
+    while len(prompt_ids(client, words)) < min_tokens:
+        words += " " + text
+    return words
 
 
-def test_guidance_memory_cap_refuses_then_admits(capped):
-    client = capped.client()
-    assert capped.metric("chameleon:guidance_kv_bytes_limit") > 0
-    with pytest.raises(openai.BadRequestError) as never:  # two images' twins: over the cap even alone
-        _guided(client, n=2)
-    assert never.value.body["param"] == "max_tokens"
-    first = _guided(client, stream=True)
-    chunks = iter(first)
-    next(chunks)
-    assert settle(capped, "chameleon:guidance_kv_bytes", bool)  # the first one holds its twin
-    for refused in (lambda: _guided(client), lambda: _guided(client, stream=True)):
-        with pytest.raises(openai.RateLimitError) as full:
-            refused()
-        assert full.value.body["code"] == "guidance_memory_full"
-        assert full.value.response.headers["retry-after"] == "1"
-    assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=4).choices  # unguided requests are not held back
-    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
-    assert settle(capped, "chameleon:guidance_kv_bytes", lambda v: not v) == 0
-    assert _guided(client).choices[0].finish_reason == "stop"  # the first one done: admitted again
+def test_dropped_guided_stream_holds_its_companion_in_the_kv_cache_then_frees_everything(server, client):
+    """The companion's KV is paged in vLLM's cache: while the stream is open, more blocks are in use than the row
+    could ever take alone; once it is dropped, nothing runs and the cache is back to idle."""
+    config = cache_config(server)
+    block, blocks = int(config["block_size"]), int(config["num_gpu_blocks"])
+    row_alone = -(-(len(prompt_ids(client, "a tree")) + IMAGE_TOKENS) // block)  # the row's most blocks
+    negative = negative_prompt(client, "grainy and dull", (row_alone + 2) * block)  # the companion's: more
+    assert settle(server, "vllm:num_requests_running", lambda v: not v) == 0
+    idle = server.metric("vllm:kv_cache_usage_perc")
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a tree"}],
+                                            modalities=["image"], stream=True, max_tokens=IMAGE_TOKENS,
+                                            extra_body={"cfg_scale": 2.0, "negative_prompt": negative})
+    next(iter(stream))
+    in_use = 0
+    for _ in range(2000):
+        in_use = max(in_use, round((server.metric("vllm:kv_cache_usage_perc") - idle) * blocks))
+        if in_use > row_alone or server.metric("vllm:num_requests_running") == 0:
+            break
+    stream.close()
+    assert in_use > row_alone, f"{in_use} blocks in use, no more than the row's {row_alone} alone"
+    assert settle(server, "vllm:num_requests_running", lambda v: not v) == 0
+    assert settle(server, "vllm:kv_cache_usage_perc", lambda v: v == idle) == idle
+
+
+def test_companions_share_a_negative_prompt_through_the_prefix_cache(server, client):
+    """A second guided request with the same negative prompt finds its companion's prompt, all full blocks of it,
+    in vLLM's prefix cache (its own prompt is shorter than a block, so every hit is the companion's)."""
+    block = int(cache_config(server)["block_size"])
+    negative = negative_prompt(client, "washed out, low contrast", 2 * block + 1)
+    shared = len(prompt_ids(client, negative)) // block * block
+    assert len(prompt_ids(client, "a green tree")) < block
+
+    def guided(text: str):
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}],
+                                              modalities=["image"], max_tokens=IMAGE_TOKENS,
+                                              extra_body={"cfg_scale": 3.0, "negative_prompt": negative})
+
+    assert guided("a red boat").choices[0].finish_reason == "stop"
+    before = server.metric("vllm:prefix_cache_hits_total")
+    assert guided("a green tree").choices[0].finish_reason == "stop"
+    hits = settle(server, "vllm:prefix_cache_hits_total", lambda v: v - before >= shared) - before
+    assert hits >= shared, f"{hits} prefix cache hits, fewer than the negative prompt's {shared} tokens in full blocks"

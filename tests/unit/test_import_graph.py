@@ -119,7 +119,7 @@ def test_no_import_cycles():
 def test_the_layering_rule_catches_a_planted_import(tmp_path):
     modules = {
         "engine/worker/runner_v1.py": "class ChameleonSpanLogitsProcessorV1: ...\n",
-        "engine/frontend/client.py": "from engine.worker.private_kv import kv_bytes_per_token\n"
+        "engine/frontend/client.py": "from engine.worker.guidance import Guidance\n"
                                      "def logits_processor_for_runner():\n"
                                      "    from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1\n",
         "engine/frontend/splitter.py": "import torch\n\n\ndef split():\n    from engine import worker\n",
@@ -129,7 +129,7 @@ def test_the_layering_rule_catches_a_planted_import(tmp_path):
     for relative, text in modules.items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text)
-    assert layering_violations(tmp_path) == ["engine/frontend/client.py:1 engine.worker.private_kv.kv_bytes_per_token",
+    assert layering_violations(tmp_path) == ["engine/frontend/client.py:1 engine.worker.guidance.Guidance",
                                              "engine/frontend/splitter.py:5 engine.worker",
                                              "server/app.py:3 engine.worker.runner_v1"]
 

@@ -36,11 +36,10 @@ def test_flags_reach_settings(tmp_path):
         "--model", str(tmp_path), "--served-model-name", "served", "--port", "9001", "--api-key", "k",
         "--max-queued-requests", "3", "--max-body-bytes", "1000", "--dtype", "bfloat16", "--max-model-len", "2048",
         "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5", "--shutdown-grace-seconds", "5",
-        "--max-guidance-memory-gib", "0.25",
     ])
     s = settings_from_args(args)
-    assert (s.served_model_name, s.port, s.api_key, s.max_queued_requests, s.max_body_bytes, s.shutdown_grace_s,
-            s.max_guidance_bytes) == ("served", 9001, "k", 3, 1000, 5.0, 2**28)
+    assert (s.served_model_name, s.port, s.api_key, s.max_queued_requests, s.max_body_bytes,
+            s.shutdown_grace_s) == ("served", 9001, "k", 3, 1000, 5.0)
     e = s.engine_args
     assert (e.dtype, e.max_model_len, e.tensor_parallel_size, e.gpu_memory_utilization) == ("bfloat16", 2048, 2, 0.5)
 
@@ -48,8 +47,6 @@ def test_flags_reach_settings(tmp_path):
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="max_queued_requests"):
         settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-queued-requests", "-1"]))
-    with pytest.raises(ValueError, match="max_guidance_bytes"):
-        settings_from_args(build_parser().parse_args(["--model", str(tmp_path), "--max-guidance-memory-gib", "0"]))
 
 
 def test_embedded_tiny_model_is_the_default(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ import ast
 import asyncio
 import dataclasses
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,10 +37,6 @@ class DyingEngine:
 
     image_grid = (4, 4)
     pixels_per_code = 8
-
-    @contextmanager
-    def guidance_held(self, options, params):
-        yield 0
 
     async def generate(self, prompt, params, request_id):
         raise Unavailable("the inference engine is not running", code="engine_dead")
