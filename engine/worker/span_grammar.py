@@ -58,6 +58,8 @@ class SpanGrammar:
         self.sampler = CodeSampler(layout, self.state, self.device)
         self._inner_cols = torch.tensor(self.format.inner_ids(), dtype=torch.long).to(self.device)
         self._inner_host = self.rules.inner_host.numpy()
+        self._boi = torch.tensor(layout.boi, device=self.device)  # 0-d operands of torch.where, made once
+        self._zero = torch.zeros((), device=self.device)
 
     def tail_length(self, slot: int) -> int:
         """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
@@ -128,14 +130,16 @@ class SpanGrammar:
         return (pos >= 0) & (self.rules.forced_token(slots, pos) < 0)
 
     def apply(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """:meth:`apply_on_device` with the positions the host keeps (the V1 runner's): the rows it forces and
-        those that may sample a code are known there."""
+        """:meth:`apply_on_device` with the positions the host keeps (the V1 runner's): the rows it forces, those
+        that may sample a code and those inside their spans are known there."""
         state = self.state
         pos, num_output = state.pos[slots], state.num_output[slots]
         in_span = pos >= 0
         rows = np.flatnonzero(in_span | ((state.mode[slots] == IMAGE_ONLY) & (num_output == 0)))
-        return self.apply_on_device(logits, slots, rows, self._to_device(pos[rows]), num_output[rows],
-                                    draws=np.flatnonzero(in_span[rows]), all_forced=True)
+        spans = in_span[rows]
+        draws = np.flatnonzero(spans)
+        return self._apply(logits, slots, rows, self._to_device(pos[rows]) if len(rows) else None, num_output[rows],
+                           None, draws, all_forced=True, in_spans=len(draws) == len(rows))
 
     def apply_on_device(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor,
                         num_output: torch.Tensor | np.ndarray, code_logits: torch.Tensor | None = None, *,
@@ -151,23 +155,43 @@ class SpanGrammar:
         ``num_output`` may be a host array then (else a device tensor). A forced token that an earlier stage
         set to -inf stays -inf: nothing is re-allowed.
         """
+        return self._apply(logits, slots, rows, pos, num_output, code_logits,
+                           np.arange(len(rows)) if draws is None else draws, all_forced, in_spans=False)
+
+    def _apply(self, logits: torch.Tensor, slots: np.ndarray, rows: np.ndarray, pos: torch.Tensor | None,
+               num_output: torch.Tensor | np.ndarray, code_logits: torch.Tensor | None, draws: np.ndarray,
+               all_forced: bool, in_spans: bool) -> torch.Tensor:
+        """:meth:`apply_on_device`; ``in_spans``: the host knows that every row of ``rows`` is inside its span.
+        On a CPU each tensor operation on a handful of elements costs microseconds, as much as a pass over a
+        row of the vocabulary, so host knowledge spares them here: the step's operations are fixed by it, never
+        by the number of rows."""
         n, boi = logits.shape[0], self.layout.boi
         whole = len(rows) == n
         if len(rows):
-            placed, rows_t = slots[rows], self._to_device(rows)
-            in_span = pos >= 0
+            placed = slots[rows]
+            rows_t = None if whole else self._to_device(rows)
             step = self.rules.forced_token(placed, pos)
-            sampled = in_span & (step < 0)
-            token = torch.where(in_span, step, boi).clamp_(min=0)
+            sampled = step < 0
+            if in_spans:
+                token = step
+            else:
+                in_span = pos >= 0
+                sampled &= in_span
+                token = torch.where(in_span, step, self._boi)
+            index = token.clamp(min=0)
             # read before the masks below: the forced token's logit (BOI, EOI, Lumina-mGPT's EOL and size tokens)
-            read = logits.gather(1, token.unsqueeze(1)) if whole else logits[rows_t, token].unsqueeze(1)
-            kept = _zero_unless_forbidden(read)
-            draws = np.arange(len(rows)) if draws is None else draws
+            read = logits.gather(1, index.unsqueeze(1)) if whole else logits[rows_t, index].unsqueeze(1)
+            kept = _zero_unless_forbidden(read, self._zero)
             if len(draws):
                 token = self._draw(logits, code_logits, rows, draws, placed, num_output, sampled, token)
-                kept = kept.masked_fill(sampled.unsqueeze(1), 0.0)
-        if not (all_forced and whole):
-            self._forbid_span_tokens(logits)  # every row, by column slices: forced rows are rewritten below
+                kept.masked_fill_(sampled.unsqueeze(1), 0.0)
+            else:
+                token = index
+        if all_forced and whole:
+            if not n:
+                return logits
+            return logits.fill_(float("-inf")).scatter_(1, token.unsqueeze(1), kept)
+        self._forbid_span_tokens(logits)  # every row, by column slices: forced rows are rewritten below
         no_boi = self.state.mode[slots] != INTERLEAVED  # in rows that write text
         no_boi[rows] = False
         if no_boi.all():
@@ -176,16 +200,16 @@ class SpanGrammar:
             logits[:, boi].index_fill_(0, self._to_device(np.flatnonzero(no_boi)), float("-inf"))
         if not len(rows):
             return logits
-        if all_forced and whole:
-            return logits.fill_(float("-inf")).scatter_(1, token.unsqueeze(1), kept)
         if all_forced:
             logits.index_fill_(0, rows_t, float("-inf"))
             return logits.index_put_((rows_t, token), kept.squeeze(1))
         mode = self._to_device(self.state.mode[placed])
         forced = (in_span | ((mode == IMAGE_ONLY) & (num_output == 0))).unsqueeze(1)
-        tracked = logits.index_select(0, rows_t)
+        tracked = logits if whole else logits.index_select(0, rows_t)
         tracked[:, boi].masked_fill_(~forced.squeeze(1) & (mode != INTERLEAVED), float("-inf"))
         fill = torch.full_like(tracked, float("-inf")).scatter_(1, token.unsqueeze(1), kept)
+        if whole:
+            return logits.copy_(torch.where(forced, fill, tracked))
         return logits.index_copy_(0, rows_t, torch.where(forced, fill, tracked))
 
     def _draw(self, logits: torch.Tensor, code_logits: torch.Tensor | None, rows: np.ndarray, draws: np.ndarray,
@@ -215,7 +239,8 @@ class SpanGrammar:
         return to_device(array, self.device)
 
 
-def _zero_unless_forbidden(values: torch.Tensor) -> torch.Tensor:
+def _zero_unless_forbidden(values: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """0.0 for each forced token's logit, or -inf where an earlier stage forbade it (vLLM's min_tokens, a bad
-    word, a grammar): Model Runner V2's interface forbids re-allowing a token, and both runners then agree."""
-    return torch.where(values == float("-inf"), values, 0.0)
+    word, a grammar): Model Runner V2's interface forbids re-allowing a token, and both runners then agree.
+    ``zero``: a 0-d tensor on the device (a Python 0.0 would be wrapped into one at every call)."""
+    return torch.where(values.isneginf(), values, zero)

@@ -70,6 +70,7 @@ class SpanRules:
         self.inner_host = inner_table(layout)
         self.inner = self.inner_host.to(device)
         self._tail_ids = torch.tensor([*self.format.trailer, layout.eoi], dtype=torch.long).to(device)
+        self._eoi, self._none = torch.tensor(layout.eoi, device=device), torch.tensor(-1, device=device)  # 0-d
 
     def positions(self, slots: np.ndarray, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """:func:`span_positions` of the requests in ``slots`` from their histories' last tokens on the device."""
@@ -82,9 +83,9 @@ class SpanRules:
     def forced_token(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
         """Per request in ``slots`` inside its span (``pos`` tokens since its BOI, on the device): the token its
         grammar forces next (a masked edit's kept code among them), or -1 where it samples a code."""
-        state, eoi = self.state, self.layout.eoi
+        state = self.state
         if not self.format.rows_framed:  # BOI, rows * cols codes, EOI
-            step = torch.where(pos >= self._to_device(state.rows[slots] * state.cols[slots]), eoi, -1)
+            step = torch.where(pos >= self._to_device(state.rows[slots] * state.cols[slots]), self._eoi, self._none)
             return self._kept_code(step, pos, slots)
         # BOI, the grid's size prefix, rows x (cols codes + EOL), the trailer, EOI
         rows, cols = self._to_device(state.rows[slots]), self._to_device(state.cols[slots])
