@@ -24,7 +24,7 @@ from engine.worker.transfers import to_device
 _BLOCK = 64  # codes per block sum: the inverse-CDF walk visits width / 64 sums, then at most one block
 
 
-def _compiled(**flags: bool) -> Callable[[Callable], Callable]:
+def compiled(**flags: bool) -> Callable[[Callable], Callable]:
     """``numba.njit``, cached on disk where numba finds a writable place (the package's ``__pycache__`` or the
     user's cache directory). Where it finds none, as on a read-only filesystem, numba refuses ``cache=True``;
     the function then compiles in each process instead, and the engine still starts."""
@@ -36,20 +36,27 @@ def _compiled(**flags: bool) -> Callable[[Callable], Callable]:
     return wrap
 
 
-@_compiled(fastmath=True)
+@compiled(fastmath=True)
 def _block_sums(p: np.ndarray, out: np.ndarray) -> float:
-    """``out[b]``: the sum of ``p``'s block b; returns the total."""
-    total = 0.0
-    for b in range(out.shape[0]):
-        acc = 0.0
-        for j in range(b * _BLOCK, min((b + 1) * _BLOCK, p.shape[0])):
-            acc += p[j]
+    """``out[b]``: the sum of ``p``'s block b; returns the total. Full blocks are a loop of constant length,
+    which the compiler vectorizes (about twice as fast as a bound that varies), then the partial last block."""
+    total, full = 0.0, p.shape[0] // _BLOCK
+    for b in range(full):
+        acc, start = 0.0, b * _BLOCK
+        for j in range(_BLOCK):
+            acc += p[start + j]
         out[b] = acc
+        total += acc
+    if full < out.shape[0]:
+        acc = 0.0
+        for j in range(full * _BLOCK, p.shape[0]):
+            acc += p[j]
+        out[full] = acc
         total += acc
     return total
 
 
-@_compiled()
+@compiled()
 def _inverse_cdf(p: np.ndarray, blocks: np.ndarray, target: float) -> int:
     """The first index where the running sum of ``p`` exceeds ``target``, else the last index."""
     acc, start = 0.0, 0
@@ -65,7 +72,7 @@ def _inverse_cdf(p: np.ndarray, blocks: np.ndarray, target: float) -> int:
     return p.shape[0] - 1
 
 
-@_compiled(fastmath=True)
+@compiled(fastmath=True)
 def _mass_above(p: np.ndarray, level: float) -> float:
     """The sum of the entries of ``p`` greater than ``level``."""
     above = 0.0
@@ -119,7 +126,7 @@ def _draw_tensor(probs: torch.Tensor, uniforms: torch.Tensor, top_p: np.ndarray)
     return torch.where(ok.any(dim=1), first, picked)
 
 
-@_compiled()
+@compiled()
 def _draw_host(probs: np.ndarray, uniforms: np.ndarray, top_p: np.ndarray) -> np.ndarray:
     """:func:`draw_nucleus` as loops over each row."""
     rows, width = probs.shape
