@@ -8,6 +8,8 @@ top-p draw itself is ``engine/worker/nucleus.py``'s (compiled loops on a CPU, te
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -26,21 +28,32 @@ _SPLITMIX = tuple(c - (1 << 64) if c >> 63 else c for c in (0x9E3779B97F4A7C15, 
 Ints = TypeVar("Ints", np.ndarray, torch.Tensor)
 
 
-def _shift_right(z: Ints, bits: int) -> Ints:
-    """A logical right shift of int64 values (``>>`` on int64 copies the sign bit)."""
-    return (z >> bits) & ((1 << (64 - bits)) - 1)
+def _splitmix_bits(seeds: Ints, steps: Ints, attempts: Ints) -> Ints:
+    """53 random bits (int64) per (request seed, output index, attempt) by splitmix64, broadcast together: int64
+    numpy arrays or tensors, or host arrays in numba (:func:`_host_bits`). int64 arithmetic wraps, as splitmix64
+    wants; ``>>`` on int64 copies the sign bit, so each shift is masked to a logical one."""
+    a, b, c, m1, m2 = _SPLITMIX
+    z = seeds * a + steps * b + attempts * c
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * m1
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * m2
+    z = z ^ ((z >> 31) & ((1 << 33) - 1))
+    return (z >> 11) & ((1 << 53) - 1)
 
 
 def counter_uniforms(seeds: Ints, steps: Ints, attempts: Ints) -> Ints:
     """Uniforms in [0, 1) (float64) from (request seed, output index, attempt) by splitmix64, broadcast
-    together; int64 numpy arrays on the host, or int64 tensors on any device, with equal results.
-    int64 arithmetic wraps, as splitmix64 wants."""
-    a, b, c, m1, m2 = _SPLITMIX
-    z = seeds * a + steps * b + attempts * c
-    z = (z ^ _shift_right(z, 30)) * m1
-    z = (z ^ _shift_right(z, 27)) * m2
-    bits = _shift_right(z ^ _shift_right(z, 31), 11)  # 53 random bits
+    together; int64 numpy arrays on the host, or int64 tensors on any device, with equal results."""
+    bits = _splitmix_bits(seeds, steps, attempts)
     return (bits.double() if isinstance(bits, torch.Tensor) else bits.astype(np.float64)) * 2.0**-53
+
+
+@functools.cache
+def _host_bits() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """:func:`_splitmix_bits` compiled for host arrays: one call where numpy takes a dozen passes. numba is
+    imported here, not with this module (see :class:`CodeSampler`)."""
+    from engine.worker.nucleus import compiled
+
+    return compiled()(_splitmix_bits)
 
 
 def request_seed(seed: int | None) -> int:
@@ -73,8 +86,10 @@ class CodeSampler:
         from engine.worker.nucleus import draw_nucleus
 
         self._draw_nucleus = draw_nucleus
+        self._host_bits, self._attempts = _host_bits(), np.arange(self.MAX_ATTEMPTS + 1)
         half = torch.full((1, self.MAX_ATTEMPTS + 1), 0.5, device=device)
         draw_nucleus(half[:, :2].clone(), half, state.top_p[:1])  # compiles (or loads numba's cache) now
+        self._uniforms(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
 
     def draw(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray,
              num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -114,10 +129,9 @@ class CodeSampler:
     def _uniforms(self, slots: np.ndarray, num_output: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Uniforms per row, one per rejection round and one for the sorted fallback (float32), computed where
         ``num_output`` is: on the host a dozen numpy passes cost a CPU step less than as many dispatches."""
-        if isinstance(num_output, np.ndarray):
-            attempts = np.arange(self.MAX_ATTEMPTS + 1)
-            return self._to_device(counter_uniforms(self.state.seed[slots, None], num_output[:, None], attempts)
-                                   .astype(np.float32))
+        if isinstance(num_output, np.ndarray):  # counter_uniforms, compiled
+            bits = self._host_bits(self.state.seed[slots, None], num_output[:, None], self._attempts)
+            return self._to_device((bits * 2.0**-53).astype(np.float32))
         attempts = torch.arange(self.MAX_ATTEMPTS + 1, device=self.device)
         seeds = self._to_device(self.state.seed[slots])
         return counter_uniforms(seeds[:, None], num_output[:, None], attempts).float()
