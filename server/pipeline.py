@@ -14,7 +14,6 @@ import secrets
 import numpy as np
 
 from engine.frontend.client import ChameleonEngine
-from engine.shared.capabilities import V2_SPAN_GUIDANCE
 from engine.shared.request_options import TEXT_ONLY, RequestOptions, mode_of
 from schemas.chat import ChatCompletionRequest, ChatMessage, TextPart
 from schemas.completions import CompletionRequest
@@ -141,15 +140,12 @@ def _image_grid(engine: ChameleonEngine, size: str | None, param: str) -> tuple[
 
 async def _guidance(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
                     mode: int) -> tuple[float, tuple[int, ...]]:
-    """Classifier-free guidance: the scale (the request's; for image output else the checkpoint family's, where
-    the reply can be guided: ``Capabilities.guides``), and the unconditional prompt, which is the negative prompt
-    (or an empty turn) in the same chat format as the request's."""
+    """Classifier-free guidance: the scale (the request's; for image output else the checkpoint family's), and
+    the unconditional prompt, which is the negative prompt (or an empty turn) in the same chat format as the
+    request's."""
     scale = req.cfg_scale
-    guidable = engine.capabilities.guides(mode)
-    if "cfg_scale" not in req.model_fields_set and guidable:
+    if "cfg_scale" not in req.model_fields_set and mode != TEXT_ONLY:
         scale = settings.family.sampling.cfg_scale
-    if scale != 1.0 and mode != TEXT_ONLY and not guidable:
-        raise BadRequest(V2_SPAN_GUIDANCE, param="cfg_scale")
     if scale == 1.0 or mode == TEXT_ONLY:
         if req.negative_prompt is not None and scale == 1.0:
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",

@@ -174,21 +174,30 @@ class GuidedPairs:
             return None if pair.settled() or pair.image_only or index == 0 else -1
         if pair.companion is not None and pair.joint != index:
             self._drop_companion(pair)  # out of step (a resumed row): start again from the row's history
-        if pair.companion is None and not (pair.settled() and self._make_companion(pair, index)):
+        if pair.companion is None and not pair.settled():
+            return -1
+        if pair.companion is None and not self._make_companion(pair, index):
+            self._give_way(pair)
             return -1
         companion = pair.companion
         need = companion.num_tokens + companion.num_output_placeholders - companion.num_computed_tokens
         if pair.sent:
             blocks = self.kv_cache_manager.allocate_slots(companion, need,
                                                           num_lookahead_tokens=self.num_lookahead_tokens)
-            if blocks is None:  # no memory for both: free the row's too; it resumes later, with a new companion
-                self._drop_companion(pair)
-                if row.status == RequestStatus.RUNNING:
-                    self.running.remove(row)
-                    self._preempt_request(row, time.monotonic())
+            if blocks is None:
+                self._give_way(pair)
                 return -1
             pair.unsent_blocks = blocks if pair.unsent_blocks is None else pair.unsent_blocks + blocks
         return need
+
+    def _give_way(self, pair: _Pair) -> None:
+        """No memory for the companion: the row's goes too (preempted, it resumes later with a new companion),
+        so that rows waiting for companions never hold the memory that companions need."""
+        self._drop_companion(pair)
+        row = pair.row
+        if row.status == RequestStatus.RUNNING:
+            self.running.remove(row)
+            self._preempt_request(row, time.monotonic())
 
     def _scan(self, pair: _Pair) -> None:
         """Follow the row's committed tokens: a BOI opens a span (interleaved replies)."""

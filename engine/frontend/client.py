@@ -38,7 +38,6 @@ from engine.frontend.vqgan import (
     load_hf_vqmodel,
     load_meta_vqgan,
 )
-from engine.shared.capabilities import Capabilities
 from engine.shared.families import CHAMELEON, Family
 from engine.shared.processor_settings import processor_settings
 from engine.shared.vocab import CheckpointError, TokenLayout
@@ -236,7 +235,6 @@ class ChameleonEngine:
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
         self.layout = image_tokenizer.layout
-        self.capabilities = Capabilities(model_runner, self.layout.span.guided_from_boi)
         self.editable_cells = image_tokenizer.editable_cells  # an edit's mask -> the cells of its image's codes
         self.tokenizer = llm.get_tokenizer()
         # the tokenizer's chat template, else the processor's saved beside it (Emu3's -hf folders keep it there)

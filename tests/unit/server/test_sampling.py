@@ -8,7 +8,6 @@ from types import MappingProxyType, SimpleNamespace
 import pytest
 
 from engine.offline.tiny import TinySpec, make_tiny
-from engine.shared.capabilities import Capabilities
 from engine.shared.families import CHAMELEON
 from engine.shared.image_sizes import ListedSizes
 from engine.shared.vocab import TokenLayout
@@ -22,8 +21,7 @@ def engine(tmp_path_factory):
     """The fields of ChameleonEngine that sampling_params reads, from a real tiny checkpoint's layout."""
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
     sizes = ListedSizes(MappingProxyType({"64x64": (4, 4)}))
-    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096,
-                           capabilities=Capabilities("v1", layout.span.guided_from_boi))
+    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096)
 
 
 def _params(engine, modalities: list[str], **fields):
@@ -77,18 +75,14 @@ def test_min_tokens_on_an_image_only_reply_is_a_400(engine):
     assert _params(engine, ["text", "image"], min_tokens=3).min_tokens == 3
 
 
-@pytest.mark.parametrize("runner", ["v1", "v2"])
-def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
-    """Lumina-mGPT guides from the image alone, its twin restarting at each image's BOI, which Model Runner V2
-    keeps on the device: there its default cfg_scale applies to image-only replies, and an interleaved reply
-    that asks for guidance is a 400 (on V1 both are guided)."""
+def test_lumina_guidance_defaults_on_every_reply_with_images(tmp_path):
+    """Lumina-mGPT guides from the image alone: its default cfg_scale, with an empty unconditional prompt,
+    applies to image-only and interleaved replies alike, and a request's own scale wins."""
     from engine.shared.families import LUMINA
-    from server.errors import BadRequest
 
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64,
                                                                               family="lumina")))
-    engine = SimpleNamespace(capabilities=Capabilities(runner, layout.span.guided_from_boi), can_paint=False,
-                             layout=layout)
+    engine = SimpleNamespace(can_paint=False, layout=layout)
     settings = SimpleNamespace(family=LUMINA)
 
     def args(modalities, **fields):
@@ -98,14 +92,8 @@ def test_lumina_guidance_on_each_model_runner(tmp_path, runner):
         return {"cfg_scale": options.cfg_scale, "cfg_uncond_prompt": list(options.uncond_prompt)} if options.guided \
             else {}
 
-    assert args(["image"]) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
-    interleaved = ["text", "image"]
-    if runner == "v1":
-        assert args(interleaved) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
-        assert args(interleaved, cfg_scale=2.0)["cfg_scale"] == 2.0
-    else:
-        assert args(interleaved) == {}
-        with pytest.raises(BadRequest, match="image-only") as err:
-            args(interleaved, cfg_scale=2.0)
-        assert err.value.param == "cfg_scale"
+    for modalities in (["image"], ["text", "image"]):
+        assert args(modalities) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
+        assert args(modalities, cfg_scale=2.0)["cfg_scale"] == 2.0
+    assert args(["text"]) == {}
     assert args(["text"]) == {}
