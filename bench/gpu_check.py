@@ -1,12 +1,11 @@
-"""Device check for a lent GPU: the span grammar, the nucleus draw, the V2 adapter, the guidance twins'
-private-cache attention and the VQGAN on the device, each timed, probed for host syncs and compared with the
-CPU (attention: with a plain causal SDPA over each whole sequence).
+"""Device check for a lent GPU: the span grammar, the nucleus draw, the V2 adapter and the VQGAN on the device,
+each timed, probed for host syncs and compared with the CPU. (Guidance adds no attention of its own: a guided
+row's unconditional companion is a row of vLLM's forward, ``engine/worker/guidance.py``.)
 
 Written for the machine issue 21 lends: torch and numpy, no vLLM, maybe no transformers or numba, nothing
 to install. So without transformers the token layout reads this script's stand-in checkpoint's processor file as
 JSON, and without numba a stand-in ``njit`` runs engine/worker/nucleus.py's host loops as plain Python (on a
-GPU they only serve the CPU side); the private-cache attention and ``PrivateKV``/``PrivateBatch`` are loaded
-from their source files without the vLLM and transformers imports they do not use; the V2 adapter reads the
+GPU they only serve the CPU side); the V2 adapter reads the
 step's raw logits from a stand-in model, and needs vLLM's pure-Python interface module: from an installed
 vllm, or from ``--vllm-src DIR``, a folder holding the vllm package's .py files (~39 MB; bench/out is
 git-ignored, so carry it)::
@@ -22,7 +21,6 @@ they are skipped. Exit status 1 when a check failed; skips are fine.
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import sys
@@ -45,14 +43,12 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("grammar", "nucleus", "v2", "attention", "vqgan")
+PARTS = ("grammar", "nucleus", "v2", "vqgan")
 SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch's words under set_sync_debug_mode
 NO_CPU_COMPARISON = "skip: the device is the CPU"
 DRAW_AGREEMENT = 0.9  # a draw may pick a neighbouring code where float sums round apart; a bug misses more
 CODE_AGREEMENT = 0.99  # VQGAN codes in strict fp32: a near-tie of codebook distances may flip
 PIXEL_TOLERANCE = 1 / 255  # half an 8-bit level on the [-1, 1] scale: the PNG would not change
-ATTENTION_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-CACHED = 1024  # tokens each guidance twin has cached in the timed attention call: about one image
 
 
 class Skip(Exception):
@@ -82,7 +78,7 @@ class Row:
 @dataclass(frozen=True)
 class Setup:
     device: torch.device
-    rows: int  # batch rows of the grammar, nucleus, V2 and attention checks
+    rows: int  # batch rows of the grammar, nucleus and V2 checks
     repeats: int  # timed calls after warm-up
     model_dir: Path  # whose token layout the grammar uses: --model, else a Chameleon-shaped stand-in
     model: Path | None  # --model: its VQGAN too
@@ -204,54 +200,6 @@ def transformers_or_stand_in() -> str:
         return f"absent ({e}): the token layout reads the stand-in checkpoint's processor_config.json as JSON"
     return transformers.__version__
 
-
-def runtime_names(nodes: list[ast.AST]) -> set[str]:
-    """Names ``nodes`` read when they run; annotations are left out (postponed, they stay strings)."""
-
-    class Reader(ast.NodeVisitor):
-        def visit_Name(self, node: ast.Name) -> None:
-            names.add(node.id)
-
-        def visit_arg(self, node: ast.arg) -> None:  # an argument's annotation
-            pass
-
-        def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-            for child in (*node.decorator_list, node.args, *node.body):
-                self.visit(child)
-
-        def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
-            for child in (node.target, node.value):
-                if child is not None:
-                    self.visit(child)
-
-    names: set[str] = set()
-    for node in nodes:
-        Reader().visit(node)
-    return names
-
-
-def load_from_source(path: Path, *names: str) -> list[Any]:
-    """Top-level classes or functions of ``path`` (``Class.method``: that method, as a function), run alone
-    with only the module's imports they read, so that a module importing vLLM or transformers at its top
-    can lend code that needs neither. Line numbers stay the file's, for tracebacks and sync sites."""
-    tree = ast.parse(path.read_text(), str(path))
-    tops = {node.name: node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
-    wanted = []
-    for name in names:
-        top, _, method = name.partition(".")
-        wanted.append(next(n for n in tops[top].body if getattr(n, "name", "") == method) if method
-                      else tops[top])
-    used = runtime_names(wanted)
-    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) and
-               (getattr(node, "module", "") == "__future__" or
-                any((alias.asname or alias.name.split(".")[0]) in used for alias in node.names))]
-    code = compile(ast.Module([*imports, *wanted], []), str(path), "exec", dont_inherit=True)
-    namespace: dict[str, Any] = {"__name__": f"{path.stem}_from_source"}
-    exec(code, namespace)  # noqa: S102 (this checkout's own source)
-    return [namespace[node.name] for node in wanted]
-
-
-# ---- the batch: token layout, request kinds ------------------------------------------------------
 
 def chameleon_stand_in(dst: Path) -> Path:
     """A folder with only what the token layout reads, shaped as facebook/chameleon-7b's vocabulary (65,536
@@ -551,73 +499,6 @@ def check_v2(setup: Setup, compared_steps: int = 6) -> Row:
 
 
 @cache
-def private_attention() -> tuple[Callable, type, type]:
-    """``ChameleonAttention._attend_private``, ``PrivateKV`` and ``PrivateBatch`` from their sources:
-    engine/worker/model.py imports vLLM at its top, engine/worker/private_kv.py transformers; these need neither."""
-    (attend,) = load_from_source(REPO / "engine/worker/model.py", "ChameleonAttention._attend_private")
-    private_kv, private_batch = load_from_source(REPO / "engine/worker/private_kv.py", "PrivateKV", "PrivateBatch")
-    return attend, private_kv, private_batch
-
-
-def attention_layer(heads: int, kv_heads: int, dim: int, layer_index: int) -> SimpleNamespace:
-    """What ``_attend_private`` reads of its ``ChameleonAttention``."""
-    return SimpleNamespace(layer_index=layer_index, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim,
-                           q_size=heads * dim)
-
-
-def attention_error(device: torch.device, dtype: torch.dtype) -> float:
-    """Largest difference between the private-cache attention, fed three sequences in chunks over three
-    steps (8 query heads on 2 KV heads, layer 1 of 2), and a float32 causal SDPA over each whole sequence."""
-    attend, private_kv, private_batch = private_attention()
-    heads, kv_heads, dim, schedule = 8, 2, 128, [(20, 5, 33), (1, 1, 1), (16, 14, 16)]
-    layer = attention_layer(heads, kv_heads, dim, layer_index=1)
-    lengths = [sum(chunk) for chunk in zip(*schedule, strict=True)]
-    gen = torch.Generator().manual_seed(2)
-    q, k, v = ([torch.randn(n, h * dim, generator=gen).to(device, dtype) for n in lengths]
-               for h in (heads, kv_heads, kv_heads))
-    caches = [private_kv(2, n, kv_heads, dim, dtype, device) for n in lengths]
-    outs: list[list[torch.Tensor]] = [[] for _ in lengths]
-    for steps in schedule:
-        batch = private_batch(caches, steps, device)
-        new = [torch.cat([seq[a : a + s] for seq, a, s in zip(t, batch.starts, steps, strict=True)])
-               for t in (q, k, v)]
-        for i, part in enumerate(attend(layer, *new, batch).split(steps)):
-            outs[i].append(part)
-        batch.advance()
-    error = 0.0
-    for i, n in enumerate(lengths):
-        sq, sk, sv = (t[i].float().view(n, -1, dim).transpose(0, 1) for t in (q, k, v))
-        sk, sv = (t.repeat_interleave(heads // kv_heads, dim=0) for t in (sk, sv))
-        want = F.scaled_dot_product_attention(sq, sk, sv, is_causal=True).transpose(0, 1).reshape(n, -1)
-        error = max(error, float((torch.cat(outs[i]).float() - want).abs().max()))
-    return error
-
-
-def check_attention(setup: Setup, dtype: torch.dtype) -> Row:
-    """The guidance twins' attention against a plain reference; timed as one decode step of ``rows`` twins
-    in a Chameleon-7B layer."""
-    attend, private_kv, private_batch = private_attention()
-    dev, n, tolerance, heads, dim = setup.device, setup.rows, ATTENTION_TOLERANCE[dtype], 32, 128
-    with strict_fp32():
-        error = attention_error(dev, dtype)
-    row = Row(status="pass" if error <= tolerance else "fail",
-              vs_cpu="n/a: checked against a causal SDPA over each whole sequence, on the device",
-              detail=f"max error {error:.1e} (tolerance {tolerance:g}), 3 sequences fed in 3 steps; timed: "
-                     f"{n} twins x 1 token over {CACHED} cached, {heads} heads x {dim}")
-    caches = [private_kv(1, CACHED + 1, heads, dim, dtype, dev) for _ in range(n)]
-    for kv in caches:
-        kv.keys.normal_(), kv.values.normal_()
-        kv.length = CACHED
-    layer, steps = attention_layer(heads, heads, dim, layer_index=0), [1] * n
-    q, k, v = (torch.randn(n, heads * dim, device=dev, dtype=dtype) for _ in range(3))
-    batch = private_batch(caches, steps, dev)
-    row.ms = ms_per_call(lambda: attend(layer, q, k, v, batch), dev, setup.repeats)
-    row.sync, row.sync_sites = probe_sync(lambda: attend(layer, q, k, v, private_batch(caches, steps, dev)),
-                                          dev)
-    return row
-
-
-@cache
 def vqgan_on_cpu(model: Path | None) -> tuple[Any, str]:
     """--model's VQGAN (vqgan.ckpt beside it, else the encoder in model.safetensors), or a random one of
     engine/offline/tiny.py's shape with weights spread as tiny checkpoints spread them, so that codes vary."""
@@ -681,8 +562,6 @@ def checks(setup: Setup) -> list[tuple[str, str, Callable[[], Row]]]:
         *(("grammar", f"grammar {w} x{n}", partial(check_grammar, setup, w)) for w in WORKLOADS),
         ("nucleus", f"nucleus x{n}", partial(check_nucleus, setup)),
         ("v2", f"v2 adapter mixed x{n}", partial(check_v2, setup)),
-        *(("attention", f"private attention {name}", partial(check_attention, setup, dtype))
-          for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))),
         *(("vqgan", f"vqgan {d} x{b}", partial(check_vqgan, setup, d, b))
           for d in ("encode", "decode") for b in setup.image_batches),
     ]
