@@ -4,8 +4,13 @@ adds rows to the forward, not work beside it."""
 
 from __future__ import annotations
 
+import os
+import statistics
+from collections import Counter
+
 import pytest
 from guidance_reference import guided_image_reference
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.offline.tiny import TinySpec, make_tiny
 from engine.shared.vocab import TokenLayout
@@ -25,11 +30,13 @@ def engine(model_dir):
     so six at once do not fit."""
     from vllm import LLM
 
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # llm.apply_model(step probes), to this test's processes
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=128, max_num_seqs=16,
               seed=0, block_size=BLOCK, num_gpu_blocks_override=7, disable_log_stats=False,
               logits_processors=[ChameleonSpanLogitsProcessorV1])
     yield llm, TokenLayout.from_checkpoint(model_dir)
     llm.llm_engine.engine_core.shutdown()
+    del os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"]
 
 
 def prompt(layout: TokenLayout, k: int, words: int = 6) -> list[int]:
@@ -77,3 +84,72 @@ def test_pairs_preempted_under_memory_pressure_write_what_they_write_alone(engin
     alone = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts]
     assert together == alone
     assert all(len(t) == layout.image_seq_length + 2 for t in together)
+
+
+class _StepOps(TorchDispatchMode):
+    """Counts the ops each engine step dispatches in a worker (a step starts with the model's forward), all
+    of them and those inside the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[tuple[Counter, Counter]] = []
+        self.in_forward = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.steps:
+            name = func.overloadpacket.__name__
+            self.steps[-1][0][name] += 1
+            self.steps[-1][1][name] += self.in_forward
+        return func(*args, **(kwargs or {}))
+
+
+def _probe_steps(model) -> None:
+    probe = _StepOps()
+    forward = model.forward
+
+    def counted(*args, **kwargs):
+        probe.steps.append((Counter(), Counter()))
+        probe.in_forward = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            probe.in_forward = False
+
+    model.forward, model._step_ops = counted, (probe, forward)
+    probe.__enter__()
+
+
+def _stepped_ops(model) -> list[tuple[dict[str, int], dict[str, int]]]:
+    probe, forward = model._step_ops
+    probe.__exit__(None, None, None)
+    model.forward = forward
+    del model._step_ops
+    return [(dict(every), {k: v for k, v in in_forward.items() if v}) for every, in_forward in probe.steps]
+
+
+def step_ops(llm, prompts: list, params) -> list[tuple[dict[str, int], dict[str, int]]]:
+    """The ops of every step that ``llm.generate(prompts, params)`` runs, counted in the worker: (all, those
+    of the model's forward), by op name."""
+    llm.apply_model(_probe_steps)
+    llm.generate(prompts, params, use_tqdm=False)
+    [steps] = llm.apply_model(_stepped_ops)
+    return steps
+
+
+def test_guidance_adds_a_row_to_the_step_not_a_forward(engine):
+    """A guided image (its row and its companion: two rows a step) dispatches per step what two unguided images
+    do, plus the few ops that combine the two rows' logits; no cache is padded or copied for it."""
+    from vllm import SamplingParams
+
+    llm, layout = engine
+    image = dict(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi])
+    plain = {"modalities": ["image"], "image_temperature": 0.0}
+    guided = step_ops(llm, [{"prompt_token_ids": prompt(layout, 0)}],
+                      SamplingParams(**image, extra_args={**plain, "cfg_scale": 3.0, "cfg_uncond_prompt": [0]}))
+    unguided = step_ops(llm, [{"prompt_token_ids": prompt(layout, k)} for k in range(2)],
+                        SamplingParams(**image, extra_args=plain))
+    forward = {tuple(sorted(f.items())) for _, f in guided + unguided}
+    assert len(forward) == 1  # one forward a step, the same ops for two rows, guided or not
+    per_step = [statistics.median(sum(every.values()) for every, _ in run) for run in (guided, unguided)]
+    assert per_step[0] - per_step[1] < sum(guided[0][1].values()) / 2  # a second forward would double it
+    assert not any(name in every for every, _ in guided for name in ("constant_pad_nd", "pad_sequence", "cat"))

@@ -16,6 +16,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor
 from vllm.v1.sample.ops.penalties import apply_all_penalties
 
+from engine.shared.companions import COMPANION_KEY, PAIR_KEY
 from engine.shared.vocab import BOI_NAME, EOI_NAME, IMAGE_PLACEHOLDER_NAME, SEP_NAME, code_name
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
@@ -130,6 +131,18 @@ def sp(modalities, seed=None, **kw):
     if seed is None and "image" in modalities:
         seed = 1234
     return SamplingParams(seed=seed, extra_args={"modalities": modalities, **image}, **{"max_tokens": 64, **kw})
+
+
+def guided(rid: str, modalities, scale: float, uncond: list[int] = (15,), **kw) -> SamplingParams:
+    """A guided request's params, with the pair mark the scheduler gives it (engine/core/guided_pairs.py)."""
+    params = sp(modalities, cfg_scale=scale, cfg_uncond_prompt=list(uncond), **kw)
+    params.extra_args[PAIR_KEY] = rid
+    return params
+
+
+def companion(rid: str) -> SamplingParams:
+    """The unconditional companion of ``rid``, as the scheduler makes it."""
+    return SamplingParams(max_tokens=64, temperature=0.0, extra_args={PAIR_KEY: rid, COMPANION_KEY: True})
 
 
 PENALTIES = dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)

@@ -1,7 +1,7 @@
 """Neither runner's adapter makes the host wait for the device in a step: probed at torch's dispatcher on CPU
 tensors (``dispatch_probes.SyncProbe``), over batches holding everything a step can hold (text, interleaved and
-image-only rows, top-k/top-p and greedy draws, logit bias, a resumed span, guided rows and a masked edit), in
-Chameleon's, Lumina-mGPT's and Emu3's span layouts."""
+image-only rows, top-k/top-p and greedy draws, logit bias, a resumed span, a guided row beside its companion
+and a masked edit), in Chameleon's, Lumina-mGPT's and Emu3's span layouts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 from dispatch_probes import SyncProbe
-from runner_pair import PENALTIES, Pair, sp
+from runner_pair import PENALTIES, Pair, companion, guided, sp
 from v2_runner import install
 
 from engine.shared.families.emu3 import EMU3_ARCHITECTURE
@@ -46,19 +46,19 @@ def full_batch(family: str, monkeypatch: pytest.MonkeyPatch) -> Pair:
     pair.add("mixed", [3, 16], sp(["text", "image"], image_temperature=1.0, image_top_p=0.8))
     pair.add("image", [1], sp(["image"], image_temperature=1.0, image_top_k=3, logit_bias={code[0]: 1.0}))
     pair.add("greedy", [2], sp(["image"], image_temperature=0.0), output=[layout.boi])
-    pair.add("guided", [1, 2, 3], sp(["image"], image_temperature=1.0, cfg_scale=3.0, cfg_uncond_prompt=[1, 15]))
+    pair.add("guided", [1, 2, 3], guided("guided", ["image"], 3.0, uncond=[1, 15], image_temperature=1.0))
+    pair.add("guided~u", [1, 15], companion("guided"))
     pair.add("edit", [3], sp(["image"], image_temperature=1.0, image_keep=[code[1], -1] * (cells // 2)))
     return pair
 
 
 @pytest.mark.parametrize("family", list(LAYOUTS))
 def test_no_step_waits_for_the_device(family, monkeypatch):
-    """Every step of a whole image on both adapters; the model's stand-in (guidance twins' forward) aside."""
+    """Every step of a whole image on both adapters."""
     pair = full_batch(family, monkeypatch)
     probe = SyncProbe()
     pair.v1.apply = probe.during(pair.v1.apply)
     pair.v2.processor.apply = probe.during(pair.v2.processor.apply)
-    pair.v2.model.private_logits = probe.paused(pair.v2.model.private_logits)
     rng = random.Random(5)
     span = LAYOUTS[family].span.span_length((LAYOUTS[family].span.native_grid,) * 2)
     for _ in range(span + 2):

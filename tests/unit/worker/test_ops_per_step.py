@@ -8,7 +8,7 @@ import random
 
 import pytest
 from dispatch_probes import OpCount
-from runner_pair import Pair, chameleon_checkpoint, sp
+from runner_pair import Pair, chameleon_checkpoint, companion, guided, sp
 from v2_runner import install
 
 from engine.worker.nucleus import _draw_tensor
@@ -22,12 +22,13 @@ def model_dir(tmp_path_factory):
     return chameleon_checkpoint(tmp_path_factory.mktemp("fake_ckpt"), V, 16)
 
 
-MIX = (  # (extra args of the request, its output so far): one row of each, over and over
-    (dict(modalities=["text"]), []),
-    (dict(modalities=["text", "image"], image_temperature=1.0, image_top_p=0.8), [16, BOI, CODES[0]]),
-    (dict(modalities=["image"], image_temperature=1.0, image_top_k=3, logit_bias={CODES[0]: 1.0}), [BOI]),
-    (dict(modalities=["image"], image_temperature=0.0, cfg_scale=3.0, cfg_uncond_prompt=[1, 15],
-          image_keep=[CODES[1], -1] * 8), [BOI]),
+MIX = (  # (params of the request in row i, its output so far): one row of each, over and over
+    lambda i: (sp(["text"], seed=i), []),
+    lambda i: (sp(["text", "image"], seed=i, image_temperature=1.0, image_top_p=0.8), [16, BOI, CODES[0]]),
+    lambda i: (sp(["image"], seed=i, image_temperature=1.0, image_top_k=3, logit_bias={CODES[0]: 1.0}), [BOI]),
+    lambda i: (guided(f"r{i}", ["image"], 3.0, uncond=[1, 15], seed=i, image_temperature=0.0,
+                      image_keep=[CODES[1], -1] * 8), [BOI]),
+    lambda i: (companion(f"r{i - 1}"), [BOI]),  # the guided row's, just before
 )
 
 
@@ -40,10 +41,9 @@ def ops_per_step(model_dir: str, monkeypatch: pytest.MonkeyPatch, rows: int, ste
     counts = (OpCount(), OpCount())
     pair.v1.apply = counts[0].during(pair.v1.apply)
     pair.v2.processor.apply = counts[1].during(pair.v2.processor.apply)
-    pair.v2.model.private_logits = counts[0].paused(counts[1].paused(pair.v2.model.private_logits))
     for row in range(rows):
-        args, output = MIX[row % len(MIX)]
-        pair.add(f"r{row}", [1, 2], sp(**args, seed=row), output=output)
+        params, output = MIX[row % len(MIX)](row)
+        pair.add(f"r{row}", [1, 2], params, output=output)
     per_step = []
     rng = random.Random(0)
     for _ in range(steps):
@@ -54,6 +54,6 @@ def ops_per_step(model_dir: str, monkeypatch: pytest.MonkeyPatch, rows: int, ste
 
 
 def test_ops_per_step_do_not_grow_with_rows(model_dir, monkeypatch):
-    few, many = ops_per_step(model_dir, monkeypatch, 4), ops_per_step(model_dir, monkeypatch, 128)
-    print(f"ops per step (V1, V2): 4 rows {few}, 128 rows {many}")
+    few, many = ops_per_step(model_dir, monkeypatch, 5), ops_per_step(model_dir, monkeypatch, 130)
+    print(f"ops per step (V1, V2): 5 rows {few}, 130 rows {many}")
     assert few == many

@@ -16,13 +16,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from runner_pair import MAX_LEN, PENALTIES, SLOTS, Pair, chameleon_checkpoint, sp, v1_config
+from runner_pair import MAX_LEN, PENALTIES, SLOTS, Pair, chameleon_checkpoint, companion, guided, sp, v1_config
 from v2_runner import V2Runner, install
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from engine.frontend.client import logits_processor_for_runner
-from engine.shared.companions import COMPANION_KEY, PAIR_KEY
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 from engine.worker.runner_v2 import ChameleonSpanLogitsProcessorV2
 
@@ -64,18 +63,6 @@ def test_v2_matches_v1_through_adds_removes_moves_preemption_penalties_and_bias(
     assert pair.output["image"][0] == BOI and pair.output["image"][N + 1] == EOI
     resumed = pair.output["resumed"]
     assert resumed[4] in CODES and resumed[5] in CODES and resumed[6] == EOI
-
-
-def guided(rid: str, modalities, scale: float, **kw) -> SamplingParams:
-    """A guided request's params, with the pair mark the scheduler gives it (engine/core/guided_pairs.py)."""
-    params = sp(modalities, cfg_scale=scale, cfg_uncond_prompt=[15], **kw)
-    params.extra_args[PAIR_KEY] = rid
-    return params
-
-
-def companion(rid: str) -> SamplingParams:
-    """The unconditional companion of ``rid``, as the scheduler makes it."""
-    return SamplingParams(max_tokens=64, temperature=0.0, extra_args={PAIR_KEY: rid, COMPANION_KEY: True})
 
 
 def test_guided_rows_and_companions_match_on_both_runners(model_dir, v2_on_cpu):
