@@ -11,14 +11,15 @@ from typing import Any
 
 
 class _GuidedScheduling:
-    """vLLM's per-architecture config hook (``MODELS_CONFIG_MAP``): our scheduler unless one is chosen."""
+    """vLLM's per-architecture config hook (``MODELS_CONFIG_MAP``): our scheduler, unless one is chosen or pipeline
+    parallelism is on (its stages receive tokens the scheduler sends, which companions do not take part in)."""
 
     @staticmethod
     def verify_and_update_config(vllm_config: Any) -> None:
         from engine.shared.companions import SCHEDULER
 
         scheduler = vllm_config.scheduler_config
-        if scheduler.scheduler_cls is None:
+        if scheduler.scheduler_cls is None and vllm_config.parallel_config.pipeline_parallel_size == 1:
             scheduler.scheduler_cls = SCHEDULER
 
     @staticmethod

@@ -138,14 +138,20 @@ def _image_grid(engine: ChameleonEngine, size: str | None, param: str) -> tuple[
     return grid if engine.layout.span.rows_framed else None
 
 
+NO_GUIDANCE = ("classifier-free guidance needs the scheduler engine/plugin.py gives vLLM (guidance companions), "
+               "which this server runs without: with --pipeline-parallel-size above 1, or another --scheduler-cls")
+
+
 async def _guidance(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
                     mode: int) -> tuple[float, tuple[int, ...]]:
     """Classifier-free guidance: the scale (the request's; for image output else the checkpoint family's), and
     the unconditional prompt, which is the negative prompt (or an empty turn) in the same chat format as the
     request's."""
     scale = req.cfg_scale
-    if "cfg_scale" not in req.model_fields_set and mode != TEXT_ONLY:
+    if "cfg_scale" not in req.model_fields_set and mode != TEXT_ONLY and engine.guides:
         scale = settings.family.sampling.cfg_scale
+    if scale != 1.0 and mode != TEXT_ONLY and not engine.guides:
+        raise BadRequest(NO_GUIDANCE, param="cfg_scale")
     if scale == 1.0 or mode == TEXT_ONLY:
         if req.negative_prompt is not None and scale == 1.0:
             raise BadRequest("negative_prompt takes effect only with a cfg_scale other than 1",

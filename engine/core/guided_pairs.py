@@ -75,8 +75,6 @@ class GuidedPairs:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.vllm_config.parallel_config.pipeline_parallel_size > 1:
-            raise ValueError("classifier-free guidance needs --pipeline-parallel-size 1")
         self._layout = TokenLayout.from_checkpoint(self.vllm_config.model_config.model)
         self._pairs: dict[str, _Pair] = {}
         self._companions: set[str] = set()  # ids of companions whose outputs may still be reported

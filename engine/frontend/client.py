@@ -38,6 +38,7 @@ from engine.frontend.vqgan import (
     load_hf_vqmodel,
     load_meta_vqgan,
 )
+from engine.shared.companions import SCHEDULER
 from engine.shared.families import CHAMELEON, Family
 from engine.shared.processor_settings import processor_settings
 from engine.shared.vocab import CheckpointError, TokenLayout
@@ -229,8 +230,9 @@ class ChameleonEngine:
 
     def __init__(self, llm, image_tokenizer: ImageTokenizer | Emu3ImageTokenizer, painter: ImagePainter | None,
                  max_model_len: int, max_num_seqs: int, model_class: str, model_dir: str = "",
-                 model_runner: str = "v1", family: Family = CHAMELEON) -> None:
+                 model_runner: str = "v1", family: Family = CHAMELEON, guides: bool = True) -> None:
         self.llm = llm
+        self.guides = guides  # whether vLLM schedules with guidance companions (engine/plugin.py chooses)
         self.model_runner = model_runner  # vLLM's model runner in use, "v1" or "v2" (VLLM_USE_V2_MODEL_RUNNER)
         self.max_num_seqs = max_num_seqs
         self.model_class = model_class
@@ -275,7 +277,8 @@ class ChameleonEngine:
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
                    vllm_config.scheduler_config.max_num_seqs, model_class, model_config.model,
-                   "v2" if vllm_config.use_v2_model_runner else "v1", family)
+                   "v2" if vllm_config.use_v2_model_runner else "v1", family,
+                   guides=vllm_config.scheduler_config.scheduler_cls == SCHEDULER)
 
     async def encode_images(self, images: list[Image.Image]) -> list[list[int]]:
         return await self._encoder.submit(images)

@@ -21,7 +21,8 @@ def engine(tmp_path_factory):
     """The fields of ChameleonEngine that sampling_params reads, from a real tiny checkpoint's layout."""
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path_factory.mktemp("tiny"), TinySpec(grid=4, codebook_size=64)))
     sizes = ListedSizes(MappingProxyType({"64x64": (4, 4)}))
-    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096)
+    return SimpleNamespace(layout=layout, image_grid=(4, 4), image_sizes=sizes, can_paint=True, max_model_len=4096,
+                           guides=True)
 
 
 def _params(engine, modalities: list[str], **fields):
@@ -75,14 +76,17 @@ def test_min_tokens_on_an_image_only_reply_is_a_400(engine):
     assert _params(engine, ["text", "image"], min_tokens=3).min_tokens == 3
 
 
-def test_lumina_guidance_defaults_on_every_reply_with_images(tmp_path):
+@pytest.mark.parametrize("guides", [True, False])
+def test_lumina_guidance_defaults_on_every_reply_with_images(tmp_path, guides):
     """Lumina-mGPT guides from the image alone: its default cfg_scale, with an empty unconditional prompt,
-    applies to image-only and interleaved replies alike, and a request's own scale wins."""
+    applies to image-only and interleaved replies alike, and a request's own scale wins. A server whose vLLM
+    runs without our scheduler (pipeline parallelism) applies no default and refuses a scale with a 400."""
     from engine.shared.families import LUMINA
+    from server.errors import BadRequest
 
     layout = TokenLayout.from_checkpoint(make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64,
                                                                               family="lumina")))
-    engine = SimpleNamespace(can_paint=False, layout=layout)
+    engine = SimpleNamespace(can_paint=False, layout=layout, guides=guides)
     settings = SimpleNamespace(family=LUMINA)
 
     def args(modalities, **fields):
@@ -93,7 +97,13 @@ def test_lumina_guidance_defaults_on_every_reply_with_images(tmp_path):
             else {}
 
     for modalities in (["image"], ["text", "image"]):
-        assert args(modalities) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
-        assert args(modalities, cfg_scale=2.0)["cfg_scale"] == 2.0
+        if guides:
+            assert args(modalities) == {"cfg_scale": 3.0, "cfg_uncond_prompt": []}
+            assert args(modalities, cfg_scale=2.0)["cfg_scale"] == 2.0
+        else:
+            assert args(modalities) == {}
+            with pytest.raises(BadRequest, match="pipeline-parallel-size") as err:
+                args(modalities, cfg_scale=2.0)
+            assert err.value.param == "cfg_scale"
     assert args(["text"]) == {}
     assert args(["text"]) == {}
