@@ -153,7 +153,7 @@ class GuidedPairs:
             row = pair.row
             if row.request_id in output.num_scheduled_tokens and not row.is_prefill_chunk:
                 self._join(pair, output)
-            elif row.status == RequestStatus.PREEMPTED:
+            elif row.status != RequestStatus.RUNNING:  # preempted by vLLM, or not admitted: free the memory
                 self._drop_companion(pair)
         return output
 

@@ -92,23 +92,6 @@ def test_guided_rows_and_companions_match_on_both_runners(model_dir, v2_on_cpu):
     assert pair.output["guided"][N + 1] == EOI and pair.output["mixed"][N + 2] == EOI
 
 
-def test_guidance_changes_the_guided_rows_codes_only(model_dir):
-    """Through the V1 adapter: the same model logits with and without the companion beside the row (greedy):
-    with it, the row's code is the argmax of uncond + scale * (cond - uncond)."""
-    config = v1_config(model_dir)
-    processor = ChameleonSpanLogitsProcessorV1(config, torch.device("cpu"), False)
-    outputs: list[list[int]] = [[BOI], []]
-    params = guided("g", ["image"], 3.0, image_temperature=0.0)
-    processor.update_state(BatchUpdate(batch_size=2, removed=[], moved=[],
-                                       added=[(0, params, [1, 2], outputs[0]), (1, companion("g"), [15], outputs[1])]))
-    logits = torch.randn(2, V)
-    out = processor.apply(logits.clone())
-    cond, uncond = logits[0, CODES], logits[1, CODES]
-    want = CODES[int((uncond + 3.0 * (cond - uncond)).argmax())]
-    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [want]
-    assert torch.equal(out[0], out[1])
-
-
 def test_v2_random_workloads_match_v1(model_dir, v2_on_cpu):
     rng = random.Random(3)
     for trial in range(6):
