@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                         "VQGAN (vqgan.ckpt beside it, else the encoder alone); default: stand-ins")
     parser.add_argument("--vllm-src", type=Path, help="a folder holding the vllm package's .py files, for "
                         "the V2 adapter where vllm is not installed")
-    parser.add_argument("--rows", type=int, default=32, help="batch rows (grammar, nucleus, V2, twins)")
+    parser.add_argument("--rows", type=int, default=32, help="batch rows (grammar, nucleus, V2)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per check, after 2 warm-ups")
     parser.add_argument("--image-batches", type=int, nargs="+", default=[1, 8], help="VQGAN batch sizes")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))

@@ -52,7 +52,8 @@ def test_tp2_matches_tp1(engine_env, tiny_checkpoint):
 
 
 def test_tp2_guided_image_equals_two_forward_reference(engine_env, tiny_checkpoint):
-    """Each rank runs the twins on its own shard, in the same order (their projections all-reduce)."""
+    """Each rank runs the row and its companion on its own shard in the same batch (their projections
+    all-reduce), and draws the same codes."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

@@ -127,8 +127,8 @@ def test_guided_image_equals_two_forward_reference(engine, model_dir):
 
 
 def test_guided_rows_at_different_points_are_each_exact(engine, model_dir):
-    """One twin forward per step over twins at different points (one catching up on its prompt while the
-    other writes codes), with different unconditional prompts and scales: each equals its reference."""
+    """Companions made at different points (one prefilling while the other's row writes codes), with different
+    unconditional prompts and scales: each image equals its reference."""
     from vllm import SamplingParams
 
     llm, layout = engine
