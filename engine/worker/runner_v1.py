@@ -41,6 +41,10 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         RequestOptions.from_sampling_params(sampling_params)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+        if getattr(vllm_config, "speculative_config", None) is not None:
+            # V1's rejection sampler runs custom processors on one row per request, not on the draft positions:
+            # drafts inside an image span would escape the grammar.
+            raise ValueError("the image-span logits processor does not support speculative decoding")
         max_slots = vllm_config.scheduler_config.max_num_seqs
         layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)

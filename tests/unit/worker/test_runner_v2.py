@@ -160,10 +160,13 @@ def test_v1_does_not_consume_async_placeholders(model_dir):
     assert len(torch.isfinite(row).nonzero()) == 1
 
 
-def test_v2_rejects_speculative_decoding(model_dir):
+def test_both_runners_reject_speculative_decoding(model_dir):
+    config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=object(),
+                             scheduler_config=SimpleNamespace(max_num_seqs=SLOTS))
     with pytest.raises(ValueError, match="speculative"):
-        ChameleonSpanLogitsProcessorV2(
-            SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=object()), None)
+        ChameleonSpanLogitsProcessorV2(config, None)
+    with pytest.raises(ValueError, match="speculative"):
+        ChameleonSpanLogitsProcessorV1(config, torch.device("cpu"), False)
 
 
 def test_validate_params_on_both_classes():
