@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 from guidance_reference import guided_image_reference
+from lumina_reference import lumina_greedy_image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.offline.tiny import TinySpec, make_tiny
@@ -65,6 +66,32 @@ def test_text_written_between_images_reaches_the_companion(engine, model_dir):
     for b in starts[:2]:
         image = tokens[b : b + layout.image_seq_length + 2]
         assert image == guided_image_reference(model_dir, cond + tokens[:b], uncond + tokens[:b], 3.0)
+
+
+def test_lumina_companions_follow_each_image_alone(tmp_path):
+    """Lumina-mGPT guides from the image alone: in an interleaved reply the companion of each image starts at
+    its BOI (no prompt, no text before it) and the image equals the authors' guidance."""
+    from vllm import LLM, SamplingParams
+
+    model_dir = make_tiny(tmp_path / "lumina", TinySpec(grid=4, codebook_size=64, family="lumina"))
+    layout = TokenLayout.from_checkpoint(model_dir)
+    llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=256, max_num_seqs=4, seed=0,
+              logits_processors=[ChameleonSpanLogitsProcessorV1])
+    try:
+        cond = prompt(layout, 1)
+        span = layout.span.span_length((layout.span.native_grid,) * 2)
+        params = SamplingParams(max_tokens=span + 24, seed=5, logit_bias={layout.boi: 6.0}, stop_token_ids=[layout.eoi],
+                                extra_args={"modalities": ["text", "image"], "image_temperature": 0.0,
+                                            "cfg_scale": 3.0, "cfg_uncond_prompt": []})
+        [out] = llm.generate([{"prompt_token_ids": cond}], params, use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    tokens = list(out.outputs[0].token_ids)
+    b = tokens.index(layout.boi)
+    assert b > 0, tokens
+    grid = layout.span.native_grid
+    guided = lumina_greedy_image(model_dir, cond + tokens[:b], grid, grid, cfg_scale=3.0)
+    assert tokens[b:] == guided != lumina_greedy_image(model_dir, cond + tokens[:b], grid, grid)
 
 
 def test_pairs_preempted_under_memory_pressure_write_what_they_write_alone(engine):
