@@ -52,9 +52,25 @@ def preemptions(llm) -> float:
 def test_text_written_between_images_reaches_the_companion(engine, model_dir):
     """An interleaved reply (text sampled, images greedy) with two images: each equals the two-forward
     reference whose conditional and unconditional sequences both hold the reply so far."""
+    images_follow_the_reply(*engine, model_dir)
+
+
+def test_synchronous_scheduling_pairs_rows_alike(model_dir):
+    """vLLM's synchronous scheduler (``async_scheduling=False``) with companions: the same images."""
+    from vllm import LLM
+
+    llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=128, max_num_seqs=4, seed=0,
+              async_scheduling=False, logits_processors=[ChameleonSpanLogitsProcessorV1])
+    try:
+        images_follow_the_reply(llm, TokenLayout.from_checkpoint(model_dir), model_dir)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def images_follow_the_reply(llm, layout: TokenLayout, model_dir) -> None:
+    """Two images of a guided interleaved reply each equal the two-forward reference over the reply so far."""
     from vllm import SamplingParams
 
-    llm, layout = engine
     cond, uncond = prompt(layout, 0), [0, layout.sep]
     params = SamplingParams(max_tokens=4 * layout.image_seq_length + 24, seed=3, logit_bias={layout.boi: 6.0},
                             extra_args={"modalities": ["text", "image"], "image_temperature": 0.0, "cfg_scale": 3.0,
