@@ -125,10 +125,12 @@ class GuidedPairs:
                 held.append(pair.row)
             elif need is not None:
                 ready.append((pair, need))
-        # rows and companions share the worker's max_num_seqs slots
+        # rows and companions share the worker's max_num_seqs slots: the last pairs wait (their rows too)
         running = sum(r.status == RequestStatus.RUNNING for r in self.running if r not in held)
         while ready and running + len(ready) > self.max_num_running_reqs:
-            held.append(ready.pop()[0].row)
+            row = ready.pop()[0].row
+            held.append(row)
+            running -= row.status == RequestStatus.RUNNING
         held_running = [(i, r) for i, r in enumerate(self.running) if r in held]
         held_waiting = [r for r in held if r.status != RequestStatus.RUNNING]
         self.running = [r for r in self.running if r not in held]
@@ -136,15 +138,16 @@ class GuidedPairs:
             self.waiting.remove_requests(held_waiting)
         reserved = sum(need for _, need in ready)
         budget = (self.max_num_scheduled_tokens, self.scheduler_config.max_num_batched_tokens,
-                  self.max_num_running_reqs)
+                  self.max_num_running_reqs, self.max_num_active_reqs)
         self.max_num_scheduled_tokens -= reserved
         self.scheduler_config.max_num_batched_tokens -= reserved
-        self.max_num_running_reqs -= len(ready)
+        self.max_num_running_reqs -= len(ready)  # the worker's slots, and admission into running
+        self.max_num_active_reqs -= len(ready)
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens, self.scheduler_config.max_num_batched_tokens, \
-                self.max_num_running_reqs = budget
+                self.max_num_running_reqs, self.max_num_active_reqs = budget
             for index, request in held_running:
                 self.running.insert(index, request)
             if held_waiting:

@@ -55,14 +55,22 @@ def test_text_written_between_images_reaches_the_companion(engine, model_dir):
     images_follow_the_reply(*engine, model_dir)
 
 
-def test_synchronous_scheduling_pairs_rows_alike(model_dir):
-    """vLLM's synchronous scheduler (``async_scheduling=False``) with companions: the same images."""
-    from vllm import LLM
+def test_synchronous_scheduling_and_a_batch_full_of_guided_rows(model_dir):
+    """vLLM's synchronous scheduler (``async_scheduling=False``) with companions: the same images; and four guided
+    images where four requests fill the batch (``max_num_seqs``): the rows make room for companions by turns."""
+    from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=128, max_num_seqs=4, seed=0,
               async_scheduling=False, logits_processors=[ChameleonSpanLogitsProcessorV1])
+    layout = TokenLayout.from_checkpoint(model_dir)
     try:
-        images_follow_the_reply(llm, TokenLayout.from_checkpoint(model_dir), model_dir)
+        images_follow_the_reply(llm, layout, model_dir)
+        prompts = [{"prompt_token_ids": prompt(layout, k)} for k in range(4)]
+        params = SamplingParams(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                                extra_args={"modalities": ["image"], "image_temperature": 0.0, "cfg_scale": 2.0,
+                                            "cfg_uncond_prompt": [0, layout.sep]})
+        together = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert together == [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts]
     finally:
         llm.llm_engine.engine_core.shutdown()
 
