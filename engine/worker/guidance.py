@@ -12,8 +12,9 @@ companion's row is set to the row's, so both write the same token.
 
 Lumina-mGPT's authors guide from the image alone: their unconditional sequence is the open span from its
 BOI on, started afresh for every image (Alpha-VLLM/Lumina-mGPT@104abe4 ``inference_solver.py``,
-``LLMImageStartTriggeredUnbatchedClassifierFreeGuidanceLogitsProcessor``). With ``span_only`` the companion is
-its prompt (empty unless a negative prompt is given) followed by the span's BOI.
+``LLMImageStartTriggeredUnbatchedClassifierFreeGuidanceLogitsProcessor``). Where the span format says so
+(``SpanFormat.guided_from_boi``) the companion is its prompt (empty unless a negative prompt is given) followed by
+the span's BOI.
 
 Why a companion request. Guidance doubles the rows of the image steps; what it must not do is run a second
 forward, or copy caches. The alternatives:
