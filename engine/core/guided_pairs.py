@@ -65,6 +65,11 @@ class _Pair:
         """Whether every token of the row is known here (no step of it in flight)."""
         return self.row.num_in_flight_tokens == 0 and self.row.num_output_placeholders == 0
 
+    def forget(self) -> Request | None:
+        """The companion, no longer this pair's (the caller frees it if vLLM has not)."""
+        companion, self.companion, self.sent, self.unsent_blocks = self.companion, None, False, None
+        return companion
+
     def in_span(self, index: int) -> bool:
         """Whether output ``index`` follows an open span's BOI (up to its EOI): guided, so in lockstep."""
         return self.span_start >= 0 and self.span_start < index <= self.span_start + self.span_length
@@ -126,14 +131,16 @@ class GuidedPairs:
             elif need is not None:
                 ready.append((pair, need))
         # rows and companions share the worker's max_num_seqs slots: the last pairs wait (their rows too)
-        running = sum(r.status == RequestStatus.RUNNING for r in self.running if r not in held)
+        held_set = set(held)
+        running = sum(r.status == RequestStatus.RUNNING for r in self.running if r not in held_set)
         while ready and running + len(ready) > self.max_num_running_reqs:
             row = ready.pop()[0].row
             held.append(row)
+            held_set.add(row)
             running -= row.status == RequestStatus.RUNNING
-        held_running = [(i, r) for i, r in enumerate(self.running) if r in held]
+        held_running = [(i, r) for i, r in enumerate(self.running) if r in held_set]
         held_waiting = [r for r in held if r.status != RequestStatus.RUNNING]
-        self.running = [r for r in self.running if r not in held]
+        self.running = [r for r in self.running if r not in held_set]
         if held_waiting:
             self.waiting.remove_requests(held_waiting)
         reserved = sum(need for _, need in ready)
@@ -231,8 +238,8 @@ class GuidedPairs:
         companion.status = RequestStatus.RUNNING
         self.requests[companion.request_id] = companion
         self._companions.add(companion.request_id)
+        pair.forget()
         pair.companion, pair.made, pair.joint = companion, pair.made + 1, index
-        pair.sent, pair.unsent_blocks = False, None
         return True
 
     def _join(self, pair: _Pair, output: SchedulerOutput) -> None:
@@ -267,7 +274,7 @@ class GuidedPairs:
         pair.sent, pair.unsent_blocks, pair.last_step, pair.joint = True, None, self.current_step, pair.joint + 1
 
     def _drop_companion(self, pair: _Pair) -> None:
-        companion, pair.companion, pair.sent, pair.unsent_blocks = pair.companion, None, False, None
+        companion = pair.forget()
         if companion is not None and companion.request_id in self.requests:
             super().finish_requests(companion.request_id, RequestStatus.FINISHED_ABORTED)
 
@@ -283,7 +290,7 @@ class GuidedPairs:
                 engine_outputs.finished_requests -= companions
         for pair in self._pairs.values():
             if pair.companion is not None and pair.companion.is_finished():
-                pair.companion, pair.sent, pair.unsent_blocks = None, False, None
+                pair.forget()
         self._companions = {c for c in companions if c in self.requests}
         return outputs
 

@@ -91,8 +91,7 @@ class Guidance:
         return torch.where(sampling.unsqueeze(1), u + scale * (c - u), c).to(cond.dtype)
 
     @staticmethod
-    def mirror(logits: torch.Tensor, rows: np.ndarray, companions: np.ndarray) -> torch.Tensor:
-        """The companions' rows set to their rows' (after the grammar: one finite token), so both write it."""
-        device = logits.device
-        return logits.index_copy_(0, to_device(companions, device),
-                                  logits.index_select(0, to_device(rows, device)))
+    def mirror(logits: torch.Tensor, rows: torch.Tensor, companions: torch.Tensor) -> torch.Tensor:
+        """The companions' rows set to their rows' (after the grammar: one finite token), so both write it
+        (``rows``, ``companions``: the pairs' row indices, on the device)."""
+        return logits.index_copy_(0, companions, logits.index_select(0, rows))

@@ -91,14 +91,13 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
                 self.grammar.resync(slot, self._tail(slot, n), n)
         self.grammar.advance(np.array(stepped, dtype=np.int64), np.array(tokens, dtype=np.int64))
         rows, companions = self.guidance.pairs(slots)
-        if len(rows):
-            index = to_device(rows, logits.device)
-            guided = self.guidance.guided(logits.index_select(0, index),
-                                          logits.index_select(0, to_device(companions, logits.device)),
-                                          slots[rows], self.grammar.sampling_code(slots[rows]))
-            logits.index_copy_(0, index, guided)
-        logits = self.grammar.apply(logits, slots)
-        return self.guidance.mirror(logits, rows, companions) if len(rows) else logits
+        if not len(rows):
+            return self.grammar.apply(logits, slots)
+        rows_t, companions_t = to_device(rows, logits.device), to_device(companions, logits.device)
+        guided = self.guidance.guided(logits.index_select(0, rows_t), logits.index_select(0, companions_t),
+                                      slots[rows], self.grammar.sampling_code(slots[rows]))
+        logits.index_copy_(0, rows_t, guided)
+        return self.guidance.mirror(self.grammar.apply(logits, slots), rows_t, companions_t)
 
     def _tail(self, slot: int, n: int) -> list[int]:
         """The last ``tail_length`` tokens of prompt + the first ``n`` output tokens."""

@@ -95,15 +95,15 @@ class ChameleonSpanLogitsProcessorV2(LogitsProcessor):
         pos, num_output = self._positions(placed)
         codes = self._code_logits(logits, slots, rows)
         guided, companions = self.guidance.pairs(slots)
-        if len(guided):
-            at = np.searchsorted(rows, guided)  # the guided rows among ``rows`` (they write images)
-            at_t = to_device(at, logits.device)
-            sampling = self.grammar.samples_code_on_device(placed, pos).index_select(0, at_t)
-            uncond = self._raw(logits).index_select(0, to_device(companions, logits.device))
-            codes.index_copy_(0, at_t, self.guidance.guided(codes.index_select(0, at_t), uncond, slots[guided],
-                                                             sampling))
+        if not len(guided):
+            return self.grammar.apply_on_device(logits, slots, rows, pos, num_output, codes)
+        guided_t, companions_t = to_device(guided, logits.device), to_device(companions, logits.device)
+        at_t = to_device(np.searchsorted(rows, guided), logits.device)  # the guided rows among ``rows``
+        sampling = self.grammar.samples_code_on_device(placed, pos).index_select(0, at_t)
+        uncond = self._raw(logits).index_select(0, companions_t)
+        codes.index_copy_(0, at_t, self.guidance.guided(codes.index_select(0, at_t), uncond, slots[guided], sampling))
         logits = self.grammar.apply_on_device(logits, slots, rows, pos, num_output, codes)
-        return self.guidance.mirror(logits, guided, companions) if len(guided) else logits
+        return self.guidance.mirror(logits, guided_t, companions_t)
 
     def _positions(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Per slot, on the device: tokens written since an unclosed BOI (-1 outside a span), read from the last
