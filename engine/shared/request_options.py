@@ -5,7 +5,7 @@ in ``SamplingParams.extra_args``, written by :meth:`RequestOptions.extra_args` o
 request by :meth:`RequestOptions.from_sampling_params` (the worker's adapters; vLLM also calls it to
 validate requests made to the engine directly). The keys are the ones a direct vLLM user passes:
 ``modalities``, ``image_temperature``, ``image_top_k``, ``image_top_p``, ``cfg_scale``,
-``cfg_uncond_prompt``, ``image_grid`` and ``image_keep``. The seed travels as vLLM's own
+``cfg_uncond_prompt``, ``image_grid``, ``image_keep`` and ``jacobi_window``. The seed travels as vLLM's own
 ``SamplingParams.seed``, which vLLM offsets for each choice of an ``n`` > 1 request.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.shared.families.base import SamplingDefaults
+from engine.shared.jacobi import MAX_WINDOW
 
 TEXT_ONLY, INTERLEAVED, IMAGE_ONLY = 0, 1, 2
 _MODES = {frozenset({"text"}): TEXT_ONLY, frozenset({"text", "image"}): INTERLEAVED,
@@ -55,6 +56,9 @@ class RequestOptions:
     # A masked edit: per code cell of the image, in raster order, the vocabulary id the grammar writes there
     # (the input image's code, outside the mask), or -1 where it samples one; () for no mask.
     kept_codes: tuple[int, ...] = ()
+    # Speculative Jacobi decoding's window (engine/worker/jacobi.py): image positions one step may verify; 1 = off,
+    # None = the family's default. Within the engine's budget of draft tokens per step.
+    jacobi_window: int | None = None
 
     def __post_init__(self) -> None:
         if not _number(self.image_temperature) or not 0 <= self.image_temperature < math.inf:
@@ -74,6 +78,10 @@ class RequestOptions:
         if self.kept_codes and (self.mode == TEXT_ONLY or not all(isinstance(t, int) and t >= -1
                                                                    for t in self.kept_codes)):
             raise ValueError("image_keep must be a list of token ids (-1: sampled), one per code cell of an image")
+        window = self.jacobi_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or not 1 <= window <= MAX_WINDOW):
+            raise ValueError(f"jacobi_window must be an integer from 1 (off) to {MAX_WINDOW}, got {window!r}")
 
     @property
     def guided(self) -> bool:
@@ -101,6 +109,8 @@ class RequestOptions:
             args["image_grid"] = list(self.image_grid)
         if self.kept_codes:
             args["image_keep"] = list(self.kept_codes)
+        if self.jacobi_window is not None:
+            args["jacobi_window"] = self.jacobi_window
         return args
 
     @classmethod
@@ -119,7 +129,7 @@ class RequestOptions:
         keep = [keep] if isinstance(keep, str) or not isinstance(keep, Sequence) else keep  # refused when built
         return cls(mode_of(xa.get("modalities", ["text"])), xa.get("image_temperature", _BASE.image_temperature),
                    xa.get("image_top_k", _BASE.image_top_k), xa.get("image_top_p", _BASE.image_top_p), seed, scale,
-                   tuple(uncond), None if grid is None else tuple(grid), tuple(keep))
+                   tuple(uncond), None if grid is None else tuple(grid), tuple(keep), xa.get("jacobi_window"))
 
     @classmethod
     def from_sampling_params(cls, sampling_params: Any) -> RequestOptions:

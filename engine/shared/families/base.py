@@ -47,6 +47,9 @@ class SamplingDefaults:
     text_top_k: int | None = None  # None: the request's (vLLM's) default
     negative_prompt: str | None = None  # guidance's unconditional text where the request gives none
     image_prompt_suffix: str = ""  # appended to the last user text of an image-only reply
+    # Speculative Jacobi decoding's window (engine/worker/jacobi.py): image positions one step verifies, as
+    # the SJD authors run Lumina-mGPT and Emu3 (L = 16); 1 = off.
+    jacobi_window: int = 16
 
 
 class Family:
