@@ -104,12 +104,23 @@ def make_tiny_chameleon(dst: Path, spec: TinySpec, family: Family) -> Path:
     torch.manual_seed(spec.seed)
     model = ChameleonForConditionalGeneration(config).eval()
     spread_weights(model, spec.seed)
+    if spec.input_independent:
+        _share_embedding(model)
     model.to(getattr(torch, spec.dtype))
     family.save_tiny(model, tokenizer, dst, spec.resolution, spec.grid)
     vq_state = {k.removeprefix("model.vqmodel."): v.float() for k, v in model.state_dict().items()
                 if k.startswith("model.vqmodel.")}
     write_meta_vqgan(dst, vq_state, vq_config, seed=spec.seed)
     return dst
+
+
+def _share_embedding(model: torch.nn.Module) -> None:
+    """Every row of the token embedding becomes row 0. Attention then averages identical values whatever its
+    weights and RoPE, so every position's logits are the same: the spread weights alone give a clearly
+    non-uniform distribution over the codes (no extra scaling needed)."""
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.copy_(emb[0].expand_as(emb))
 
 
 def make_tiny_meta(dst: str | Path, spec: TinySpec = TinySpec(), shards: int = 1) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.shared.families import FAMILIES
+from engine.shared.families import FAMILIES, by_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +25,15 @@ class TinySpec:
     seed: int = 0
     max_position_embeddings: int = 4096
     family: str = "chameleon"  # a Family.name (engine/shared/families/)
+    # Every token embeds to one vector, so every position's next-token distribution is one fixed p: speculative
+    # Jacobi decoding then accepts almost every draft, and sampled code counts can be tested against p.
+    input_independent: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in [f.name for f in FAMILIES]:
             raise ValueError(f"family must be one of {', '.join(f.name for f in FAMILIES)}, got {self.family!r}")
+        if self.input_independent and by_name(self.family).codec != "vqgan":
+            raise ValueError("input_independent is written by the Chameleon writer only (engine/offline/tiny.py)")
         if self.hidden_size // self.num_heads < 32:
             raise ValueError("head_dim must be >= 32 (vLLM's CPU attention rejects smaller heads)")
         if self.grid < 2 or self.codebook_size < 2:
