@@ -11,6 +11,19 @@ DECODE_SECONDS = Histogram(
     "chameleon:image_decode_seconds", "From a finished image span to its PNG (batched VQGAN decode + PNG)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# Counted per engine step where the front end receives the engine's outputs: engine/frontend/image_steps.py
+FORWARD_PASSES = Histogram(
+    "chameleon:image_forward_passes",
+    "Engine steps (forward passes) per image span that reached its EOI: steps that gave its request at least one "
+    "token after BOI, through EOI (without speculative Jacobi decoding, the span's token count)",
+    buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+)
+CODES_PER_STEP = Histogram(
+    "chameleon:image_codes_accepted_per_step",
+    "Per engine step of a request inside an image span: the span's tokens (codes, framing, EOI) it committed "
+    "(1 without speculative Jacobi decoding)",
+    buckets=tuple(range(1, 17)),
+)
 
 GUIDED = Counter("chameleon:guided_requests_total", "Requests with classifier-free guidance (cfg_scale != 1)")
 HTTP_REQUESTS = Counter("chameleon:http_requests_total", "HTTP requests answered, by route, method and status",
@@ -34,6 +47,19 @@ def record_images_generated(count: int, seconds: float) -> None:
 
 def record_image_tokens(count: int) -> None:
     IMAGE_TOKENS.inc(count)
+
+
+class ImageSteps:
+    """The front end's ``ImageStepObserver`` (``engine/frontend/image_steps.py``), writing the two histograms."""
+
+    def span_step(self, tokens: int) -> None:
+        CODES_PER_STEP.observe(tokens)
+
+    def image_done(self, steps: int) -> None:
+        FORWARD_PASSES.observe(steps)
+
+
+IMAGE_STEPS = ImageSteps()
 
 
 def record_guided_request() -> None:

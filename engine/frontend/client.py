@@ -28,6 +28,7 @@ from PIL import Image
 
 from engine.frontend.batching import MicroBatcher
 from engine.frontend.emu3_vq import Emu3ImageTokenizer, Emu3VQ
+from engine.frontend.image_steps import ImageStepObserver, count_image_steps
 from engine.frontend.images import ImagePreprocessor, to_png
 from engine.frontend.splitter import ImageCodes
 from engine.frontend.vqgan import (
@@ -250,11 +251,13 @@ class ChameleonEngine:
         self.image_sizes = family.image_sizes(self.layout.span, self.pixels_per_code, model_dir) if painter else None
 
     @classmethod
-    def start(cls, engine_args, family: Family, vqgan: Path | None = None) -> ChameleonEngine:
+    def start(cls, engine_args, family: Family, vqgan: Path | None = None,
+              image_steps: ImageStepObserver | None = None) -> ChameleonEngine:
         """Build AsyncLLM (our plugin model and span logits processor), the image tokenizer of a ``family``
         checkpoint and the painter of ``vqgan`` (as ``engine.offline.preflight.preflight`` found it; None: no
         image output). Guided requests' unconditional companions are vLLM requests of their own, scheduled by
-        ours (``engine/core/guided_pairs.py``, chosen by ``engine/plugin.py``), their KV in vLLM's paged cache."""
+        ours (``engine/core/guided_pairs.py``, chosen by ``engine/plugin.py``), their KV in vLLM's paged cache.
+        ``image_steps`` gets the engine steps each written image takes (``engine/frontend/image_steps.py``)."""
         from vllm import ModelRegistry
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -273,6 +276,8 @@ class ChameleonEngine:
         image_tokenizer, painter = _image_codec(model_config.model, family, vqgan, device)
         llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
         skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout)
+        if image_steps is not None:
+            count_image_steps(llm.output_processor, image_tokenizer.layout, image_steps)
         model_cls, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
         model_class = f"{model_cls.__module__}:{model_cls.__qualname__}"
         return cls(llm, image_tokenizer, painter, model_config.max_model_len,
