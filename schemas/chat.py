@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from schemas.common import (
     FinishReason,
     GuidanceFields,
+    JacobiWindow,
     SamplingFields,
     StreamOptions,
     Text,
@@ -85,6 +86,7 @@ class ChatCompletionRequest(SamplingFields, GuidanceFields):
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    jacobi_window: JacobiWindow | None = None
     # --- extension: "WxH" pixels of the images written ("auto" or None: the model's default); Lumina-mGPT
     # checkpoints write several sizes, Chameleon's one (400 otherwise, listing them) ---
     image_size: str | None = None

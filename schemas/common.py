@@ -1,11 +1,15 @@
-"""Shared wire pieces: the base model, errors, usage, sampling fields common to chat and completions."""
+"""Shared wire pieces: the base model, errors, usage, sampling fields common to chat and completions, and the
+image routes' Jacobi window."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from engine.shared.jacobi import MAX_WINDOW
 
 _TOKEN_ID = re.compile(r"[0-9]+")
 
@@ -19,6 +23,17 @@ def _unicode_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode_text)]  # any text that reaches the tokenizer
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would take true as 1
+        raise PydanticCustomError("int_type", "Input should be an integer, not true or false")
+    return value
+
+
+# Extension: speculative Jacobi decoding's window, image codes one step may verify (engine/shared/jacobi.py);
+# 1 = off, unset = the family's default within the server's --image-jacobi-budget.
+JacobiWindow = Annotated[int, Field(ge=1, le=MAX_WINDOW), BeforeValidator(_not_a_bool)]
 
 
 def omitted_if_none(default: None = None):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import GuidanceFields, Text, UsageModel, WireModel, omitted_if_none
+from schemas.common import GuidanceFields, JacobiWindow, Text, UsageModel, WireModel, omitted_if_none
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # "standard" and "hd" are dall-e-3's values, accepted as the schema allows; the event schemas know only the rest.
@@ -58,6 +58,7 @@ class ImageSamplingFields(GuidanceFields):
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    jacobi_window: JacobiWindow | None = None
     return_token_ids: bool = False  # each image's token ids beside it (as chat's extension does)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import Text, UsageModel, WireModel, omitted_if_none
+from schemas.common import JacobiWindow, Text, UsageModel, WireModel, omitted_if_none
 from schemas.images import ImageFormatFields, OutputFormat
 
 
@@ -88,6 +88,7 @@ class ResponsesRequest(WireModel):
     image_temperature: float | None = Field(None, ge=0.0, le=2.0)
     image_top_k: int | None = Field(None, ge=0)
     image_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    jacobi_window: JacobiWindow | None = None
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ResponsesRequest:

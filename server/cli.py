@@ -23,6 +23,7 @@ import uvicorn
 
 from engine.frontend.cpu_kv import GIB, RESERVE_BYTES, SHARE, CpuMemoryError, cpu_kv_cache_bytes, weight_bytes
 from engine.offline.preflight import preflight
+from engine.shared.jacobi import default_budget, speculative_settings
 from engine.shared.vocab import CheckpointError
 from server.image_urls import RemoteImagePolicy
 from server.settings import IMAGE_OUTPUT_FORMATS, Settings
@@ -30,6 +31,14 @@ from server.settings import IMAGE_OUTPUT_FORMATS, Settings
 TINY_NAME = "tiny-chameleon"
 MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
+# SWITCH (SJD's default): False keeps --image-jacobi-budget at 0 (off) unless given, because an engine started
+# with a speculative config fails until SJD's engine side (engine/worker/jacobi.py) lands; True makes the
+# default the device's budget (engine/shared/jacobi.py default_budget).
+JACOBI_BY_DEFAULT = False
+
+
+class FlagError(ValueError):
+    """Flags that cannot be served as given: said in one line at start."""
 
 
 def _tiny_default() -> str:
@@ -93,6 +102,34 @@ def model_in_engine_core(engine_args, environ: MutableMapping[str, str] = os.env
     return dataclasses.replace(engine_args, distributed_executor_backend="uni")
 
 
+def default_jacobi_budget() -> int:
+    """``--image-jacobi-budget`` where not given: the device kind's draft tokens per step (0 while
+    ``JACOBI_BY_DEFAULT`` is off)."""
+    if not JACOBI_BY_DEFAULT:
+        return 0
+    from vllm.platforms import current_platform
+
+    return default_budget("cuda" if current_platform.is_cuda() else "cpu")
+
+
+def with_jacobi(engine_args, budget: int):
+    """``engine_args`` running speculative Jacobi decoding of image spans with ``budget`` draft tokens per step
+    (0: off): vLLM's speculative decoding with our proposer, the budget in its ``additional_config``.
+
+    The engine runs no other proposer, so a ``--speculative-config`` of the user's is refused, SJD on or off.
+    """
+    if engine_args.speculative_config is not None:
+        raise FlagError("--speculative-config is not supported: chameleon-serve's engine runs vLLM's speculative "
+                        "decoding only for its own speculative Jacobi decoding of images (--image-jacobi-budget N; "
+                        "0 turns it off) and cannot run another proposer; leave --speculative-config out")
+    try:
+        spec, extra = speculative_settings(budget)
+    except ValueError as exc:
+        raise FlagError(f"--image-jacobi-budget: {exc}") from None
+    return dataclasses.replace(engine_args, speculative_config=spec,
+                               additional_config={**engine_args.additional_config, **extra})
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -129,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest remote image fetched")
     server.add_argument("--image-fetch-timeout-seconds", type=float, default=defaults.timeout_s,
                         help="deadline for fetching one remote image, redirects included")
+    server.add_argument("--image-jacobi-budget", type=int, default=None,
+                        help="speculative Jacobi decoding of images: draft tokens per step, shared among the "
+                             "batch's image rows; 0 turns it off (default: "
+                             + ("the device kind's, engine/shared/jacobi.py)" if JACOBI_BY_DEFAULT else "0)"))
     parser = AsyncEngineArgs.add_cli_args(parser)
     # None: not given (vLLM's default is restored in settings_from_args), so that a CPU KV size is chosen
     # only where the user chose nothing (_size_cpu_kv_cache).
@@ -211,7 +252,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     given = args.model
     args.model = _hf_layout(args.model)
     _size_cpu_kv_cache(args)
-    engine_args = model_in_engine_core(AsyncEngineArgs.from_cli_args(args))
+    budget = default_jacobi_budget() if args.image_jacobi_budget is None else args.image_jacobi_budget
+    engine_args = with_jacobi(model_in_engine_core(AsyncEngineArgs.from_cli_args(args)), budget)
+    log.info("speculative Jacobi decoding of images: %s", f"{budget} draft tokens per step" if budget else "off")
     names = engine_args.served_model_name
     served = (names[0] if isinstance(names, list) else names) or given
     template = Path(args.chat_template).read_text() if args.chat_template else None
@@ -240,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     _require_a_device(argv)
     try:
         settings = settings_from_args(build_parser().parse_args(argv))
-    except CpuMemoryError as e:
+    except (CpuMemoryError, FlagError) as e:
         sys.exit(f"chameleon-serve: error: {e}")
     try:  # a checkpoint that cannot be served fails now, in one line, not deep inside the engine's start
         settings = dataclasses.replace(settings, vqgan=preflight(settings.model, settings.vqgan))

@@ -71,9 +71,10 @@ def kept_codes(engine: ChameleonEngine, prompt_ids: list[int], editable: np.ndar
 async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCompletionRequest,
                        size_param: str = "image_size", kept: tuple[int, ...] = (),
                        editable: np.ndarray | None = None) -> RequestOptions:
-    """The request's options: its modalities, its image sampling fields (else the checkpoint family's), the grid
-    of the image size it asks for (a masked edit's: its input image's, whose cells ``editable`` maps), guidance,
-    and a seed for a reply that may write images."""
+    """The request's options: its modalities, its image sampling fields (else the checkpoint family's, but for the
+    Jacobi window, whose default the engine applies within its budget), the grid of the image size it asks for (a
+    masked edit's: its input image's, whose cells ``editable`` maps), guidance, and a seed for a reply that may
+    write images."""
     try:
         mode = mode_of(req.modalities)
     except ValueError as exc:
@@ -90,7 +91,7 @@ async def chat_options(engine: ChameleonEngine, settings: Settings, req: ChatCom
         grid = own if engine.layout.span.rows_framed else None
     scale, uncond = await _guidance(engine, settings, req, mode)
     return _checked(mode=mode, seed=_request_seed(req.seed, mode), cfg_scale=scale, uncond_prompt=uncond,
-                    image_grid=grid, kept_codes=kept, **image)
+                    image_grid=grid, kept_codes=kept, jacobi_window=req.jacobi_window, **image)
 
 
 def _plain(req: ChatCompletionRequest, settings: Settings) -> bool:

@@ -41,8 +41,8 @@ from server.previews import Preview
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-_SAMPLING = {"seed", "image_temperature", "image_top_k", "image_top_p", "cfg_scale", "negative_prompt",  # chat's
-             "image_prompt_suffix"}
+_SAMPLING = {"seed", "image_temperature", "image_top_k", "image_top_p", "jacobi_window", "cfg_scale",  # chat's
+             "negative_prompt", "image_prompt_suffix"}
 
 
 @router.post("/images/generations", response_model=None)

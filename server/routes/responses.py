@@ -69,7 +69,7 @@ def as_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
             model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens, modalities=req.modalities,
             image_size=req.image_size, **sampling,
             **req.model_dump(include={"seed", "top_k", "logit_bias", "repetition_penalty", "user",
-                                      "image_temperature", "image_top_k", "image_top_p"},
+                                      "image_temperature", "image_top_k", "image_top_p", "jacobi_window"},
                              exclude_unset=True))  # what is unset keeps the family's defaults, as on chat
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -112,6 +112,8 @@ def test_abort_mid_image_frees_the_request(server, layout):
     ({"modalities": ["image"], "image_temperature": -1}, "image_temperature"),
     ({"modalities": ["image"], "image_top_p": 0}, "image_top_p"),
     ({"modalities": ["image"], "image_top_k": -5}, "image_top_k"),
+    ({"modalities": ["image"], "jacobi_window": 0}, "jacobi_window"),
+    ({"modalities": ["image"], "jacobi_window": True}, "jacobi_window"),
     ({"modalities": ["image", "image"]}, None),
 ])
 def test_bad_image_params(server, body, param):
@@ -122,7 +124,8 @@ def test_bad_image_params(server, body, param):
     assert error["message"] and (param is None or param in (error["param"] or ""))
 
 
-@pytest.mark.parametrize("body", [{"size": "13x13"}, {"response_format": "url"}, {"n": 0}, {"prompt": ""}])
+@pytest.mark.parametrize("body", [{"size": "13x13"}, {"response_format": "url"}, {"n": 0}, {"prompt": ""},
+                                  {"jacobi_window": 17}])
 def test_bad_images_requests(server, body):
     resp = httpx.post(f"{server.url}/v1/images/generations", headers={"Authorization": f"Bearer {API_KEY}"},
                       json={"prompt": "a cat", **body}, timeout=30)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from server.cli import build_parser, default_to_v1_model_runner, main, settings_from_args
+from engine.shared.jacobi import BUDGET_KEY, default_budget, speculative_settings
+from server.cli import FlagError, build_parser, default_to_v1_model_runner, main, settings_from_args
 
 SET_BY_THE_CLI = ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_CPU_KVCACHE_SPACE")
 
@@ -162,3 +163,46 @@ def test_the_gpu_build_without_a_gpu_shows_help(monkeypatch):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.args == (["-m", "server.cli", "--help"], "cpu")
+
+
+def _engine_args(tmp_path, *flags: str):
+    return settings_from_args(build_parser().parse_args(["--model", str(tmp_path), *flags])).engine_args
+
+
+@pytest.mark.parametrize("budget", [0, 1, 40])
+def test_the_image_jacobi_budget_sets_vllm_speculative_decoding(tmp_path, budget):
+    """SJD is vLLM's speculative decoding with our proposer; the budget reaches the workers in additional_config,
+    beside the user's own entries. 0 turns it off: no speculative config at all."""
+    e = _engine_args(tmp_path, "--image-jacobi-budget", str(budget), "--additional-config", '{"mine": 1}')
+    assert e.speculative_config == speculative_settings(budget)[0]
+    assert e.additional_config == {"mine": 1, BUDGET_KEY: budget}
+    assert (e.speculative_config is None) == (budget == 0)
+
+
+@pytest.mark.parametrize(("on_by_default", "cuda"), [(False, False), (False, True), (True, False), (True, True)])
+def test_the_default_budget_is_the_device_kinds_once_switched_on(tmp_path, monkeypatch, on_by_default, cuda):
+    """Unset, the budget is the device kind's (a GPU's or a CPU's); 0 while server.cli.JACOBI_BY_DEFAULT is off,
+    until the engine side of SJD can start with a speculative config."""
+    from vllm.platforms import current_platform
+
+    monkeypatch.setattr("server.cli.JACOBI_BY_DEFAULT", on_by_default)
+    monkeypatch.setattr(current_platform, "is_cuda", lambda: cuda)
+    budget = default_budget("cuda" if cuda else "cpu") if on_by_default else 0
+    e = _engine_args(tmp_path)
+    assert (e.speculative_config, e.additional_config) == speculative_settings(budget)
+
+
+@pytest.mark.parametrize("budget", ["0", "8"])
+def test_a_speculative_config_of_the_users_is_refused_in_one_line(tmp_path, budget):
+    """The engine runs no proposer but SJD's, so another is refused at start, whether SJD is on or off."""
+    flags = ["--model", str(tmp_path), "--image-jacobi-budget", budget,
+             "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}']
+    with pytest.raises(SystemExit, match="chameleon-serve: error: --speculative-config is not supported: .*"
+                                         "--image-jacobi-budget N; 0 turns it off"):
+        main(flags)
+
+
+def test_a_negative_budget_is_refused(tmp_path):
+    with pytest.raises(FlagError, match="--image-jacobi-budget: .* >= 0"):
+        _engine_args(tmp_path, "--image-jacobi-budget", "-1")
+    assert _engine_args(tmp_path, "--image-jacobi-budget", "0").speculative_config is None

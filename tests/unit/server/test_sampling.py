@@ -107,3 +107,11 @@ def test_lumina_guidance_defaults_on_every_reply_with_images(tmp_path, guides):
             assert err.value.param == "cfg_scale"
     assert args(["text"]) == {}
     assert args(["text"]) == {}
+
+
+def test_the_jacobi_window_reaches_the_engine_as_asked_and_unset_is_the_engines_to_choose(engine):
+    """The family's default window applies in the engine, within the budget it started with: the server sends
+    only a window the request names."""
+    assert _params(engine, ["image"], jacobi_window=4).extra_args["jacobi_window"] == 4
+    assert _params(engine, ["text", "image"], jacobi_window=1).extra_args["jacobi_window"] == 1  # 1: off
+    assert "jacobi_window" not in _params(engine, ["image"]).extra_args
