@@ -14,9 +14,13 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from engine.shared.companions import pair_mark
+from engine.shared.families import for_architectures
+from engine.shared.jacobi import MAX_WINDOW, PROPOSER, budget_of
 from engine.shared.request_options import RequestOptions
 from engine.shared.vocab import TokenLayout
 from engine.worker.guidance import Guidance
+from engine.worker.jacobi import JacobiWindows
 from engine.worker.span_grammar import SpanGrammar
 from engine.worker.transfers import to_device
 
@@ -41,14 +45,22 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         RequestOptions.from_sampling_params(sampling_params)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
-        if getattr(vllm_config, "speculative_config", None) is not None:
+        spec = getattr(vllm_config, "speculative_config", None)
+        if spec is not None and (spec.method, spec.model) != ("custom_class", PROPOSER):
             # V1's rejection sampler runs custom processors on one row per request, not on the draft positions:
-            # drafts inside an image span would escape the grammar.
-            raise ValueError("the image-span logits processor does not support speculative decoding")
+            # other drafts inside an image span would escape the grammar.
+            raise ValueError("the image-span logits processor supports no speculative decoding but its own "
+                             f"(speculative Jacobi decoding of image spans, {PROPOSER})")
         max_slots = vllm_config.scheduler_config.max_num_seqs
-        layout = TokenLayout.from_checkpoint(vllm_config.model_config.model)
+        model_config = vllm_config.model_config
+        layout = TokenLayout.from_checkpoint(model_config.model)
         self.grammar = SpanGrammar(layout, max_slots, device)
         self.guidance = Guidance(max_slots)
+        self.jacobi: JacobiWindows | None = None
+        if spec is not None:
+            family = for_architectures(model_config.architectures or [])
+            self.jacobi = JacobiWindows(self.grammar, max_slots, spec.num_speculative_tokens + 1,
+                                        budget_of(vllm_config), family.sampling.jacobi_window, self.catch_up)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._slots = np.arange(max_slots, dtype=np.int64)
@@ -62,6 +74,8 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         for slot in batch_update.removed:
             self.grammar.remove(slot)
             self.guidance.remove(slot)
+            if self.jacobi:
+                self.jacobi.remove(slot)
             self._prompts[slot], self._outputs[slot] = (), ()
         for slot, params, prompt, output in batch_update.added:
             self._prompts[slot], self._outputs[slot] = prompt or (), output
@@ -70,34 +84,50 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             self.grammar.add(slot, options)
             self.grammar.resync(slot, self._tail(slot, n), n)
             self.guidance.add(slot, options, params.extra_args)
+            if self.jacobi:
+                self.jacobi.add(slot, options, drafts=pair_mark(params.extra_args)[0] is None)
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)
             self.guidance.move(src, dst, swap)
+            if self.jacobi:
+                self.jacobi.move(src, dst, swap)
             for lists in (self._prompts, self._outputs):
                 lists[dst], lists[src] = lists[src], (lists[dst] if swap else ())
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        slots = self._slots[: logits.shape[0]]
+    def catch_up(self, num_slots: int) -> None:
+        """Account the tokens committed since the last call, for the batch's first ``num_slots`` slots: a few per
+        slot are advanced over (one without drafts, a window's with), more (a resumption) placed anew."""
         stepped: list[int] = []
-        tokens: list[int] = []
-        for slot in self.grammar.tracked(slots):  # only requests that may write images
+        new: list[Sequence[int]] = []
+        for slot in self.grammar.tracked(self._slots[:num_slots]):  # only requests that may write images
             output, seen = self._outputs[slot], int(self.grammar.state.num_output[slot])
             n = _committed(output)
-            if n == seen + 1:
+            if seen < n <= seen + MAX_WINDOW:
                 stepped.append(slot)
-                tokens.append(output[n - 1])
+                new.append(output[seen:n])
             elif n != seen:
                 self.grammar.resync(slot, self._tail(slot, n), n)
-        self.grammar.advance(np.array(stepped, dtype=np.int64), np.array(tokens, dtype=np.int64))
+        for k in range(max(map(len, new), default=0)):  # the k-th new token of each slot that has one
+            has = [i for i, tokens in enumerate(new) if len(tokens) > k]
+            self.grammar.advance(np.array([stepped[i] for i in has], dtype=np.int64),
+                                 np.array([new[i][k] for i in has], dtype=np.int64))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        slots = self._slots[: logits.shape[0]]
+        self.catch_up(len(slots))
+        ahead = None
+        if self.jacobi is not None:  # one row per request: its bonus row, after the drafts verified this step
+            ahead = self.jacobi.ahead[slots].copy()
+            self.jacobi.ahead[:] = 0
         rows, companions = self.guidance.pairs(slots)
         if not len(rows):
-            return self.grammar.apply(logits, slots)
+            return self.grammar.apply(logits, slots, ahead)
         rows_t, companions_t = to_device(rows, logits.device), to_device(companions, logits.device)
         guided = self.guidance.guided(logits.index_select(0, rows_t), logits.index_select(0, companions_t),
                                       slots[rows], self.grammar.sampling_code(slots[rows]))
         logits.index_copy_(0, rows_t, guided)
-        return self.guidance.mirror(self.grammar.apply(logits, slots), rows_t, companions_t)
+        return self.guidance.mirror(self.grammar.apply(logits, slots, ahead), rows_t, companions_t)
 
     def _tail(self, slot: int, n: int) -> list[int]:
         """The last ``tail_length`` tokens of prompt + the first ``n`` output tokens."""

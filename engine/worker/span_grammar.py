@@ -65,6 +65,13 @@ class SpanGrammar:
         """History tokens :meth:`resync` needs to place ``slot`` (its span's length + 1)."""
         return self.format.span_length((int(self.state.rows[slot]), int(self.state.cols[slot]))) + 1
 
+    def span_lengths(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot, the tokens of its spans after BOI, EOI included (``SpanFormat.span_length`` of its grid)."""
+        state = self.state
+        if not self.format.rows_framed:
+            return state.rows[slots] * state.cols[slots] + 1
+        return state.prefix_len[slots] + state.rows[slots] * (state.cols[slots] + 1) + len(self.format.trailer) + 1
+
     def add(self, slot: int, params: RequestOptions, tail: Sequence[int] = (), num_output: int = 0) -> None:
         """(Re)initialise ``slot`` for a request whose history ends with ``tail`` (``()``: place it later with
         :meth:`resync`, which needs :meth:`tail_length` tokens, known once the grid is set here).
@@ -129,11 +136,14 @@ class SpanGrammar:
         """Per slot, on the device (``pos``: its position, on the device): whether this step samples a code."""
         return (pos >= 0) & (self.rules.forced_token(slots, pos) < 0)
 
-    def apply(self, logits: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, slots: np.ndarray, ahead: np.ndarray | None = None) -> torch.Tensor:
         """:meth:`apply_on_device` with the positions the host keeps (the V1 runner's): the rows it forces, those
-        that may sample a code and those inside their spans are known there."""
+        that may sample a code and those inside their spans are known there. ``ahead``: per row, tokens its row
+        is past those positions (a window's drafts before it, ``engine/worker/jacobi.py``)."""
         state = self.state
         pos, num_output = state.pos[slots], state.num_output[slots]
+        if ahead is not None:
+            pos, num_output = np.where(pos >= 0, pos + ahead, pos), num_output + ahead
         in_span = pos >= 0
         rows = np.flatnonzero(in_span | ((state.mode[slots] == IMAGE_ONLY) & (num_output == 0)))
         spans = in_span[rows]

@@ -160,8 +160,10 @@ def test_v1_does_not_consume_async_placeholders(model_dir):
     assert len(torch.isfinite(row).nonzero()) == 1
 
 
-def test_both_runners_reject_speculative_decoding(model_dir):
-    config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=object(),
+def test_both_runners_reject_foreign_speculative_decoding(model_dir):
+    """Drafts of another proposer would escape the grammar; V1 takes SJD's own (engine/worker/jacobi_v1.py)."""
+    ngram = SimpleNamespace(method="ngram", model=None, num_speculative_tokens=3)
+    config = SimpleNamespace(model_config=SimpleNamespace(model=model_dir), speculative_config=ngram,
                              scheduler_config=SimpleNamespace(max_num_seqs=SLOTS))
     with pytest.raises(ValueError, match="speculative"):
         ChameleonSpanLogitsProcessorV2(config, None)

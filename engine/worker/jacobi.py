@@ -1,0 +1,315 @@
+"""Speculative Jacobi decoding (SJD; Teng et al. 2024, arXiv 2410.01699) of image spans, exact, per batch row.
+
+An image row keeps a window of draft codes after its committed tokens, each with the distribution q it was
+drawn from. One forward over the row's next token and its drafts gives the target distribution p at every
+window position (the span grammar's, after the row's image temperature, top-k and top-p). Drafts are tested
+in order: draft x is kept with probability min(1, p(x) / q(x)); the first that is not is replaced by a draw
+from norm(max(p - q, 0)), and the step commits the kept drafts and that draw (or, all kept, the token after
+them drawn from its own p). Positions after the stop are redrawn from this step's p, which becomes their q;
+new positions start as uniform random codes (q one-hot). Every committed token is then distributed as p
+given the tokens before it, whatever the drafts: the output distribution is that of one code per step,
+and a greedy row (p one-hot) commits exactly the codes of one code per step. Forced positions (Lumina-mGPT's
+and Emu3's size tokens, EOL, trailer; a masked edit's kept cells) are drafted as what the grammar forces,
+and so always kept.
+
+Why here and not in vLLM's rejection sampler: vLLM verifies drafts against its own p with a q the proposer
+must hand over, while our span processor draws every image code itself (grammar, image sampling settings,
+guidance, counter-based uniforms). This module decides each window position's token, and the adapter
+(``engine/worker/jacobi_v1.py``) writes that decision as one-hot target logits, which vLLM's greedy and
+random rejection paths both accept exactly as decided; vLLM keeps the slot handling (drafts scheduled,
+written to the KV cache, rolled back when rejected, never read).
+
+Randomness is counter-based on (request seed, output index, role), as image codes are
+(``engine/worker/code_sampler.py``): each output index is tested once, when it is committed, so no pass
+counter is needed, tensor-parallel ranks agree, and a redraw of a position uses the same uniform, which is
+still independent of every token before it.
+
+Drafts live in a ring per slot, indexed by output index modulo the window: kept drafts never move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.shared.request_options import TEXT_ONLY, RequestOptions
+from engine.worker.code_sampler import counter_uniforms
+from engine.worker.slot_state import Field, SlotTable
+from engine.worker.span_grammar import SpanGrammar
+from engine.worker.transfers import to_device
+
+_active: JacobiWindows | None = None  # this process's runner's windows (each tensor-parallel rank is a process)
+
+
+def active() -> JacobiWindows | None:
+    """The windows of this process's runner, None without SJD."""
+    return _active
+
+
+# Uniform roles, after the code sampler's rounds (0 .. CodeSampler.MAX_ATTEMPTS): one stream per use
+ACCEPT, RESIDUAL, REDRAW, START = 17, 18, 19, 20
+
+
+def _uniforms(seeds: np.ndarray, index: np.ndarray, role: int) -> np.ndarray:
+    """The uniforms (float64, host) of ``role`` at each (request seed, output index)."""
+    return counter_uniforms(seeds, index, np.full(len(index), role, dtype=np.int64))
+
+
+def code_probs(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray) -> torch.Tensor:
+    """Per row of code logits ``x`` (float32, rows x codebook), the distribution the code sampler draws from:
+    temperature, top-k, then the nucleus (a code stays when the mass of strictly likelier codes is below top-p),
+    renormalized; a row at temperature 0 is one-hot at its argmax, a row without a finite logit uniform."""
+    device, width = x.device, x.shape[1]
+    greedy = to_device(temperature == 0, device).unsqueeze(1)
+    x = x / to_device(np.where(temperature > 0, temperature, 1.0).astype(np.float32), device).unsqueeze(1)
+    k_on = (top_k > 0) & (top_k < width)
+    if k_on.any():
+        k_max = int(top_k[k_on].max())
+        kth = x.topk(k_max, dim=1).values.gather(1, to_device(np.where(k_on, top_k, k_max) - 1, device).unsqueeze(1))
+        x = x.masked_fill((x < kth) & to_device(k_on, device).unsqueeze(1), float("-inf"))
+    probs = x.softmax(dim=1)
+    probs = torch.where(probs.sum(dim=1, keepdim=True) > 0, probs, 1.0 / width)  # all -inf: NaN rows
+    if (top_p < 1).any():
+        desc = probs.sort(dim=1, descending=True).values
+        above = desc.cumsum(dim=1) - desc  # at the first of equal codes: the mass strictly likelier
+        kept = (above < to_device(top_p.astype(np.float32), device).unsqueeze(1)).sum(dim=1, keepdim=True)
+        floor = desc.gather(1, (kept - 1).clamp_(min=0))
+        probs = probs.masked_fill(probs < floor, 0.0)
+        probs = probs / probs.sum(dim=1, keepdim=True)
+    one_hot = torch.zeros_like(probs).scatter_(1, x.argmax(dim=1, keepdim=True), 1.0)
+    return torch.where(greedy, one_hot, probs)
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` (rows need not sum to 1) at the row's uniform."""
+    cdf = probs.cumsum(dim=1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1).contiguous()
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
+def share_budget(wants: np.ndarray, budget: int) -> np.ndarray:
+    """Drafts per row: each row's want, or an equal share of ``budget`` where wants exceed it (water-filling:
+    what a row does not use goes to the others)."""
+    given = np.zeros_like(wants)
+    left = budget
+    order = np.argsort(wants, kind="stable")
+    for i, row in enumerate(order):
+        given[row] = min(wants[row], left // (len(order) - i))
+        left -= given[row]
+    return given
+
+
+def window_fields() -> dict[str, Field]:
+    """Per-slot window bookkeeping on the host; the drafts themselves are on the device (:class:`JacobiWindows`)."""
+    return {
+        "window": Field(np.int64, 1),  # the request's L: positions one step may verify (1: off)
+        "lo": Field(np.int64, 0),  # output indices [lo, hi) hold drafts in the ring
+        "hi": Field(np.int64, 0),
+    }
+
+
+@dataclass(slots=True)
+class _Verified:
+    """One step's window rows, kept from verification to the next proposal: their p is the redraws'."""
+
+    slots: np.ndarray  # per window row: its slot
+    index: np.ndarray  # its output index
+    probs: torch.Tensor  # p over the codebook
+    forced: torch.Tensor  # the grammar's token there, -1 where a code is drawn
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What :meth:`JacobiWindows.verify` decided for one step's image windows (device tensors)."""
+
+    logit_rows: torch.Tensor  # the step's logits rows of the image rows' drafts
+    tokens: torch.Tensor  # per such row: the token it takes, which is the draft where the draft is kept
+    drafts: torch.Tensor  # per such row: the draft
+    slots: torch.Tensor  # per window row (drafts and bonus rows): its slot (= batch row)
+    offsets: torch.Tensor  # its place in the window
+    targets: torch.Tensor  # the window rows that are draft rows, in the order of ``tokens``
+    bonus: torch.Tensor  # per window row: its slot's drafts (the offset of its bonus row)
+
+    def settle(self, output: torch.Tensor) -> torch.Tensor:
+        """``output`` (batch x (drafts + 1), vLLM's sampled tokens, -1 after the last) with the image rows as
+        decided: the drafts kept, then the decided token at the first not kept, or the bonus token (vLLM's,
+        drawn by the span processor) when all were kept. vLLM's own verification of the one-hot rows agrees
+        with the kept drafts; the token after them is written here rather than read from vLLM's recovered
+        tokens (its CPU kernels draw those otherwise)."""
+        stop = self.bonus.clone()  # per window row, its slot's first draft not kept
+        row_token = output[self.slots, self.bonus].clone()  # the bonus token, at bonus rows
+        row_token.index_copy_(0, self.targets, self.tokens.to(row_token.dtype))
+        rejected = self.offsets.index_select(0, self.targets).masked_fill(self.tokens == self.drafts, 1 << 30)
+        first = torch.full((output.shape[0],), 1 << 30, dtype=stop.dtype, device=stop.device)
+        first.scatter_reduce_(0, self.slots.index_select(0, self.targets), rejected, "amin")
+        stop = torch.minimum(stop, first.index_select(0, self.slots))
+        return output.index_put_((self.slots, self.offsets), row_token.masked_fill(self.offsets > stop, -1))
+
+
+class JacobiWindows:
+    """Draft windows of the image rows of one runner's batch, their verification and their proposal."""
+
+    def __init__(self, grammar: SpanGrammar, max_slots: int, width: int, budget: int, default_window: int,
+                 catch_up: Callable[[int], None]) -> None:
+        """``catch_up(n)``: has the grammar account the tokens committed since, for the batch's first n slots.
+        The newest instance is this process's (:func:`active`): a runner builds its processors again when it
+        rebuilds its batch."""
+        global _active
+        _active = self
+        self.catch_up = catch_up
+        self.grammar, self.state, self.device = grammar, grammar.state, grammar.device
+        self.width, self.budget, self.default_window = width, budget, default_window
+        self.slots = SlotTable(window_fields(), max_slots, self.device)
+        layout = grammar.layout
+        codes = len(layout.code_to_id)
+        self._code_ids = layout.code_ids().to(self.device)
+        to_code = torch.full((max(layout.vocab_size, max(layout.code_to_id) + 1),), -1, dtype=torch.long)
+        to_code[list(layout.code_to_id)] = torch.arange(codes)
+        self._to_code = to_code.to(self.device)
+        self.tokens = torch.full((max_slots, width), -1, dtype=torch.long, device=self.device)
+        self.dense = torch.zeros((max_slots, width), dtype=torch.bool, device=self.device)
+        self.q = torch.zeros((max_slots, width, codes), dtype=torch.float32, device=self.device)
+        self.ahead = np.zeros(max_slots, dtype=np.int64)  # per slot: drafts this step verifies before its bonus row
+        self._verified: _Verified | None = None
+
+    def add(self, slot: int, options: RequestOptions, drafts: bool) -> None:
+        """A request entering ``slot``; ``drafts``: whether its image rows may draft (not guided, say)."""
+        window = self.default_window if options.jacobi_window is None else options.jacobi_window
+        self.slots.set(slot, window=window if drafts and options.mode != TEXT_ONLY else 1, lo=0, hi=0)
+
+    def remove(self, slot: int) -> None:
+        self.slots.remove(slot)
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        self.slots.move(src, dst, swap)
+        for t in (self.tokens, self.dense, self.q):
+            t[[dst, src]] = t[[src, dst]]
+
+    def verify(self, logits: torch.Tensor, num_drafts: np.ndarray, draft_ids: torch.Tensor) -> Decisions | None:
+        """Decide the window positions of one step.
+
+        ``logits``: the step's rows, per slot in batch order its ``num_drafts`` draft rows then its bonus row;
+        ``draft_ids`` (device): the scheduled drafts, flat. None when no image row drafts; sets :attr:`ahead`,
+        which the span processor adds to the positions of those rows' bonus rows, drawn there as without drafts.
+        """
+        state = self.state
+        slots = np.arange(len(num_drafts))
+        drafting = (num_drafts > 0) & (state.pos[slots] >= 0) & (self.slots.window[slots] > 1)
+        self.ahead[:] = 0
+        self._verified = None
+        if not drafting.any():
+            return None
+        self.ahead[slots[drafting]] = num_drafts[drafting]
+        first_row = np.cumsum(num_drafts + 1) - (num_drafts + 1)
+        first_draft = np.cumsum(num_drafts) - num_drafts
+        sizes = num_drafts[drafting] + 1
+        row_slot = np.repeat(slots[drafting], sizes)
+        offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        rows = first_row[row_slot] + offset
+        bonus = offset == num_drafts[row_slot]
+        index = state.num_output[row_slot] + offset
+        forced = self.grammar.rules.forced_token(row_slot, self._dev(state.pos[row_slot] + offset))
+        x = logits.index_select(0, self._dev(rows))
+        x = (x[:, self.grammar.sampler.code_cols] if isinstance(self.grammar.sampler.code_cols, slice)
+             else x.index_select(1, self.grammar.sampler.code_cols)).float()
+        probs = code_probs(x, state.temperature[row_slot], state.top_k[row_slot], state.top_p[row_slot])
+        self._verified = _Verified(row_slot, index, probs, forced)
+        # the drafts' rows: what was drafted, what our ring says it was drawn from
+        target = ~bonus
+        t_slot, t_index = row_slot[target], index[target]
+        draft = draft_ids.index_select(0, self._dev(first_draft[t_slot] + offset[target])).long()
+        ring = self._dev(t_index % self.width)
+        t_slot_d = self._dev(t_slot)
+        in_ring = self._dev((t_index >= self.slots.lo[t_slot]) & (t_index < self.slots.hi[t_slot]))
+        known = in_ring & (self.tokens[t_slot_d, ring] == draft)
+        code = self._to_code[draft.clamp(min=0, max=len(self._to_code) - 1)].masked_fill(draft < 0, -1)
+        is_code = code >= 0
+        p = probs.index_select(0, self._dev(np.flatnonzero(target)))
+        column = code.clamp(min=0).unsqueeze(1)
+        one_hot = torch.zeros_like(p).scatter_(1, column, is_code.float().unsqueeze(1))
+        q = torch.where((known & self.dense[t_slot_d, ring]).unsqueeze(1), self.q[t_slot_d, ring], one_hot)
+        q = torch.where(known.unsqueeze(1), q, 0.0)  # a draft we did not draw: tested as if never likely
+        seeds = state.seed[t_slot]
+        u = self._dev(_uniforms(seeds, t_index, ACCEPT).astype(np.float32))
+        p_x, q_x = p.gather(1, column).squeeze(1), q.gather(1, column).squeeze(1)
+        keep = known & is_code & (u * q_x < p_x)
+        residual = (p - q).clamp_(min=0.0)
+        residual = torch.where(residual.sum(dim=1, keepdim=True) > 0, residual, p)
+        drawn = self._code_ids[inverse_cdf(residual, self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
+        t_forced = forced.index_select(0, self._dev(np.flatnonzero(target)))
+        decided = torch.where(t_forced >= 0, t_forced, torch.where(keep, draft, drawn))
+        return Decisions(self._dev(rows[target]), decided, draft, self._dev(row_slot), self._dev(offset),
+                         self._dev(np.flatnonzero(target)), self._dev(num_drafts[row_slot]))
+
+    def propose(self, num_slots: int) -> list[list[int]]:
+        """Drafts for each of the batch's first ``num_slots`` slots' next step, from their committed tokens as
+        the span grammar now places them: redraws of last step's window rows beyond what was committed, drafts
+        kept from before, and new random codes, as many as the row's window and the budget allow (``[]`` for
+        rows outside image spans)."""
+        state, table = self.state, self.slots
+        slots = np.arange(num_slots)
+        pos = state.pos[slots]
+        left = self.grammar.span_lengths(slots) - 1 - pos  # positions before the span's EOI
+        wants = np.where(pos >= 0, np.minimum(table.window[slots] - 1, left), 0).clip(min=0)
+        counts = share_budget(wants, self.budget)
+        start = state.num_output[slots]
+        stale = (table.lo[slots] > start) | (table.hi[slots] < start)
+        table.lo[slots] = start
+        table.hi[slots] = np.where(stale, start, table.hi[slots])
+        self._redraw(start)
+        drafting = slots[counts > 0]
+        if not len(drafting):
+            self._verified = None
+            return [[] for _ in slots]
+        self._start_new(drafting, start[drafting], counts[drafting])
+        at = start[drafting, None] + np.arange(counts.max())
+        drafts = self.tokens[self._dev(drafting)[:, None], self._dev(at % self.width)].cpu().numpy()
+        out: list[list[int]] = [[] for _ in slots]
+        for i, slot in enumerate(drafting):
+            out[slot] = drafts[i, :counts[slot]].tolist()
+        return out
+
+    def _redraw(self, start: np.ndarray) -> None:
+        """Last step's window rows past their slot's committed tokens: redrawn from their p (their new q)."""
+        verified, self._verified = self._verified, None
+        if verified is None:
+            return
+        past = verified.index >= start[verified.slots]
+        if not past.any():
+            return
+        pick = self._dev(np.flatnonzero(past))
+        slot, index = verified.slots[past], verified.index[past]
+        probs = verified.probs.index_select(0, pick)
+        forced = verified.forced.index_select(0, pick)
+        seeds = self.state.seed[slot]
+        drawn = self._code_ids[inverse_cdf(probs, self._dev(_uniforms(seeds, index, REDRAW)))]
+        at = (self._dev(slot), self._dev(index % self.width))
+        self.tokens.index_put_(at, torch.where(forced >= 0, forced, drawn))
+        self.dense.index_put_(at, forced < 0)
+        self.q.index_put_(at, probs)
+        np.maximum.at(self.slots.hi, slot, index + 1)
+
+    def _start_new(self, slots: np.ndarray, start: np.ndarray, counts: np.ndarray) -> None:
+        """Random codes (q one-hot) where the windows of ``slots`` reach past their drafts; forced tokens where
+        the grammar forces one."""
+        hi = self.slots.hi[slots]
+        need = np.maximum(start + counts - hi, 0)
+        if not need.any():
+            return
+        slot = np.repeat(slots, need)
+        index = np.repeat(hi, need) + np.arange(need.sum()) - np.repeat(np.cumsum(need) - need, need)
+        state = self.state
+        forced = self.grammar.rules.forced_token(slot, self._dev(state.pos[slot] + index - state.num_output[slot]))
+        pick = _uniforms(state.seed[slot], index, START)
+        code = self._code_ids[self._dev(np.minimum((pick * len(self.grammar.layout.code_to_id)).astype(np.int64),
+                                                   len(self.grammar.layout.code_to_id) - 1))]
+        at = (self._dev(slot), self._dev(index % self.width))
+        self.tokens.index_put_(at, torch.where(forced >= 0, forced, code))
+        self.dense.index_put_(at, torch.zeros_like(forced, dtype=torch.bool))
+        self.slots.hi[slots] = np.maximum(hi, start + counts)
+
+    def _dev(self, array: np.ndarray) -> torch.Tensor:
+        return to_device(np.ascontiguousarray(array), self.device)
