@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from vllm.utils.gc_utils import freeze_gc_heap
 
 from engine.frontend.client import ChameleonEngine
+from server import metrics
 from server.errors import install_error_handlers
 from server.limits import AdmissionLimits
 from server.requestlog import RequestLog
@@ -30,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         # The socket opens at once and the engine loads in a thread beside it (AsyncLLM supports being
         # built outside the event loop), so probes get answers (503 until loaded) during a long load.
         load = asyncio.create_task(asyncio.to_thread(ChameleonEngine.start, settings.engine_args, settings.family,
-                                                     vqgan=settings.vqgan))
+                                                     vqgan=settings.vqgan, image_steps=metrics.IMAGE_STEPS))
         watch = asyncio.create_task(_serve_when_loaded(app, load))
         try:
             yield

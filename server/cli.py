@@ -31,12 +31,6 @@ from server.settings import IMAGE_OUTPUT_FORMATS, Settings
 TINY_NAME = "tiny-chameleon"
 MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 DEFAULT_CACHE = Path(os.environ.get("CHAMELEON_CACHE", Path.home() / ".cache" / "chameleon-serve"))
-# SWITCH (SJD's default): False keeps --image-jacobi-budget at 0 (off) unless given, because an engine started
-# with a speculative config fails until SJD's engine side (engine/worker/jacobi.py) lands; True makes the
-# default the device's budget (engine/shared/jacobi.py default_budget).
-JACOBI_BY_DEFAULT = False
-
-
 class FlagError(ValueError):
     """Flags that cannot be served as given: said in one line at start."""
 
@@ -103,10 +97,7 @@ def model_in_engine_core(engine_args, environ: MutableMapping[str, str] = os.env
 
 
 def default_jacobi_budget() -> int:
-    """``--image-jacobi-budget`` where not given: the device kind's draft tokens per step (0 while
-    ``JACOBI_BY_DEFAULT`` is off)."""
-    if not JACOBI_BY_DEFAULT:
-        return 0
+    """``--image-jacobi-budget`` where not given: the device kind's draft tokens per step."""
     from vllm.platforms import current_platform
 
     return default_budget("cuda" if current_platform.is_cuda() else "cpu")
@@ -168,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deadline for fetching one remote image, redirects included")
     server.add_argument("--image-jacobi-budget", type=int, default=None,
                         help="speculative Jacobi decoding of images: draft tokens per step, shared among the "
-                             "batch's image rows; 0 turns it off (default: "
-                             + ("the device kind's, engine/shared/jacobi.py)" if JACOBI_BY_DEFAULT else "0)"))
+                             "batch's image rows; 0 turns it off (default: the device kind's, "
+                             "engine/shared/jacobi.py)")
     parser = AsyncEngineArgs.add_cli_args(parser)
     # None: not given (vLLM's default is restored in settings_from_args), so that a CPU KV size is chosen
     # only where the user chose nothing (_size_cpu_kv_cache).

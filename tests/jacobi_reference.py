@@ -112,3 +112,23 @@ def regularized_upper_gamma(a: float, x: float) -> float:
         if abs(delta - 1) < 1e-15:
             break
     return math.exp(log_front) * h
+
+
+def two_sample_p_value(a: np.ndarray, b: np.ndarray, permutations: int = 2000, seed: int = 0) -> float:
+    """Whether two sets of images (rows: one image's code counts) draw codes from one distribution: the chi-square
+    homogeneity statistic of their pooled histograms, against its value when the images are shuffled between the
+    sets. Codes within an image are not independent (one image's codes repeat, follow each other), images are:
+    a chi-square table over pooled codes would reject exact samplers; shuffling whole images does not."""
+    images = np.concatenate([a, b]).astype(np.float64)
+    labels = np.zeros(len(images), dtype=bool)
+    labels[len(a):] = True
+    gen = np.random.default_rng(seed)
+    shuffled = np.stack([labels, *(gen.permutation(labels) for _ in range(permutations))])
+    first, second = (~shuffled).astype(np.float64) @ images, shuffled.astype(np.float64) @ images
+    total = first + second
+    used = total[0] > 0
+    expected = total[:, used] / total[:, used].sum(axis=1, keepdims=True)
+    stats = (((first[:, used] - expected * first.sum(axis=1, keepdims=True)) ** 2
+              + (second[:, used] - expected * second.sum(axis=1, keepdims=True)) ** 2)
+             / np.maximum(total[:, used], 1)).sum(axis=1)
+    return float((stats[1:] >= stats[0]).mean())

@@ -274,6 +274,10 @@ class ChameleonEngine:
                                             disable_log_stats=engine_args.disable_log_stats)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         image_tokenizer, painter = _image_codec(model_config.model, family, vqgan, device)
+        # vLLM refuses logit_bias and min_p under speculative decoding, whose drafts would skip them. SJD drafts
+        # image rows only, whose codes the span processor decides, and text rows keep vLLM's built-in processors
+        # (engine/worker/jacobi_v1.py): the requests' checks need not know of the drafts.
+        llm.input_processor.speculative_config = None
         llm.output_processor.tokenizer = codes_as_special(llm.get_tokenizer(), image_tokenizer.layout)
         skip_spans_when_detokenizing(llm.output_processor, image_tokenizer.layout)
         if image_steps is not None:

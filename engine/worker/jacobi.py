@@ -6,7 +6,8 @@ window position (the span grammar's, after the row's image temperature, top-k an
 in order: draft x is kept with probability min(1, p(x) / q(x)); the first that is not is replaced by a draw
 from norm(max(p - q, 0)), and the step commits the kept drafts and that draw (or, all kept, the token after
 them drawn from its own p). Positions after the stop are redrawn from this step's p, which becomes their q;
-new positions start as uniform random codes (q one-hot). Every committed token is then distributed as p
+new positions are drawn from the p of the row's furthest verified position (a neighbour's), else start as
+uniform random codes (q one-hot). Every committed token is then distributed as p
 given the tokens before it, whatever the drafts: the output distribution is that of one code per step,
 and a greedy row (p one-hot) commits exactly the codes of one code per step. Forced positions (Lumina-mGPT's
 and Emu3's size tokens, EOL, trailer; a masked edit's kept cells) are drafted as what the grammar forces,
@@ -247,9 +248,10 @@ class JacobiWindows:
     def propose(self, num_slots: int) -> list[list[int]]:
         """Drafts for each of the batch's first ``num_slots`` slots' next step, from their committed tokens as
         the span grammar now places them: redraws of last step's window rows beyond what was committed, drafts
-        kept from before, and new random codes, as many as the row's window and the budget allow (``[]`` for
-        rows outside image spans)."""
+        kept from before, and new ones, as many as the row's window and the budget allow (``[]`` for rows
+        outside image spans)."""
         state, table = self.state, self.slots
+        verified, self._verified = self._verified, None
         slots = np.arange(num_slots)
         pos = state.pos[slots]
         left = self.grammar.span_lengths(slots) - 1 - pos  # positions before the span's EOI
@@ -259,12 +261,12 @@ class JacobiWindows:
         stale = (table.lo[slots] > start) | (table.hi[slots] < start)
         table.lo[slots] = start
         table.hi[slots] = np.where(stale, start, table.hi[slots])
-        self._redraw(start)
+        if verified is not None:
+            self._redraw(verified, start)
         drafting = slots[counts > 0]
         if not len(drafting):
-            self._verified = None
             return [[] for _ in slots]
-        self._start_new(drafting, start[drafting], counts[drafting])
+        self._start_new(drafting, start[drafting], counts[drafting], verified)
         at = start[drafting, None] + np.arange(counts.max())
         drafts = self.tokens[self._dev(drafting)[:, None], self._dev(at % self.width)].cpu().numpy()
         out: list[list[int]] = [[] for _ in slots]
@@ -272,11 +274,8 @@ class JacobiWindows:
             out[slot] = drafts[i, :counts[slot]].tolist()
         return out
 
-    def _redraw(self, start: np.ndarray) -> None:
+    def _redraw(self, verified: _Verified, start: np.ndarray) -> None:
         """Last step's window rows past their slot's committed tokens: redrawn from their p (their new q)."""
-        verified, self._verified = self._verified, None
-        if verified is None:
-            return
         past = verified.index >= start[verified.slots]
         if not past.any():
             return
@@ -292,23 +291,33 @@ class JacobiWindows:
         self.q.index_put_(at, probs)
         np.maximum.at(self.slots.hi, slot, index + 1)
 
-    def _start_new(self, slots: np.ndarray, start: np.ndarray, counts: np.ndarray) -> None:
-        """Random codes (q one-hot) where the windows of ``slots`` reach past their drafts; forced tokens where
-        the grammar forces one."""
+    def _start_new(self, slots: np.ndarray, start: np.ndarray, counts: np.ndarray,
+                   verified: _Verified | None) -> None:
+        """New drafts where the windows of ``slots`` reach past their drafts: drawn from the p of the slot's
+        furthest position verified last step (its q), which is where a neighbouring code was likeliest, else
+        uniform random codes (q one-hot); forced tokens where the grammar forces one."""
         hi = self.slots.hi[slots]
         need = np.maximum(start + counts - hi, 0)
         if not need.any():
             return
         slot = np.repeat(slots, need)
         index = np.repeat(hi, need) + np.arange(need.sum()) - np.repeat(np.cumsum(need) - need, need)
-        state = self.state
+        state, codes = self.state, len(self.grammar.layout.code_to_id)
         forced = self.grammar.rules.forced_token(slot, self._dev(state.pos[slot] + index - state.num_output[slot]))
         pick = _uniforms(state.seed[slot], index, START)
-        code = self._code_ids[self._dev(np.minimum((pick * len(self.grammar.layout.code_to_id)).astype(np.int64),
-                                                   len(self.grammar.layout.code_to_id) - 1))]
+        token = self._code_ids[self._dev(np.minimum((pick * codes).astype(np.int64), codes - 1))]
         at = (self._dev(slot), self._dev(index % self.width))
-        self.tokens.index_put_(at, torch.where(forced >= 0, forced, code))
-        self.dense.index_put_(at, torch.zeros_like(forced, dtype=torch.bool))
+        dense = torch.zeros_like(forced, dtype=torch.bool)
+        if verified is not None:
+            furthest = np.full(len(self.slots.window), -1, dtype=np.int64)
+            np.maximum.at(furthest, verified.slots, np.arange(len(verified.slots)))
+            source = furthest[slot]
+            probs = verified.probs.index_select(0, self._dev(source.clip(min=0)))
+            dense = self._dev(source >= 0) & (forced < 0)
+            token = torch.where(dense, self._code_ids[inverse_cdf(probs, self._dev(pick))], token)
+            self.q.index_put_(at, probs)
+        self.tokens.index_put_(at, torch.where(forced >= 0, forced, token))
+        self.dense.index_put_(at, dense)
         self.slots.hi[slots] = np.maximum(hi, start + counts)
 
     def _dev(self, array: np.ndarray) -> torch.Tensor:

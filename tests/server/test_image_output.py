@@ -39,6 +39,7 @@ def _size(png: bytes) -> tuple[int, int]:
 
 def test_image_only_returns_one_exact_span(client, layout, resolution, server):
     before = server.metric("chameleon:images_generated_total")
+    steps_before = _image_steps(server)
     resp = client.chat.completions.create(model=MODEL, messages=DRAW, modalities=["image"], seed=7,
                                           extra_body={"return_token_ids": True})
     choice = resp.choices[0]
@@ -50,6 +51,16 @@ def test_image_only_returns_one_exact_span(client, layout, resolution, server):
     assert part["type"] == "image_url" and _size(_png_of(part["image_url"]["url"])) == (resolution, resolution)
     assert resp.usage.completion_tokens_details.image_tokens == layout.image_seq_length + 2
     assert server.metric("chameleon:images_generated_total") == before + 1
+    images, passes, steps, tokens = (b - a for a, b in zip(steps_before, _image_steps(server), strict=True))
+    # 1,024 codes + EOI, in as many engine steps as the image took (fewer than its tokens: SJD is on by default)
+    assert images == 1 and tokens == layout.image_seq_length + 1 and steps == passes < tokens
+
+
+def _image_steps(server) -> tuple[float, ...]:
+    """Images counted, their engine steps, span steps observed and the span tokens those steps gave."""
+    return (server.metric("chameleon:image_forward_passes_count"), server.metric("chameleon:image_forward_passes_sum"),
+            server.metric("chameleon:image_codes_accepted_per_step_count"),
+            server.metric("chameleon:image_codes_accepted_per_step_sum"))
 
 
 def test_stream_and_whole_give_the_same_image(client):

@@ -179,16 +179,14 @@ def test_the_image_jacobi_budget_sets_vllm_speculative_decoding(tmp_path, budget
     assert (e.speculative_config is None) == (budget == 0)
 
 
-@pytest.mark.parametrize(("on_by_default", "cuda"), [(False, False), (False, True), (True, False), (True, True)])
-def test_the_default_budget_is_the_device_kinds_once_switched_on(tmp_path, monkeypatch, on_by_default, cuda):
-    """Unset, the budget is the device kind's (a GPU's or a CPU's); 0 while server.cli.JACOBI_BY_DEFAULT is off,
-    until the engine side of SJD can start with a speculative config."""
+@pytest.mark.parametrize("cuda", [False, True])
+def test_the_default_budget_is_the_device_kinds(tmp_path, monkeypatch, cuda):
+    """Unset, the budget is the device kind's (a GPU's or a CPU's)."""
     from vllm.platforms import current_platform
 
-    monkeypatch.setattr("server.cli.JACOBI_BY_DEFAULT", on_by_default)
     monkeypatch.setattr(current_platform, "is_cuda", lambda: cuda)
-    budget = default_budget("cuda" if cuda else "cpu") if on_by_default else 0
     e = _engine_args(tmp_path)
+    budget = default_budget("cuda" if cuda else "cpu")
     assert (e.speculative_config, e.additional_config) == speculative_settings(budget)
 
 

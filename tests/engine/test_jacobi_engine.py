@@ -1,0 +1,141 @@
+"""Speculative Jacobi decoding of image spans in the real vLLM CPU engine (V1 runner, our proposer and rejection
+sampler): greedy codes equal one code per step for every family (with a masked edit, beside guided rows), an
+input-independent checkpoint's codes follow its known distribution in far fewer forward passes, and a random
+checkpoint's sampled codes match SJD off. SJD off is ``jacobi_window`` 1 in the same engine."""
+
+import os
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # before vLLM is imported
+
+import numpy as np
+import pytest
+from jacobi_reference import chi_square_p_value, code_distribution, two_sample_p_value
+
+from engine.offline.tiny import TinySpec, make_tiny
+from engine.shared.jacobi import speculative_settings
+from engine.shared.vocab import TokenLayout
+from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
+
+WINDOW = 16
+
+
+def start(model_dir, budget: int = WINDOW - 1, max_num_seqs: int = 8):
+    from vllm import LLM
+
+    spec, extra = speculative_settings(budget)
+    return LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=512,
+               max_num_seqs=max_num_seqs, seed=0, logits_processors=[ChameleonSpanLogitsProcessorV1],
+               speculative_config=spec, additional_config=extra)
+
+
+def prompts(layout: TokenLayout, count: int) -> list[list[int]]:
+    text = [i for i in range(4, layout.vocab_size) if i not in set(layout.span_token_ids())]
+    return [[0, *text[3 * k : 3 * k + 5], layout.sep] for k in range(count)]
+
+
+def generate(llm, layout: TokenLayout, requests: list[tuple[list[int], dict]], seed: int = 5
+             ) -> tuple[int, list[list[int]]]:
+    """Image-only replies to (prompt, extra_args) pairs, added at once, and the engine steps (forward passes)
+    they took together."""
+    from vllm import SamplingParams
+
+    engine, span = llm.llm_engine, layout.span.span_length((layout.span.native_grid,) * 2)
+    for i, (prompt, extra) in enumerate(requests):
+        engine.add_request(str(i), {"prompt_token_ids": prompt},
+                           SamplingParams(max_tokens=span + 2, seed=seed + i, stop_token_ids=[layout.eoi],
+                                          extra_args={"modalities": ["image"], **extra}))
+    steps, outputs = 0, {}
+    while engine.has_unfinished_requests():
+        steps += 1
+        outputs |= {out.request_id: list(out.outputs[0].token_ids) for out in engine.step() if out.finished}
+    return steps, [outputs[str(i)] for i in range(len(requests))]
+
+
+@pytest.mark.parametrize("family", ["chameleon", "lumina", "emu3"])
+def test_greedy_codes_equal_one_code_per_step(tmp_path, family):
+    """Each family's span (Chameleon's codes; Lumina-mGPT's size tokens and EOL rows; Emu3's size text, EOL rows
+    and trailer) gives the same greedy codes with a window as without, several rows at once; for Chameleon also
+    a masked edit's kept cells and a guided row in the batch (guided rows decode one code per step)."""
+    model_dir = make_tiny(tmp_path / family, TinySpec(grid=4, codebook_size=64, family=family))
+    layout = TokenLayout.from_checkpoint(model_dir)
+    greedy = {"image_temperature": 0.0}
+    asks = [greedy, {**greedy, "jacobi_window": 5}]
+    if family == "chameleon":
+        keep = [layout.code_to_id[(7 * i) % 64] if i % 3 else -1 for i in range(16)]
+        asks += [{**greedy, "image_keep": keep}, {**greedy, "cfg_scale": 3.0, "cfg_uncond_prompt": [0]}]
+    llm = start(model_dir)
+    try:
+        requests = list(zip(prompts(layout, len(asks)), asks, strict=True))
+        steps_on, on = generate(llm, layout, requests)
+        steps_off, off = generate(llm, layout, [(p, {**a, "jacobi_window": 1}) for p, a in requests])
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert on == off
+    if family != "chameleon":  # forced tokens are always kept (Chameleon's batch holds a guided row, 1 code a step)
+        assert steps_on < steps_off
+    assert all(out[0] == layout.boi and out[-1] == layout.eoi for out in on)
+    if family == "chameleon":
+        kept = on[2][1:-1]
+        assert all(k < 0 or t == k for t, k in zip(kept, keep, strict=True))
+
+
+@pytest.fixture(scope="module")
+def constant(tmp_path_factory):
+    """An input-independent checkpoint (every position's next-token distribution the same) and its engine."""
+    model_dir = make_tiny(tmp_path_factory.mktemp("constant"), TinySpec(grid=8, codebook_size=64,
+                                                                         input_independent=True))
+    llm = start(model_dir)
+    yield model_dir, llm, TokenLayout.from_checkpoint(model_dir)
+    llm.llm_engine.engine_core.shutdown()
+
+
+def test_forward_passes_fall_with_the_window(constant):
+    """Where every draft redrawn from p is kept, a window of 16 writes an image in >= 8x fewer forward passes
+    than one code per step, with the same greedy codes."""
+    _, llm, layout = constant
+    [prompt] = prompts(layout, 1)
+    off, codes_off = generate(llm, layout, [(prompt, {"image_temperature": 0.0, "jacobi_window": 1})])
+    on, codes_on = generate(llm, layout, [(prompt, {"image_temperature": 0.0})])
+    assert codes_on == codes_off
+    assert off >= layout.image_seq_length + 1
+    assert off >= 8 * on, (off, on)
+
+
+def test_sampled_codes_follow_the_known_distribution(constant):
+    """>= 2,000 codes sampled with windows (image temperature 1, top-p 0.9) pass a chi-square test against the
+    checkpoint's known distribution after top-p."""
+    model_dir, llm, layout = constant
+    p = code_distribution(model_dir, temperature=1.0, top_p=0.9)
+    extra = {"image_temperature": 1.0, "image_top_p": 0.9}
+    ps = prompts(layout, 8)
+    codes: list[int] = []
+    for round_ in range(4):
+        for out in generate(llm, layout, [(q, extra) for q in ps], seed=100 * round_)[1]:
+            codes += out[1:-1]
+    index = {t: i for i, t in enumerate(layout.code_to_id)}
+    counts = np.bincount([index[t] for t in codes], minlength=len(p))
+    assert counts.sum() >= 2000
+    assert chi_square_p_value(counts, p) > 0.01
+
+
+def test_sampled_codes_match_one_code_per_step_on_random_weights(tmp_path):
+    """On random weights (context-dependent p), the code histograms of as many images with and without windows
+    pass a two-sample test (over whole images: codes within one depend on each other)."""
+    model_dir = make_tiny(tmp_path / "random", TinySpec(grid=8, codebook_size=64))
+    layout = TokenLayout.from_checkpoint(model_dir)
+    extra = {"image_temperature": 0.5}  # sharper than uniform, so that a biased rule would show
+    index = {t: i for i, t in enumerate(layout.code_to_id)}
+    llm = start(model_dir)
+    try:
+        runs = {}
+        for window in (1, WINDOW):
+            counts = []
+            for round_ in range(8):
+                outs = generate(llm, layout, [(q, {**extra, "jacobi_window": window}) for q in prompts(layout, 8)],
+                                seed=1000 * window + 100 * round_)[1]
+                counts += [np.bincount([index[t] for t in out[1:-1]], minlength=len(index)) for out in outs]
+            runs[window] = np.array(counts)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert runs[1].sum() == runs[WINDOW].sum() >= 4000
+    assert two_sample_p_value(runs[1], runs[WINDOW]) > 0.01
