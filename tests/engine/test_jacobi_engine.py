@@ -139,3 +139,75 @@ def test_sampled_codes_match_one_code_per_step_on_random_weights(tmp_path):
         llm.llm_engine.engine_core.shutdown()
     assert runs[1].sum() == runs[WINDOW].sum() >= 4000
     assert two_sample_p_value(runs[1], runs[WINDOW]) > 0.01
+
+
+def test_preemption_abort_and_choices_keep_greedy_codes(tmp_path):
+    """Windows through what vLLM does to rows: six images at once in a 7-block cache (rows preempted mid-span
+    resume with fresh windows), a request aborted mid-span beside another, and ``n`` = 2 choices; greedy codes
+    equal one code per step throughout."""
+    from vllm import LLM, SamplingParams
+
+    model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=4, codebook_size=64))
+    layout = TokenLayout.from_checkpoint(model_dir)
+    spec, extra = speculative_settings(WINDOW - 1)
+    llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=128, max_num_seqs=8,
+              seed=0, block_size=32, num_gpu_blocks_override=7, disable_log_stats=False,
+              logits_processors=[ChameleonSpanLogitsProcessorV1], speculative_config=spec, additional_config=extra)
+    text = [i for i in range(4, layout.vocab_size) if i not in set(layout.span_token_ids())]
+    long = [[0, *text[4 * k : 4 * k + 22], layout.sep] for k in range(6)]
+    greedy = {"image_temperature": 0.0}
+    try:
+        before = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+        _, together = generate(llm, layout, [(p, greedy) for p in long])
+        assert sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions") > before
+        alone = [generate(llm, layout, [(p, {**greedy, "jacobi_window": 1})])[1][0] for p in long]
+        assert together == alone
+
+        engine = llm.llm_engine
+        image = SamplingParams(max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                               extra_args={"modalities": ["image"], **greedy})
+        engine.add_request("aborted", {"prompt_token_ids": long[0]}, image)
+        engine.add_request("kept", {"prompt_token_ids": long[1]}, image)
+        for _ in range(3):
+            engine.step()
+        engine.abort_request(["aborted"])
+        kept = []
+        while engine.has_unfinished_requests():
+            kept += [list(o.outputs[0].token_ids) for o in engine.step() if o.finished]
+        assert kept == [alone[1]]
+
+        sampled = SamplingParams(n=2, seed=9, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
+                                 extra_args={"modalities": ["image"], "image_temperature": 1.0})
+        [out] = llm.generate([{"prompt_token_ids": long[2]}], sampled, use_tqdm=False)
+        choices = [list(c.token_ids) for c in out.outputs]
+        assert len(choices) == 2 and choices[0] != choices[1]
+        assert all(c[0] == layout.boi and c[-1] == layout.eoi and len(c) == layout.image_seq_length + 2
+                   for c in choices)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def test_tensor_parallel_ranks_agree_on_windows(engine_env, tmp_path):
+    """At TP=2 every rank verifies and drafts alike (uniforms counter-based on seed and position): greedy codes
+    equal one code per step, and sampled images complete with valid spans."""
+    from vllm import LLM
+
+    model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
+    layout = TokenLayout.from_checkpoint(model_dir)
+    engine_env.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    spec, extra = speculative_settings(WINDOW - 1)
+    llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=512, max_num_seqs=8, seed=0,
+              tensor_parallel_size=2, distributed_executor_backend="mp",
+              logits_processors=[ChameleonSpanLogitsProcessorV1], speculative_config=spec, additional_config=extra)
+    try:
+        ps = prompts(layout, 3)
+        greedy = {"image_temperature": 0.0}
+        _, on = generate(llm, layout, [(p, greedy) for p in ps])
+        _, off = generate(llm, layout, [(p, {**greedy, "jacobi_window": 1}) for p in ps])
+        _, sampled = generate(llm, layout, [(p, {"image_temperature": 1.0}) for p in ps])
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert on == off
+    codes = set(layout.code_to_id)
+    assert all(s[0] == layout.boi and s[-1] == layout.eoi and set(s[1:-1]) <= codes and
+               len(s) == layout.image_seq_length + 2 for s in sampled)
