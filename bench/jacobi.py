@@ -98,10 +98,12 @@ def _child(model_dir: Path, budget: int, window: int, images: int, concurrency: 
 
 
 def _side(rounds: list[dict], span: int) -> dict:
-    """One engine's rounds at one level: images, mean steps per round, tokens committed per step, images/s."""
+    """One engine's rounds at one level: images, mean steps per round, tokens committed per step, wall time per
+    step, images/s."""
     images, seconds = sum(r["images"] for r in rounds), sum(r["seconds"] for r in rounds)
     steps = sum(r["engine_steps"] for r in rounds) / len(rounds)
-    return {"images": images, "steps_per_round": round(steps, 1),
+    ms_per_step = 1000 * seconds / (steps * len(rounds))
+    return {"images": images, "steps_per_round": round(steps, 1), "ms_per_step": round(ms_per_step, 2),
             "tokens_per_step": round(rounds[0]["images"] * span / steps, 2), "images_per_s": round(images / seconds, 4)}
 
 
@@ -139,8 +141,8 @@ def _compare(runs: dict, concurrency: int) -> dict:
     return summary
 
 
-HEADER = ("| checkpoint | c | SJD | images | engine steps per round (mean) | tokens per step | images/s "
-          "| steps off/on | images/s on/off |")
+HEADER = ("| checkpoint | c | SJD | images | engine steps per round (mean) | tokens per step | ms per step "
+          "| images/s | steps off/on | images/s on/off |")
 
 
 def _verdict(value: float, floor: float, what: str) -> str:
@@ -149,7 +151,7 @@ def _verdict(value: float, floor: float, what: str) -> str:
 
 def table(result: dict, concurrency: int) -> str:
     """The markdown table of bench/RESULTS.md, then the issue's criteria, met or not."""
-    rows = [HEADER, "|---|---|---|---|---|---|---|---|---|"]
+    rows = [HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in result["summary"].items():
         name, level = key.split("/")
         for sjd in ("on", "off"):
@@ -157,7 +159,7 @@ def table(result: dict, concurrency: int) -> str:
             ratios = f"**{s['fewer_steps']}×** | **{s['images_per_s_ratio']}×**" if sjd == "on" else " | "
             label = f"on (budget {result['budget']}, L={result['window']})" if sjd == "on" else "off"
             rows.append(f"| {name} | {level[1:]} | {label} | {f['images']} | {f['steps_per_round']} | "
-                        f"{f['tokens_per_step']} | {f['images_per_s']} | {ratios} |")
+                        f"{f['tokens_per_step']} | {f['ms_per_step']} | {f['images_per_s']} | {ratios} |")
     one = result["summary"]["independent/c1"]
     rows += ["", (f"c=1, independent: forward passes {_verdict(one['fewer_steps'], 8, 'fewer')}; "
                   f"images/s {_verdict(one['images_per_s_ratio'], 3, 'SJD off')}")]
