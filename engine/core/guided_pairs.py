@@ -14,6 +14,10 @@ be placed is held out of the step (or preempted, to free memory). After vLLM has
 companion joins it exactly when its row samples in it, as a new request (its prefill) or a cached one (one
 token). A row that vLLM preempts loses its companion, and gets a new one when it resumes.
 
+With speculative Jacobi decoding a row verifies a window of drafts: its companion runs the same drafts in the
+same step (the worker guides every window position and gives the companion the row's decisions), and vLLM
+rolls both back alike.
+
 Under async scheduling a row's newest token is unknown when the next step is scheduled. A companion is made
 only from committed tokens, so a row that writes text and may open a span (interleaved replies) is scheduled
 only when it has no step in flight: it notices its BOI before sampling the first token after it.
@@ -189,13 +193,15 @@ class GuidedPairs:
             return -1
         companion = pair.companion
         need = companion.num_tokens + companion.num_output_placeholders - companion.num_computed_tokens
-        if pair.sent:
+        need += len(row.spec_token_ids)  # the row's drafts, which the companion runs too (at most these)
+        if pair.sent or row.spec_token_ids:
             blocks = self.kv_cache_manager.allocate_slots(companion, need,
                                                           num_lookahead_tokens=self.num_lookahead_tokens)
             if blocks is None:
                 self._give_way(pair)
                 return -1
-            pair.unsent_blocks = blocks if pair.unsent_blocks is None else pair.unsent_blocks + blocks
+            if pair.sent:
+                pair.unsent_blocks = blocks if pair.unsent_blocks is None else pair.unsent_blocks + blocks
         return need
 
     def _give_way(self, pair: _Pair) -> None:
@@ -246,7 +252,10 @@ class GuidedPairs:
         """Add the companion to a step its row samples in, as vLLM's own scheduling would have."""
         companion = pair.companion
         cid = companion.request_id
-        count = companion.num_tokens + companion.num_output_placeholders - companion.num_computed_tokens
+        drafts = output.scheduled_spec_decode_tokens.get(pair.row.request_id, [])
+        if drafts:  # speculative Jacobi decoding (engine/worker/jacobi.py): the same window, guided together
+            output.scheduled_spec_decode_tokens[cid] = list(drafts)
+        count = companion.num_tokens + companion.num_output_placeholders - companion.num_computed_tokens + len(drafts)
         if not pair.sent:
             blocks = self.kv_cache_manager.get_blocks(cid).get_block_ids()
             output.scheduled_new_reqs.append(NewRequestData.from_request(
@@ -271,7 +280,8 @@ class GuidedPairs:
             companion.last_sched_seq = self.sched_step_seq
         if isinstance(self, AsyncScheduler):
             companion.num_output_placeholders += self.num_sampled_tokens_per_step
-        pair.sent, pair.unsent_blocks, pair.last_step, pair.joint = True, None, self.current_step, pair.joint + 1
+        pair.sent, pair.unsent_blocks, pair.last_step = True, None, self.current_step
+        pair.joint += 1 + len(drafts)  # less the drafts not kept, once known (update_from_output)
 
     def _drop_companion(self, pair: _Pair) -> None:
         companion = pair.forget()
@@ -284,6 +294,13 @@ class GuidedPairs:
                            model_runner_output: ModelRunnerOutput) -> dict[int, EngineCoreOutputs]:
         companions = self._companions
         outputs = super().update_from_output(scheduler_output, model_runner_output)
+        drafts, sampled = scheduler_output.scheduled_spec_decode_tokens, model_runner_output.sampled_token_ids
+        for pair in self._pairs.values():  # a companion keeps what its row keeps of their window
+            cid = None if pair.companion is None else pair.companion.request_id
+            if cid in drafts:
+                index = model_runner_output.req_id_to_index.get(cid)
+                kept = len(sampled[index]) if index is not None and sampled else 0
+                pair.joint -= len(drafts[cid]) + 1 - kept
         for engine_outputs in outputs.values():  # companions are this scheduler's alone
             engine_outputs.outputs = [o for o in engine_outputs.outputs if o.request_id not in companions]
             if engine_outputs.finished_requests:

@@ -38,6 +38,7 @@ import torch
 
 from engine.shared.request_options import TEXT_ONLY, RequestOptions
 from engine.worker.code_sampler import counter_uniforms
+from engine.worker.guidance import Guidance
 from engine.worker.slot_state import Field, SlotTable
 from engine.worker.span_grammar import SpanGrammar
 from engine.worker.transfers import to_device
@@ -126,41 +127,45 @@ class _Verified:
 class Decisions:
     """What :meth:`JacobiWindows.verify` decided for one step's image windows (device tensors)."""
 
-    logit_rows: torch.Tensor  # the step's logits rows of the image rows' drafts
+    logit_rows: torch.Tensor  # the step's logits rows of the image rows' drafts, then of their companions'
     tokens: torch.Tensor  # per such row: the token it takes, which is the draft where the draft is kept
-    drafts: torch.Tensor  # per such row: the draft
+    drafts: torch.Tensor  # per image row's draft row: the draft
     slots: torch.Tensor  # per window row (drafts and bonus rows): its slot (= batch row)
     offsets: torch.Tensor  # its place in the window
     targets: torch.Tensor  # the window rows that are draft rows, in the order of ``tokens``
     bonus: torch.Tensor  # per window row: its slot's drafts (the offset of its bonus row)
+    leaders: torch.Tensor  # guided rows (batch rows) whose companions write what they write
+    companions: torch.Tensor  # their companions' batch rows
 
     def settle(self, output: torch.Tensor) -> torch.Tensor:
         """``output`` (batch x (drafts + 1), vLLM's sampled tokens, -1 after the last) with the image rows as
         decided: the drafts kept, then the decided token at the first not kept, or the bonus token (vLLM's,
         drawn by the span processor) when all were kept. vLLM's own verification of the one-hot rows agrees
         with the kept drafts; the token after them is written here rather than read from vLLM's recovered
-        tokens (its CPU kernels draw those otherwise)."""
+        tokens (its CPU kernels draw those otherwise). Guidance companions' rows become their rows'."""
+        tokens = self.tokens[:len(self.drafts)]  # the image rows' own (then their companions')
         stop = self.bonus.clone()  # per window row, its slot's first draft not kept
         row_token = output[self.slots, self.bonus].clone()  # the bonus token, at bonus rows
-        row_token.index_copy_(0, self.targets, self.tokens.to(row_token.dtype))
-        rejected = self.offsets.index_select(0, self.targets).masked_fill(self.tokens == self.drafts, 1 << 30)
+        row_token.index_copy_(0, self.targets, tokens.to(row_token.dtype))
+        rejected = self.offsets.index_select(0, self.targets).masked_fill(tokens == self.drafts, 1 << 30)
         first = torch.full((output.shape[0],), 1 << 30, dtype=stop.dtype, device=stop.device)
         first.scatter_reduce_(0, self.slots.index_select(0, self.targets), rejected, "amin")
         stop = torch.minimum(stop, first.index_select(0, self.slots))
-        return output.index_put_((self.slots, self.offsets), row_token.masked_fill(self.offsets > stop, -1))
+        output.index_put_((self.slots, self.offsets), row_token.masked_fill(self.offsets > stop, -1))
+        return output.index_copy_(0, self.companions, output.index_select(0, self.leaders))
 
 
 class JacobiWindows:
     """Draft windows of the image rows of one runner's batch, their verification and their proposal."""
 
-    def __init__(self, grammar: SpanGrammar, max_slots: int, width: int, budget: int, default_window: int,
-                 catch_up: Callable[[int], None]) -> None:
+    def __init__(self, grammar: SpanGrammar, guidance: Guidance, max_slots: int, width: int, budget: int,
+                 default_window: int, catch_up: Callable[[int], None]) -> None:
         """``catch_up(n)``: has the grammar account the tokens committed since, for the batch's first n slots.
         The newest instance is this process's (:func:`active`): a runner builds its processors again when it
         rebuilds its batch."""
         global _active
         _active = self
-        self.catch_up = catch_up
+        self.catch_up, self.guidance = catch_up, guidance
         self.grammar, self.state, self.device = grammar, grammar.state, grammar.device
         self.width, self.budget, self.default_window = width, budget, default_window
         self.slots = SlotTable(window_fields(), max_slots, self.device)
@@ -177,7 +182,7 @@ class JacobiWindows:
         self._verified: _Verified | None = None
 
     def add(self, slot: int, options: RequestOptions, drafts: bool) -> None:
-        """A request entering ``slot``; ``drafts``: whether its image rows may draft (not guided, say)."""
+        """A request entering ``slot``; ``drafts``: whether it may draft (a guidance companion takes its row's)."""
         window = self.default_window if options.jacobi_window is None else options.jacobi_window
         self.slots.set(slot, window=window if drafts and options.mode != TEXT_ONLY else 1, lo=0, hi=0)
 
@@ -213,9 +218,19 @@ class JacobiWindows:
         bonus = offset == num_drafts[row_slot]
         index = state.num_output[row_slot] + offset
         forced = self.grammar.rules.forced_token(row_slot, self._dev(state.pos[row_slot] + offset))
-        x = logits.index_select(0, self._dev(rows))
-        x = (x[:, self.grammar.sampler.code_cols] if isinstance(self.grammar.sampler.code_cols, slice)
-             else x.index_select(1, self.grammar.sampler.code_cols)).float()
+        x = self._code_logits(logits, rows)
+        # guided rows: each window row against its companion's at the same offset (the scheduler gives both
+        # the same drafts), as the span processor guides a row's one token
+        cond, companion = self.guidance.pairs(slots)
+        companion_of = np.full(len(slots), -1, dtype=np.int64)
+        companion_of[cond] = companion
+        guided = np.flatnonzero(companion_of[row_slot] >= 0)
+        if len(guided):
+            guided_t = self._dev(guided)
+            uncond = self._code_logits(logits, first_row[companion_of[row_slot[guided]]] + offset[guided])
+            combined = self.guidance.guided(x.index_select(0, guided_t), uncond, row_slot[guided],
+                                            torch.ones(len(guided), dtype=torch.bool, device=self.device))
+            x.index_copy_(0, guided_t, combined)
         probs = code_probs(x, state.temperature[row_slot], state.top_k[row_slot], state.top_p[row_slot])
         self._verified = _Verified(row_slot, index, probs, forced)
         # the drafts' rows: what was drafted, what our ring says it was drawn from
@@ -242,8 +257,20 @@ class JacobiWindows:
         drawn = self._code_ids[inverse_cdf(residual, self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
         t_forced = forced.index_select(0, self._dev(np.flatnonzero(target)))
         decided = torch.where(t_forced >= 0, t_forced, torch.where(keep, draft, drawn))
-        return Decisions(self._dev(rows[target]), decided, draft, self._dev(row_slot), self._dev(offset),
-                         self._dev(np.flatnonzero(target)), self._dev(num_drafts[row_slot]))
+        # companions take their rows' decisions, draft rows and output alike
+        led = np.flatnonzero(companion_of[t_slot] >= 0)
+        logit_rows = np.concatenate([rows[target], first_row[companion_of[t_slot[led]]] + offset[target][led]])
+        tokens = torch.cat([decided, decided.index_select(0, self._dev(led))])
+        leaders = np.flatnonzero((companion_of >= 0) & drafting)
+        return Decisions(self._dev(logit_rows), tokens, draft, self._dev(row_slot), self._dev(offset),
+                         self._dev(np.flatnonzero(target)), self._dev(num_drafts[row_slot]), self._dev(leaders),
+                         self._dev(companion_of[leaders]))
+
+    def _code_logits(self, logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Rows ``rows`` of ``logits`` over the codebook (float32, a copy)."""
+        x = logits.index_select(0, self._dev(rows))
+        cols = self.grammar.sampler.code_cols
+        return (x[:, cols] if isinstance(cols, slice) else x.index_select(1, cols)).float()
 
     def propose(self, num_slots: int) -> list[list[int]]:
         """Drafts for each of the batch's first ``num_slots`` slots' next step, from their committed tokens as

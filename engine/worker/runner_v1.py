@@ -59,7 +59,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
         self.jacobi: JacobiWindows | None = None
         if spec is not None:
             family = for_architectures(model_config.architectures or [])
-            self.jacobi = JacobiWindows(self.grammar, max_slots, spec.num_speculative_tokens + 1,
+            self.jacobi = JacobiWindows(self.grammar, self.guidance, max_slots, spec.num_speculative_tokens + 1,
                                         budget_of(vllm_config), family.sampling.jacobi_window, self.catch_up)
         self._prompts: list[Sequence[int]] = [() for _ in range(max_slots)]
         self._outputs: list[Sequence[int]] = [() for _ in range(max_slots)]
@@ -85,7 +85,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             self.grammar.resync(slot, self._tail(slot, n), n)
             self.guidance.add(slot, options, params.extra_args)
             if self.jacobi:
-                self.jacobi.add(slot, options, drafts=pair_mark(params.extra_args)[0] is None)
+                self.jacobi.add(slot, options, drafts=not pair_mark(params.extra_args)[1])
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)
@@ -116,8 +116,8 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         slots = self._slots[: logits.shape[0]]
         self.catch_up(len(slots))
-        ahead = None
-        if self.jacobi is not None:  # one row per request: its bonus row, after the drafts verified this step
+        ahead = np.zeros(len(slots), dtype=np.int64)  # one row per request: its bonus row, past this step's drafts
+        if self.jacobi is not None:
             ahead = self.jacobi.ahead[slots].copy()
             self.jacobi.ahead[:] = 0
         rows, companions = self.guidance.pairs(slots)
@@ -125,7 +125,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             return self.grammar.apply(logits, slots, ahead)
         rows_t, companions_t = to_device(rows, logits.device), to_device(companions, logits.device)
         guided = self.guidance.guided(logits.index_select(0, rows_t), logits.index_select(0, companions_t),
-                                      slots[rows], self.grammar.sampling_code(slots[rows]))
+                                      slots[rows], self.grammar.sampling_code(slots[rows], ahead[rows]))
         logits.index_copy_(0, rows_t, guided)
         return self.guidance.mirror(self.grammar.apply(logits, slots, ahead), rows_t, companions_t)
 

@@ -127,10 +127,13 @@ class SpanGrammar:
         state.pos[slots] = np.where(tokens == self.layout.boi, 0, np.where(inner & (pos >= 0), pos + 1, -1))
         state.num_output[slots] += 1
 
-    def sampling_code(self, slots: np.ndarray) -> torch.Tensor:
-        """Per slot, from the positions the host keeps: whether this step samples one of its image codes (on
-        the device)."""
-        return self.samples_code_on_device(slots, self._to_device(self.state.pos[slots]))
+    def sampling_code(self, slots: np.ndarray, ahead: np.ndarray | None = None) -> torch.Tensor:
+        """Per slot, from the positions the host keeps (``ahead``: tokens past them, as in :meth:`apply`): whether
+        this step samples one of its image codes (on the device)."""
+        pos = self.state.pos[slots]
+        if ahead is not None:
+            pos = np.where(pos >= 0, pos + ahead, pos)
+        return self.samples_code_on_device(slots, self._to_device(pos))
 
     def samples_code_on_device(self, slots: np.ndarray, pos: torch.Tensor) -> torch.Tensor:
         """Per slot, on the device (``pos``: its position, on the device): whether this step samples a code."""
