@@ -51,6 +51,8 @@ def active() -> JacobiWindows | None:
     return _active
 
 
+MIN_DRAFTS = 3  # the fewest drafts a row's equal share of the budget must give for the batch to draft at all
+
 # Uniform roles, after the code sampler's rounds (0 .. CodeSampler.MAX_ATTEMPTS): one stream per use
 ACCEPT, RESIDUAL, REDRAW, START = 17, 18, 19, 20
 
@@ -74,7 +76,12 @@ def code_probs(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_
         x = x.masked_fill((x < kth) & to_device(k_on, device).unsqueeze(1), float("-inf"))
     probs = x.softmax(dim=1)
     probs = torch.where(probs.sum(dim=1, keepdim=True) > 0, probs, 1.0 / width)  # all -inf: NaN rows
-    if (top_p < 1).any():
+    if (top_p < 1).any() and device.type == "cpu":  # no sort on a CPU (engine/worker/nucleus.py says why)
+        from engine.worker.nucleus import nucleus_host
+
+        probs = probs.contiguous()
+        nucleus_host(probs.numpy(), top_p.astype(np.float32))
+    elif (top_p < 1).any():
         desc = probs.sort(dim=1, descending=True).values
         above = desc.cumsum(dim=1) - desc  # at the first of equal codes: the mass strictly likelier
         kept = (above < to_device(top_p.astype(np.float32), device).unsqueeze(1)).sum(dim=1, keepdim=True)
@@ -94,8 +101,13 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 def share_budget(wants: np.ndarray, budget: int) -> np.ndarray:
     """Drafts per row: each row's want, or an equal share of ``budget`` where wants exceed it (water-filling:
-    what a row does not use goes to the others)."""
+    what a row does not use goes to the others). Where the rows that want drafts would get fewer than
+    ``MIN_DRAFTS`` each, none draft: a full batch decodes one code per step, as without SJD, rather than pay
+    a window's verification for a draft or two a row."""
     given = np.zeros_like(wants)
+    wanting = int((wants > 0).sum())
+    if not wanting or budget // wanting < MIN_DRAFTS:
+        return given
     left = budget
     order = np.argsort(wants, kind="stable")
     for i, row in enumerate(order):

@@ -157,3 +157,52 @@ def _draw_host(probs: np.ndarray, uniforms: np.ndarray, top_p: np.ndarray) -> np
             _block_sums(kept, blocks)
             out[r] = order[_inverse_cdf(kept, blocks, uniforms[r, rounds] * before)]
     return out
+
+
+_BUCKET_SHIFT = 19  # a non-negative float32's bits >> 19 order it: its exponent and 4 mantissa bits, 4,096 buckets
+
+
+@compiled()
+def nucleus_host(probs: np.ndarray, top_p: np.ndarray) -> None:
+    """Each row of ``probs`` (float32, non-negative) cut to its nucleus under ``top_p`` and renormalized, in place:
+    a code stays where the mass of strictly likelier codes is below top-p (as :func:`draw_nucleus` draws). In
+    O(width) a row, not a sort: masses by bucket of the float's leading bits (which order non-negative floats)
+    find the bucket the nucleus ends in, and only that bucket's values are sorted."""
+    rows, width = probs.shape
+    buckets = np.empty(1 << (31 - _BUCKET_SHIFT), dtype=np.float64)
+    for r in range(rows):
+        if top_p[r] >= 1:
+            continue
+        p = probs[r]
+        bits = p.view(np.int32) >> _BUCKET_SHIFT
+        buckets[:] = 0.0
+        total = 0.0
+        for j in range(width):
+            buckets[bits[j]] += p[j]
+            total += p[j]
+        limit, above, edge = top_p[r] * total, 0.0, -1
+        for b in range(len(buckets) - 1, -1, -1):  # the bucket where the mass from the top reaches top-p
+            if above + buckets[b] >= limit:
+                edge = b
+                break
+            above += buckets[b]
+        if edge < 0:
+            continue
+        values = np.sort(p[bits == edge])[::-1]
+        floor, before, i = values[0], above, 0
+        while i < len(values):  # groups of equal values: in while the mass strictly above them is below top-p
+            if before >= limit:
+                break
+            floor = values[i]
+            k = i
+            while k < len(values) and values[k] == values[i]:
+                before += values[k]
+                k += 1
+            i = k
+        kept = 0.0
+        for j in range(width):
+            if p[j] < floor:
+                p[j] = 0.0
+            kept += p[j]
+        for j in range(width):
+            p[j] = p[j] / kept

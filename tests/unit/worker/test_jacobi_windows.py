@@ -160,3 +160,16 @@ def test_accepting_with_the_redraw_uniform_fails_the_markov_check(model_dir, mon
     greedy rows keep exactly the argmax whatever the uniform."""
     accept_with_the_redraw_uniform(monkeypatch)
     assert markov_p_value(model_dir) < 0.01
+
+
+def test_the_budget_is_shared_and_a_full_batch_drafts_nothing():
+    """Water-filling: rows wanting less leave the rest to the others; where an equal share would be under
+    MIN_DRAFTS a row, no row drafts (a full batch decodes one code per step)."""
+    from engine.worker.jacobi import MIN_DRAFTS, share_budget
+
+    assert share_budget(np.array([15, 2, 0]), 15).tolist() == [13, 2, 0]
+    assert share_budget(np.array([15, 15]), 15).tolist() == [7, 8]
+    assert share_budget(np.array([15] * 5), 15).tolist() == [MIN_DRAFTS] * 5
+    assert not share_budget(np.array([15] * 6), 15).any()
+    assert not share_budget(np.array([15] * 32), 96 - 1).any()
+    assert share_budget(np.array([15] * 32), 96).tolist() == [3] * 32

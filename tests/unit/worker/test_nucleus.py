@@ -61,3 +61,21 @@ def test_the_draw_compiles_where_numba_can_cache_nothing():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"
+
+
+def test_host_nucleus_cut_equals_the_sorted_one():
+    """SJD's explicit nucleus (engine/worker/jacobi.py code_probs): the compiled bucket cut keeps exactly the codes
+    the sorted cut keeps (ties at the edge included), renormalized."""
+    from engine.worker.nucleus import nucleus_host
+
+    probs, top_p = _rows(200)
+    probs, top_p = probs[top_p < 1], top_p[top_p < 1]  # top-p 1 keeps every row whole
+    probs[3, :40] = probs[3, 40]  # a run of equal values, somewhere in its row's order
+    host = probs.clone()
+    nucleus_host(host.numpy(), top_p)
+    desc = probs.double().sort(dim=1, descending=True).values  # sums in float64, as the compiled cut's
+    limit = torch.from_numpy(top_p).double().unsqueeze(1) * desc.sum(dim=1, keepdim=True)
+    kept = (desc.cumsum(dim=1) - desc < limit).sum(dim=1, keepdim=True)
+    cut = probs.masked_fill(probs < desc.gather(1, kept - 1).float(), 0.0)
+    assert torch.equal(host > 0, cut > 0)
+    torch.testing.assert_close(host, cut / cut.sum(dim=1, keepdim=True))
