@@ -92,6 +92,13 @@ def code_probs(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_
     return torch.where(greedy, one_hot, probs)
 
 
+def residual_of(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """max(p - q, 0) per row (unnormalized: the inverse-CDF draw normalizes), what a position draws from where its
+    draft is not kept; p itself where that is all zero (p = q: nothing is rejected but by rounding)."""
+    residual = (p - q).clamp_(min=0.0)
+    return torch.where(residual.sum(dim=1, keepdim=True) > 0, residual, p)
+
+
 def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One index per row of ``probs`` (rows need not sum to 1) at the row's uniform."""
     cdf = probs.cumsum(dim=1)
@@ -264,9 +271,7 @@ class JacobiWindows:
         u = self._dev(_uniforms(seeds, t_index, ACCEPT).astype(np.float32))
         p_x, q_x = p.gather(1, column).squeeze(1), q.gather(1, column).squeeze(1)
         keep = known & is_code & (u * q_x < p_x)
-        residual = (p - q).clamp_(min=0.0)
-        residual = torch.where(residual.sum(dim=1, keepdim=True) > 0, residual, p)
-        drawn = self._code_ids[inverse_cdf(residual, self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
+        drawn = self._code_ids[inverse_cdf(residual_of(p, q), self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
         t_forced = forced.index_select(0, self._dev(np.flatnonzero(target)))
         decided = torch.where(t_forced >= 0, t_forced, torch.where(keep, draft, drawn))
         # companions take their rows' decisions, draft rows and output alike

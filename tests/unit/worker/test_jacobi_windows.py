@@ -162,6 +162,14 @@ def test_accepting_with_the_redraw_uniform_fails_the_markov_check(model_dir, mon
     assert markov_p_value(model_dir) < 0.01
 
 
+def test_drawing_a_rejection_from_p_fails_the_markov_check(model_dir, monkeypatch):
+    """The code drawn where a draft is not kept must come from norm(max(p - q, 0)), not p: p over-weights the
+    drafts' likely codes. (On the input-independent model q is p after the first window, so only the Markov
+    check sees it; greedy rows reject only to the argmax either way.)"""
+    monkeypatch.setattr(jacobi, "residual_of", lambda p, q: p)
+    assert markov_p_value(model_dir) < 0.01
+
+
 def test_the_budget_is_shared_and_a_full_batch_drafts_nothing():
     """Water-filling: rows wanting less leave the rest to the others; where an equal share would be under
     MIN_DRAFTS a row, no row drafts (a full batch decodes one code per step)."""
