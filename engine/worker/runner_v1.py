@@ -37,6 +37,12 @@ def _committed(output: Sequence[int]) -> int:
     return n
 
 
+def _biased(params: SamplingParams) -> bool:
+    """Whether vLLM reshapes the request's logits before ours (logit_bias, min_p, allowed or bad tokens): its
+    bonus rows see that, its draft rows would not, so such a request writes its codes one a step."""
+    return bool(params.logit_bias or params.min_p or params.allowed_token_ids or params.bad_words)
+
+
 class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
     """Span grammar and image sampling for the V1 model runner; batch row i is slot i."""
 
@@ -85,7 +91,7 @@ class ChameleonSpanLogitsProcessorV1(LogitsProcessor):
             self.grammar.resync(slot, self._tail(slot, n), n)
             self.guidance.add(slot, options, params.extra_args)
             if self.jacobi:
-                self.jacobi.add(slot, options, drafts=not pair_mark(params.extra_args)[1])
+                self.jacobi.add(slot, options, drafts=not pair_mark(params.extra_args)[1] and not _biased(params))
         for src, dst, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             self.grammar.move(src, dst, swap)
