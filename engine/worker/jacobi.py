@@ -25,7 +25,11 @@ Randomness is counter-based on (request seed, output index, role), as image code
 counter is needed, tensor-parallel ranks agree, and a redraw of a position uses the same uniform, which is
 still independent of every token before it.
 
-Drafts live in a ring per slot, indexed by output index modulo the window: kept drafts never move.
+Drafts live in a ring per slot, indexed by output index modulo the window: kept drafts never move. The budget
+of draft tokens per step is shared among the batch's image rows (:func:`share_budget`); a batch too full for
+each row to draft a few decodes one code per step. Verification runs on the device with no host read; the
+proposal reads the step's drafts back once, because vLLM's proposer hands drafts to its scheduler as host lists
+(after its own read of the sampled tokens, which speculative decoding makes synchronous anyway).
 """
 
 from __future__ import annotations
