@@ -17,9 +17,11 @@ from engine.shared.vocab import TokenLayout
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
 WINDOW = 16
+ROWS = 8  # max_num_seqs of the engines here: with this budget every row may draft a full window
+BUDGET = ROWS * (WINDOW - 1)
 
 
-def start(model_dir, budget: int = WINDOW - 1, max_num_seqs: int = 8):
+def start(model_dir, budget: int = BUDGET, max_num_seqs: int = ROWS):
     from vllm import LLM
 
     spec, extra = speculative_settings(budget)
@@ -114,12 +116,15 @@ def test_sampled_codes_follow_the_known_distribution(constant):
     extra = {"image_temperature": 1.0, "image_top_p": 0.9}
     ps = prompts(layout, 8)
     codes: list[int] = []
+    steps = 0
     for round_ in range(4):
-        for out in generate(llm, layout, [(q, extra) for q in ps], seed=100 * round_)[1]:
-            codes += out[1:-1]
+        taken, outs = generate(llm, layout, [(q, extra) for q in ps], seed=100 * round_)
+        steps += taken
+        codes += [t for out in outs for t in out[1:-1]]
     index = {t: i for i, t in enumerate(layout.code_to_id)}
     counts = np.bincount([index[t] for t in codes], minlength=len(p))
     assert counts.sum() >= 2000
+    assert 4 * steps < len(codes) / len(ps)  # windows were verified: the images took far fewer steps than codes
     assert chi_square_p_value(counts, p) > 0.01
 
 
@@ -132,17 +137,19 @@ def test_sampled_codes_match_one_code_per_step_on_random_weights(tmp_path):
     index = {t: i for i, t in enumerate(layout.code_to_id)}
     llm = start(model_dir)
     try:
-        runs = {}
+        runs, steps = {}, {}
         for window in (1, WINDOW):
-            counts = []
+            counts, steps[window] = [], 0
             for round_ in range(8):
-                outs = generate(llm, layout, [(q, {**extra, "jacobi_window": window}) for q in prompts(layout, 8)],
-                                seed=1000 * window + 100 * round_)[1]
+                taken, outs = generate(llm, layout, [(q, {**extra, "jacobi_window": window})
+                                                     for q in prompts(layout, ROWS)], seed=1000 * window + 100 * round_)
+                steps[window] += taken
                 counts += [np.bincount([index[t] for t in out[1:-1]], minlength=len(index)) for out in outs]
             runs[window] = np.array(counts)
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert runs[1].sum() == runs[WINDOW].sum() >= 4000
+    assert steps[WINDOW] < steps[1]  # drafts were kept
     assert two_sample_p_value(runs[1], runs[WINDOW]) > 0.01
 
 
@@ -154,7 +161,7 @@ def test_preemption_abort_and_choices_keep_greedy_codes(tmp_path):
 
     model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=4, codebook_size=64))
     layout = TokenLayout.from_checkpoint(model_dir)
-    spec, extra = speculative_settings(WINDOW - 1)
+    spec, extra = speculative_settings(BUDGET)
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=128, max_num_seqs=8,
               seed=0, block_size=32, num_gpu_blocks_override=7, disable_log_stats=False,
               logits_processors=[ChameleonSpanLogitsProcessorV1], speculative_config=spec, additional_config=extra)
@@ -200,7 +207,7 @@ def test_tensor_parallel_ranks_agree_on_windows(engine_env, tmp_path):
     model_dir = make_tiny(tmp_path / "tiny", TinySpec(grid=8, codebook_size=64))
     layout = TokenLayout.from_checkpoint(model_dir)
     engine_env.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    spec, extra = speculative_settings(WINDOW - 1)
+    spec, extra = speculative_settings(BUDGET)
     llm = LLM(model=str(model_dir), enforce_eager=True, dtype="float32", max_model_len=512, max_num_seqs=8, seed=0,
               tensor_parallel_size=2, distributed_executor_backend="mp",
               logits_processors=[ChameleonSpanLogitsProcessorV1], speculative_config=spec, additional_config=extra)
