@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="batched rounds per engine")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one engine on this checkpoint
     args = parser.parse_args()
+    if args.concurrency < 2 or args.images < 1 or args.rounds < 1:
+        parser.error("--concurrency must be >= 2 (c=1 is measured apart), --images and --rounds >= 1")
     if args.child:
         print(json.dumps(_child(args.child, args.budget, args.window, args.images, args.concurrency, args.rounds)))
         return
