@@ -148,11 +148,11 @@ class _Verified:
 
 @dataclass(slots=True)
 class Decisions:
-    """What :meth:`JacobiWindows.verify` decided for one step's image windows (device tensors)."""
+    """What :meth:`JacobiWindows.verify` decided for one step's image windows (device tensors but ``ahead``)."""
 
-    logit_rows: torch.Tensor  # the step's logits rows of the image rows' drafts, then of their companions'
-    tokens: torch.Tensor  # per such row: the token it takes, which is the draft where the draft is kept
-    drafts: torch.Tensor  # per image row's draft row: the draft
+    ahead: np.ndarray  # per batch row: the drafts before the row it samples (its bonus row); 0 where undecided
+    tokens: torch.Tensor  # per image row's draft row: the token it takes, which is the draft where kept
+    drafts: torch.Tensor  # per such row: the draft
     slots: torch.Tensor  # per window row (drafts and bonus rows): its slot (= batch row)
     offsets: torch.Tensor  # its place in the window
     targets: torch.Tensor  # the window rows that are draft rows, in the order of ``tokens``
@@ -161,16 +161,13 @@ class Decisions:
     companions: torch.Tensor  # their companions' batch rows
 
     def settle(self, output: torch.Tensor) -> torch.Tensor:
-        """``output`` (batch x (drafts + 1), vLLM's sampled tokens, -1 after the last) with the image rows as
-        decided: the drafts kept, then the decided token at the first not kept, or the bonus token (vLLM's,
-        drawn by the span processor) when all were kept. vLLM's own verification of the one-hot rows agrees
-        with the kept drafts; the token after them is written here rather than read from vLLM's recovered
-        tokens (its CPU kernels draw those otherwise). Guidance companions' rows become their rows'."""
-        tokens = self.tokens[:len(self.drafts)]  # the image rows' own (then their companions')
+        """``output`` (batch x (drafts + 1), each row's sampled token first, -1 after) with the image rows as
+        decided: the drafts kept, then the decided token at the first not kept, or the sampled (bonus) token
+        when all were kept; guidance companions' rows become their rows'."""
         stop = self.bonus.clone()  # per window row, its slot's first draft not kept
-        row_token = output[self.slots, self.bonus].clone()  # the bonus token, at bonus rows
-        row_token.index_copy_(0, self.targets, tokens.to(row_token.dtype))
-        rejected = self.offsets.index_select(0, self.targets).masked_fill(tokens == self.drafts, 1 << 30)
+        row_token = output[self.slots, 0].clone()  # the bonus token, at bonus rows
+        row_token.index_copy_(0, self.targets, self.tokens.to(row_token.dtype))
+        rejected = self.offsets.index_select(0, self.targets).masked_fill(self.tokens == self.drafts, 1 << 30)
         first = torch.full((output.shape[0],), 1 << 30, dtype=stop.dtype, device=stop.device)
         first.scatter_reduce_(0, self.slots.index_select(0, self.targets), rejected, "amin")
         stop = torch.minimum(stop, first.index_select(0, self.slots))
@@ -278,12 +275,10 @@ class JacobiWindows:
         drawn = self._code_ids[inverse_cdf(residual_of(p, q), self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
         t_forced = forced.index_select(0, self._dev(np.flatnonzero(target)))
         decided = torch.where(t_forced >= 0, t_forced, torch.where(keep, draft, drawn))
-        # companions take their rows' decisions, draft rows and output alike
-        led = np.flatnonzero(companion_of[t_slot] >= 0)
-        logit_rows = np.concatenate([rows[target], first_row[companion_of[t_slot[led]]] + offset[target][led]])
-        tokens = torch.cat([decided, decided.index_select(0, self._dev(led))])
-        leaders = np.flatnonzero((companion_of >= 0) & drafting)
-        return Decisions(self._dev(logit_rows), tokens, draft, self._dev(row_slot), self._dev(offset),
+        leaders = np.flatnonzero((companion_of >= 0) & drafting)  # companions sample at their rows' bonus rows
+        ahead = self.ahead[slots].copy()
+        ahead[companion_of[leaders]] = num_drafts[leaders]
+        return Decisions(ahead, decided, draft, self._dev(row_slot), self._dev(offset),
                          self._dev(np.flatnonzero(target)), self._dev(num_drafts[row_slot]), self._dev(leaders),
                          self._dev(companion_of[leaders]))
 

@@ -5,12 +5,10 @@ vLLM 0.32's V1 speculative path: after each step the proposer's ``propose`` retu
 (host lists) that the scheduler schedules next (trimmed to its token budget) and the runner feeds to the model
 after the row's own token; the rejection sampler then verifies them against the step's logits and the scheduler
 rolls back the KV of what it rejected. Its custom logits processors run on each request's bonus row only, and
-it verifies with its own p against a q the proposer cannot give. So :class:`JacobiRejectionSampler` first has
-the span processor decide every draft row of an image row (:meth:`JacobiWindows.verify`) and writes each
-decision as a one-hot row: vLLM's greedy path (argmax) and random path (p(x) of a one-hot p) then both keep
-exactly the drafts we kept, and :meth:`Decisions.settle` writes our token at the first we did not; the bonus
-row is drawn by the span processor as any row, at the position after the drafts. Text rows pass
-through untouched.
+it verifies with its own p against a q the proposer cannot give. So :class:`JacobiRejectionSampler` has the
+span processor decide every draft row of an image row (:meth:`JacobiWindows.verify`), samples each request's
+one row through vLLM's sampler (an image row's bonus row, drawn by the span processor at the position after
+its drafts; a text row's only row), and :meth:`Decisions.settle` writes what each window keeps.
 
 The runner knows neither, and under speculative decoding vLLM refuses custom logits processors (they would
 see bonus rows only; ours decides the draft rows through the rejection sampler instead). The runner builds its
@@ -24,18 +22,20 @@ worker processes of engines with SJD only; both find the span processor's window
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from vllm.v1.outputs import SamplerOutput
 from vllm.v1.sample.logits_processor import BUILTIN_LOGITS_PROCESSORS, LogitsProcessors, _load_custom_logitsprocs
 from vllm.v1.sample.rejection_sampler import RejectionSampler
 
 from engine.worker import jacobi
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
+from engine.worker.transfers import to_device
 
 if TYPE_CHECKING:
-    from vllm.v1.outputs import SamplerOutput
     from vllm.v1.sample.metadata import SamplingMetadata
     from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 
@@ -55,19 +55,36 @@ class JacobiRejectionSampler(RejectionSampler):
 
     def forward(self, metadata: SpecDecodeMetadata, draft_probs: torch.Tensor | None, logits: torch.Tensor,
                 sampling_metadata: SamplingMetadata) -> SamplerOutput:
+        """Every request samples one row through vLLM's sampler (our span processor among its processors): an
+        image row with decided drafts its bonus row, written after what it keeps of its window; a row without
+        drafts its only row; a row with drafts nobody decided (vLLM pads some with -1) its first row, its drafts
+        all rejected, which is exact. vLLM's own verification is not run: on a CPU its kernels expand per-request
+        settings into scratch memory they never fill (vLLM 0.32), and only image rows draft here. Logprobs are
+        the model's (vLLM's default "raw" mode), each place of the output from its own row."""
+        num_drafts = np.asarray(metadata.num_draft_tokens, dtype=np.int64)
         windows = jacobi.active()
-        if windows is not None:
-            windows.catch_up(len(metadata.num_draft_tokens))
-            decided = windows.verify(logits, np.asarray(metadata.num_draft_tokens, dtype=np.int64),
-                                              metadata.draft_token_ids)
-            if decided is not None:
-                logits.index_fill_(0, decided.logit_rows, float("-inf"))
-                logits.index_put_((decided.logit_rows, decided.tokens),
-                                  torch.zeros((), dtype=logits.dtype, device=logits.device))
-                out = super().forward(metadata, draft_probs, logits, sampling_metadata)
-                decided.settle(out.sampled_token_ids)
-                return out
-        return super().forward(metadata, draft_probs, logits, sampling_metadata)
+        decided = None
+        if windows is not None and metadata.max_spec_len:
+            windows.catch_up(len(num_drafts))
+            decided = windows.verify(logits, num_drafts, metadata.draft_token_ids)
+        first_row = np.cumsum(num_drafts + 1) - (num_drafts + 1)
+        ahead = np.zeros_like(num_drafts) if decided is None else decided.ahead
+        sampled = self.sampler(logits=logits.index_select(0, to_device(first_row + ahead, logits.device)),
+                               sampling_metadata=replace(sampling_metadata, max_num_logprobs=None))
+        tokens = sampled.sampled_token_ids
+        output = torch.full((len(num_drafts), metadata.max_spec_len + 1), -1, dtype=tokens.dtype,
+                            device=tokens.device)
+        output[:, :1] = tokens
+        if decided is not None:
+            decided.settle(output)
+        logprobs = None
+        if sampling_metadata.max_num_logprobs is not None:  # each place of the output from its own row's logits
+            place = np.minimum(first_row[:, None] + np.arange(output.shape[1]), (first_row + num_drafts)[:, None])
+            rows = logits.index_select(0, to_device(place.flatten(), logits.device))
+            logprobs = self.sampler.gather_logprobs(self.sampler.compute_logprobs(rows),
+                                                    sampling_metadata.max_num_logprobs,
+                                                    output.flatten().clamp(min=0).long())
+        return SamplerOutput(sampled_token_ids=output, logprobs_tensors=logprobs)
 
 
 class JacobiProposer:

@@ -38,13 +38,14 @@ def prompts(layout: TokenLayout, count: int) -> list[list[int]]:
 def generate(llm, layout: TokenLayout, requests: list[tuple[list[int], dict]], seed: int = 5
              ) -> tuple[int, list[list[int]]]:
     """Image-only replies to (prompt, extra_args) pairs, added at once, and the engine steps (forward passes)
-    they took together."""
+    they took together. vLLM's (text) top-k is set, as Lumina-mGPT's defaults set it: steps without drafts must
+    not run vLLM's target-row path."""
     from vllm import SamplingParams
 
     engine, span = llm.llm_engine, layout.span.span_length((layout.span.native_grid,) * 2)
     for i, (prompt, extra) in enumerate(requests):
         engine.add_request(str(i), {"prompt_token_ids": prompt},
-                           SamplingParams(max_tokens=span + 2, seed=seed + i, stop_token_ids=[layout.eoi],
+                           SamplingParams(max_tokens=span + 2, seed=seed + i, stop_token_ids=[layout.eoi], top_k=40,
                                           extra_args={"modalities": ["image"], **extra}))
     steps, outputs = 0, {}
     while engine.has_unfinished_requests():
@@ -189,10 +190,13 @@ def test_preemption_abort_and_choices_keep_greedy_codes(tmp_path):
         assert kept == [alone[1]]
 
         sampled = SamplingParams(n=2, seed=9, max_tokens=layout.image_seq_length + 2, stop_token_ids=[layout.eoi],
-                                 extra_args={"modalities": ["image"], "image_temperature": 1.0})
+                                 logprobs=1, extra_args={"modalities": ["image"], "image_temperature": 1.0})
         [out] = llm.generate([{"prompt_token_ids": long[2]}], sampled, use_tqdm=False)
         choices = [list(c.token_ids) for c in out.outputs]
         assert len(choices) == 2 and choices[0] != choices[1]
+        for choice in out.outputs:  # a logprob per token, several a step, each of its own token
+            assert len(choice.logprobs) == len(choice.token_ids)
+            assert all(t in lp and lp[t].logprob <= 0.0 for t, lp in zip(choice.token_ids, choice.logprobs))
         assert all(c[0] == layout.boi and c[-1] == layout.eoi and len(c) == layout.image_seq_length + 2
                    for c in choices)
     finally:

@@ -1,8 +1,9 @@
 """vLLM's speculative path played by hand around the real V1 span processor with SJD on
 (``engine/worker/jacobi.py``, ``engine/worker/jacobi_v1.py``), so that SJD's output can be sampled without an
 engine: per step the drafts proposed last step (maybe trimmed, as vLLM's token budget does), the rows of a fake
-model, verification, one-hot target rows, the bonus rows through the processor, vLLM's accepted prefix, then
-``Decisions.settle``; finished requests leave and waiting ones take their rows, as in vLLM's persistent batch.
+model, verification, each request's sampled row (an image row's bonus row) through the processor, then
+``Decisions.settle``, as ``JacobiRejectionSampler.forward`` does; finished requests leave and waiting ones take
+their rows, as in vLLM's persistent batch.
 """
 
 from __future__ import annotations
@@ -97,17 +98,11 @@ class JacobiLoop:
         draft_ids = torch.tensor([t for d in drafts for t in d], dtype=torch.long)
         self.windows.catch_up(n)  # JacobiRejectionSampler.forward
         decided = self.windows.verify(logits, num_drafts, draft_ids)
-        if decided is not None:
-            logits.index_fill_(0, decided.logit_rows, float("-inf"))
-            logits.index_put_((decided.logit_rows, decided.tokens), torch.tensor(0.0))
-        bonus_rows = np.cumsum(num_drafts + 1) - 1
-        bonus = self.processor.apply(logits[torch.from_numpy(bonus_rows)]).argmax(dim=1)
+        first_rows = np.cumsum(num_drafts + 1) - (num_drafts + 1)
+        ahead = np.zeros(n, dtype=np.int64) if decided is None else decided.ahead
+        sampled = self.processor.apply(logits[torch.from_numpy(first_rows + ahead)]).argmax(dim=1)
         output = torch.full((n, int(num_drafts.max()) + 1), -1, dtype=torch.long)
-        for slot, d in enumerate(drafts):  # vLLM's rejection: the drafts its target argmax agrees with
-            target = logits[bonus_rows[slot] - len(d):bonus_rows[slot]].argmax(dim=1).tolist()
-            kept = next((i for i, (t, x) in enumerate(zip(target, d)) if t != x), len(d))
-            output[slot, :kept] = torch.tensor(d[:kept], dtype=torch.long)
-            output[slot, kept] = bonus[slot] if kept == len(d) else target[kept]
+        output[:, 0] = sampled  # rows whose drafts nobody decided keep their first row's token
         if decided is not None:
             decided.settle(output)
         for request, row in zip(batch, output.tolist()):
