@@ -1,8 +1,9 @@
 """The image-span grammar behind vLLM's V1-runner logits-processor interface (the runner of the CPU build).
 
 State follows each request's live output-token list (``BatchUpdate.added`` hands a reference); it is
-advanced in ``apply``, not ``update_state``, because under async scheduling the newest token is only a
-placeholder (-1) until just before the processors run.
+advanced in ``catch_up`` (from ``apply``, and from speculative Jacobi decoding's verification and proposal,
+``engine/worker/jacobi_v1.py``), not ``update_state``, because under async scheduling the newest token is only
+a placeholder (-1) until just before the processors run.
 """
 
 from __future__ import annotations
