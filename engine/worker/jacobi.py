@@ -111,20 +111,18 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def share_budget(wants: np.ndarray, budget: int) -> np.ndarray:
-    """Drafts per row: each row's want, or an equal share of ``budget`` where wants exceed it (water-filling:
-    what a row does not use goes to the others). Where the rows that want drafts would get fewer than
-    ``MIN_DRAFTS`` each, none draft: a full batch decodes one code per step, as without SJD, rather than pay
-    a window's verification for a draft or two a row."""
-    given = np.zeros_like(wants)
-    wanting = int((wants > 0).sum())
-    if not wanting or budget // wanting < MIN_DRAFTS:
-        return given
-    left = budget
-    order = np.argsort(wants, kind="stable")
-    for i, row in enumerate(order):
-        given[row] = min(wants[row], left // (len(order) - i))
-        left -= given[row]
-    return given
+    """Drafts per row: each row's want, capped at the one level that fits the wanting rows into ``budget``
+    (water-filling: what a row does not want goes to the others). The cap depends on the wants alone, not on
+    the rows' order, so a request's windows do not depend on where vLLM put it in the batch. Where the rows
+    that want drafts would get fewer than ``MIN_DRAFTS`` each, none draft: a full batch decodes one code per
+    step, as without SJD, rather than pay a window's verification for a draft or two a row."""
+    wanting = np.sort(wants[wants > 0])
+    if not len(wanting) or budget // len(wanting) < MIN_DRAFTS:
+        return np.zeros_like(wants)
+    below = np.concatenate([[0], np.cumsum(wanting)[:-1]])  # the wants of the rows below each, summed
+    caps = (budget - below) // np.arange(len(wanting), 0, -1)  # the level if rows from each on share the rest
+    over = np.flatnonzero(caps < wanting)
+    return wants if not len(over) else np.minimum(wants, caps[over[0]])
 
 
 def window_fields() -> dict[str, Field]:

@@ -171,12 +171,16 @@ def test_drawing_a_rejection_from_p_fails_the_markov_check(model_dir, monkeypatc
 
 
 def test_the_budget_is_shared_and_a_full_batch_drafts_nothing():
-    """Water-filling: rows wanting less leave the rest to the others; where an equal share would be under
-    MIN_DRAFTS a row, no row drafts (a full batch decodes one code per step)."""
+    """Water-filling: rows wanting less leave the rest to the others, at one cap whatever the rows' order;
+    where an equal share would be under MIN_DRAFTS a row, no row drafts (a full batch decodes one code per
+    step)."""
     from engine.worker.jacobi import MIN_DRAFTS, share_budget
 
     assert share_budget(np.array([15, 2, 0]), 15).tolist() == [13, 2, 0]
-    assert share_budget(np.array([15, 15]), 15).tolist() == [7, 8]
+    assert share_budget(np.array([0, 2, 15]), 15).tolist() == [0, 2, 13]
+    assert share_budget(np.array([15, 15]), 15).tolist() == [7, 7]
+    assert share_budget(np.array([4, 15, 9, 15]), 30).tolist() == [4, 8, 8, 8]  # 2 left: no order to give them by
+    assert share_budget(np.array([4, 15, 9, 15]), 60).tolist() == [4, 15, 9, 15]
     assert share_budget(np.array([15] * 5), 15).tolist() == [MIN_DRAFTS] * 5
     assert not share_budget(np.array([15] * 6), 15).any()
     assert not share_budget(np.array([15] * 32), 96 - 1).any()
