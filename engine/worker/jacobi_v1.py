@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from vllm.v1.sample.metadata import SamplingMetadata
     from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 
+
 def _logitsprocs(vllm_config: Any, device: torch.device, is_pin_memory: bool, is_pooling_model: bool,
                  custom_logitsprocs: Sequence[Any] = ()) -> LogitsProcessors:
     """The batch's logits processors as without speculative decoding (vLLM's built-in ones and ours): only
@@ -51,7 +52,8 @@ def _logitsprocs(vllm_config: Any, device: torch.device, is_pin_memory: bool, is
 
 
 class JacobiRejectionSampler(RejectionSampler):
-    """vLLM's rejection sampler, with the image rows' draft rows decided by the span processor first."""
+    """In the place of vLLM's rejection sampler: the image rows' windows decided by the span processor, every
+    request's one sampled row through vLLM's sampler."""
 
     def forward(self, metadata: SpecDecodeMetadata, draft_probs: torch.Tensor | None, logits: torch.Tensor,
                 sampling_metadata: SamplingMetadata) -> SamplerOutput:
