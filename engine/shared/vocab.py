@@ -103,11 +103,15 @@ class TokenLayout:
         """Map codebook indices (any shape) to vocabulary ids."""
         return self.code_ids().to(codes.device)[codes.long()]
 
-    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """Map vocabulary ids of image codes back to codebook indices; other ids map to -1."""
+    def code_index_table(self) -> torch.Tensor:
+        """Per vocabulary id, its codebook index; -1 for ids that are not image codes (int64, CPU)."""
         table = torch.full((self.vocab_size,), -1, dtype=torch.long)
         table[self.code_ids()] = torch.arange(self.codebook_size)
-        return table.to(ids.device)[ids.long()]
+        return table
+
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Map vocabulary ids of image codes back to codebook indices; other ids map to -1."""
+        return self.code_index_table().to(ids.device)[ids.long()]
 
     def image_span(self, codes: torch.Tensor) -> list[int]:
         """BOI + one image's codes ([rows, cols] codebook indices) as its family writes them + EOI."""

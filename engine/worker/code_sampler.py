@@ -56,6 +56,19 @@ def _host_bits() -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     return compiled()(_splitmix_bits)
 
 
+def tempered_top_k(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray) -> torch.Tensor:
+    """Code logits ``x`` (rows x codebook; not written to) over each row's ``temperature`` (> 0), then cut to
+    its ``top_k`` (0 or the codebook's width: off; ties at the k-th stay) with -inf."""
+    device, width = x.device, x.shape[1]
+    x = x / to_device(temperature, device).unsqueeze(1)
+    k_on = (top_k > 0) & (top_k < width)
+    if k_on.any():
+        k_max = int(top_k[k_on].max())
+        kth = x.topk(k_max, dim=1).values.gather(1, to_device(np.where(k_on, top_k, k_max) - 1, device).unsqueeze(1))
+        x = x.masked_fill((x < kth) & to_device(k_on, device).unsqueeze(1), float("-inf"))
+    return x
+
+
 def request_seed(seed: int | None) -> int:
     """The seed of a request's image draws: its own, else one drawn from numpy's global generator.
 
@@ -115,15 +128,8 @@ class CodeSampler:
 
     def _sample_hot(self, x: torch.Tensor, slots: np.ndarray, uniforms: torch.Tensor) -> torch.Tensor:
         """Temperature, top-k, then top-p with the rows' ``uniforms``. ``x`` is not written to."""
-        state, width = self.state, x.shape[1]
-        x = x / self._to_device(state.temperature[slots]).unsqueeze(1)
-        top_k = state.top_k[slots]
-        k_on = (top_k > 0) & (top_k < width)
-        if k_on.any():
-            k_max = int(top_k[k_on].max())
-            kth_index = self._to_device(np.where(k_on, top_k, k_max) - 1).unsqueeze(1)
-            kth = x.topk(k_max, dim=1).values.gather(1, kth_index)
-            x = x.masked_fill((x < kth) & self._to_device(k_on).unsqueeze(1), float("-inf"))
+        state = self.state
+        x = tempered_top_k(x, state.temperature[slots], state.top_k[slots])
         return self._draw_nucleus(x.softmax(dim=1), uniforms, state.top_p[slots])
 
     def _uniforms(self, slots: np.ndarray, num_output: np.ndarray | torch.Tensor) -> torch.Tensor:

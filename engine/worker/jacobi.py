@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from engine.shared.request_options import TEXT_ONLY, RequestOptions
-from engine.worker.code_sampler import counter_uniforms
+from engine.worker.code_sampler import counter_uniforms, tempered_top_k
 from engine.worker.guidance import Guidance
 from engine.worker.slot_state import Field, SlotTable
 from engine.worker.span_grammar import SpanGrammar
@@ -72,12 +72,7 @@ def code_probs(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_
     renormalized; a row at temperature 0 is one-hot at its argmax, a row without a finite logit uniform."""
     device, width = x.device, x.shape[1]
     greedy = to_device(temperature == 0, device).unsqueeze(1)
-    x = x / to_device(np.where(temperature > 0, temperature, 1.0).astype(np.float32), device).unsqueeze(1)
-    k_on = (top_k > 0) & (top_k < width)
-    if k_on.any():
-        k_max = int(top_k[k_on].max())
-        kth = x.topk(k_max, dim=1).values.gather(1, to_device(np.where(k_on, top_k, k_max) - 1, device).unsqueeze(1))
-        x = x.masked_fill((x < kth) & to_device(k_on, device).unsqueeze(1), float("-inf"))
+    x = tempered_top_k(x, np.where(temperature > 0, temperature, 1.0).astype(np.float32), top_k)
     probs = x.softmax(dim=1)
     probs = torch.where(probs.sum(dim=1, keepdim=True) > 0, probs, 1.0 / width)  # all -inf: NaN rows
     if (top_p < 1).any() and device.type == "cpu":  # no sort on a CPU (engine/worker/nucleus.py says why)
@@ -190,9 +185,7 @@ class JacobiWindows:
         layout = grammar.layout
         codes = len(layout.code_to_id)
         self._code_ids = layout.code_ids().to(self.device)
-        to_code = torch.full((max(layout.vocab_size, max(layout.code_to_id) + 1),), -1, dtype=torch.long)
-        to_code[list(layout.code_to_id)] = torch.arange(codes)
-        self._to_code = to_code.to(self.device)
+        self._to_code = layout.code_index_table().to(self.device)
         self.tokens = torch.full((max_slots, width), -1, dtype=torch.long, device=self.device)
         self.dense = torch.zeros((max_slots, width), dtype=torch.bool, device=self.device)
         self.q = torch.zeros((max_slots, width, codes), dtype=torch.float32, device=self.device)
@@ -253,7 +246,7 @@ class JacobiWindows:
         self._verified = _Verified(row_slot, index, probs, forced)
         # the drafts' rows: what was drafted, what our ring says it was drawn from
         target = ~bonus
-        t_slot, t_index = row_slot[target], index[target]
+        t_slot, t_index, targets = row_slot[target], index[target], self._dev(np.flatnonzero(target))
         draft = draft_ids.index_select(0, self._dev(first_draft[t_slot] + offset[target])).long()
         ring = self._dev(t_index % self.width)
         t_slot_d = self._dev(t_slot)
@@ -261,7 +254,7 @@ class JacobiWindows:
         known = in_ring & (self.tokens[t_slot_d, ring] == draft)
         code = self._to_code[draft.clamp(min=0, max=len(self._to_code) - 1)].masked_fill(draft < 0, -1)
         is_code = code >= 0
-        p = probs.index_select(0, self._dev(np.flatnonzero(target)))
+        p = probs.index_select(0, targets)
         column = code.clamp(min=0).unsqueeze(1)
         one_hot = torch.zeros_like(p).scatter_(1, column, is_code.float().unsqueeze(1))
         q = torch.where((known & self.dense[t_slot_d, ring]).unsqueeze(1), self.q[t_slot_d, ring], one_hot)
@@ -271,13 +264,13 @@ class JacobiWindows:
         p_x, q_x = p.gather(1, column).squeeze(1), q.gather(1, column).squeeze(1)
         keep = known & is_code & (u * q_x < p_x)
         drawn = self._code_ids[inverse_cdf(residual_of(p, q), self._dev(_uniforms(seeds, t_index, RESIDUAL)))]
-        t_forced = forced.index_select(0, self._dev(np.flatnonzero(target)))
+        t_forced = forced.index_select(0, targets)
         decided = torch.where(t_forced >= 0, t_forced, torch.where(keep, draft, drawn))
         leaders = np.flatnonzero((companion_of >= 0) & drafting)  # companions sample at their rows' bonus rows
         ahead = self.ahead[slots].copy()
         ahead[companion_of[leaders]] = num_drafts[leaders]
         return Decisions(ahead, decided, draft, self._dev(row_slot), self._dev(offset),
-                         self._dev(np.flatnonzero(target)), self._dev(num_drafts[row_slot]), self._dev(leaders),
+                         targets, self._dev(num_drafts[row_slot]), self._dev(leaders),
                          self._dev(companion_of[leaders]))
 
     def _code_logits(self, logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
