@@ -4,8 +4,11 @@ engine steps (forward passes) per image and images/s at c=1 and at c=32, on an i
 random-weights one. Writes OUT/jacobi.json and prints a table.
 
     python bench/jacobi.py [--out bench/out/jacobi] [--grid 32] [--images 4] [--concurrency 32] [--rounds 2]
+                           [--repeats 2]
 
-One engine per (checkpoint, SJD on/off), each in its own child process, one after another: SJD on is vLLM's
+One engine per (checkpoint, SJD on/off, repeat), each in its own child process, one after another, the two
+sides alternating which goes first (on, off, off, on, ...) and their rounds pooled over the repeats, so that a
+drift of the box's speed during the run falls on both sides alike: SJD on is vLLM's
 speculative path with our proposer at ``--budget`` draft tokens per step (default: the CPU's,
 ``engine.shared.jacobi.default_budget``); SJD off is the plain engine, no speculative config. The child drives
 ``llm.llm_engine`` itself (``add_request``, then ``step()`` until all finish) and counts the EngineCore's steps
@@ -107,34 +110,40 @@ def _side(rounds: list[dict], span: int) -> dict:
             "tokens_per_step": round(rounds[0]["images"] * span / steps, 2), "images_per_s": round(images / seconds, 4)}
 
 
-def run(out: Path, grid: int, budget: int, window: int, images: int, concurrency: int, rounds: int) -> dict:
+def run(out: Path, grid: int, budget: int, window: int, images: int, concurrency: int, rounds: int,
+        repeats: int) -> dict:
     from engine.offline.tiny import TinySpec, make_tiny
 
     specs = {"independent": TinySpec(grid=grid, input_independent=True), "random": TinySpec(grid=grid)}
     result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "load_before": os.getloadavg(),
-                    "grid": grid, "budget": budget, "window": window, "runs": {}}
+                    "grid": grid, "budget": budget, "window": window, "repeats": repeats,
+                    "runs": {f"{name}/{sjd}": [] for name in CHECKPOINTS for sjd in ("on", "off")}}
     for name in CHECKPOINTS:
         model_dir = out / name
         if not (model_dir / "config.json").exists():
             make_tiny(model_dir, specs[name])
-        for sjd, b in (("on", budget), ("off", 0)):
-            cmd = [sys.executable, __file__, "--child", str(model_dir), "--budget", str(b), "--window", str(window),
-                   "--images", str(images), "--concurrency", str(concurrency), "--rounds", str(rounds)]
-            with (out / f"{name}-{sjd}.log").open("w") as log:
-                done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
-            result["runs"][f"{name}/{sjd}"] = json.loads(done.stdout.strip().splitlines()[-1])
+        for repeat in range(repeats):
+            sides = (("on", budget), ("off", 0))
+            for sjd, b in sides if repeat % 2 == 0 else reversed(sides):
+                cmd = [sys.executable, __file__, "--child", str(model_dir), "--budget", str(b), "--window",
+                       str(window), "--images", str(images), "--concurrency", str(concurrency), "--rounds",
+                       str(rounds)]
+                with (out / f"{name}-{sjd}-{repeat}.log").open("w") as log:
+                    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
+                result["runs"][f"{name}/{sjd}"].append(json.loads(done.stdout.strip().splitlines()[-1]))
     result["load_after"] = os.getloadavg()
     result["summary"] = _compare(result["runs"], concurrency)
     return result
 
 
 def _compare(runs: dict, concurrency: int) -> dict:
-    """Per checkpoint and level: each side's figures and the ratios of the issue's criteria."""
+    """Per checkpoint and level: each side's figures over its repeats and the ratios of the issue's criteria."""
     summary = {}
     for name in CHECKPOINTS:
         for level in ("c1", f"c{concurrency}"):
-            on, off = (_side(runs[f"{name}/{k}"][level], runs[f"{name}/{k}"]["span_tokens"]) for k in ("on", "off"))
+            on, off = (_side([r for run in runs[f"{name}/{k}"] for r in run[level]],
+                             runs[f"{name}/{k}"][0]["span_tokens"]) for k in ("on", "off"))
             summary[f"{name}/{level}"] = {
                 "on": on, "off": off, "fewer_steps": round(off["steps_per_round"] / on["steps_per_round"], 2),
                 "images_per_s_ratio": round(on["images_per_s"] / off["images_per_s"], 3)}
@@ -178,16 +187,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="sequential images at c=1, per engine")
     parser.add_argument("--concurrency", type=int, default=32, help="images at once in the batched rounds")
     parser.add_argument("--rounds", type=int, default=2, help="batched rounds per engine")
+    parser.add_argument("--repeats", type=int, default=2, help="engines per side and checkpoint, alternating")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one engine on this checkpoint
     args = parser.parse_args()
-    if args.concurrency < 2 or args.images < 1 or args.rounds < 1:
-        parser.error("--concurrency must be >= 2 (c=1 is measured apart), --images and --rounds >= 1")
+    if args.concurrency < 2 or min(args.images, args.rounds, args.repeats) < 1:
+        parser.error("--concurrency must be >= 2 (c=1 is measured apart), --images, --rounds, --repeats >= 1")
     if args.child:
         print(json.dumps(_child(args.child, args.budget, args.window, args.images, args.concurrency, args.rounds)))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run(out, args.grid, args.budget, args.window, args.images, args.concurrency, args.rounds)
+    result = run(out, args.grid, args.budget, args.window, args.images, args.concurrency, args.rounds,
+                 args.repeats)
     (out / "jacobi.json").write_text(json.dumps(result, indent=2))
     print(table(result, args.concurrency))
     print(f"JSON: {out / 'jacobi.json'}")

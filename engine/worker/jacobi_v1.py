@@ -62,11 +62,14 @@ class JacobiRejectionSampler(RejectionSampler):
         drafts its only row; a row with drafts nobody decided (vLLM pads some with -1) its first row, its drafts
         all rejected, which is exact. vLLM's own verification is not run: on a CPU its kernels expand per-request
         settings into scratch memory they never fill (vLLM 0.32), and only image rows draft here. Logprobs are
-        the model's (vLLM's default "raw" mode), each place of the output from its own row."""
+        the model's (vLLM's default "raw" mode), each place of the output from its own row. A step without drafts
+        (vLLM takes this path for every step once speculative decoding is configured) is vLLM's sampler alone."""
+        if not metadata.max_spec_len:  # one row per request: what the sampler writes is the whole output
+            return self.sampler(logits=logits, sampling_metadata=sampling_metadata)
         num_drafts = np.asarray(metadata.num_draft_tokens, dtype=np.int64)
         windows = jacobi.active()
         decided = None
-        if windows is not None and metadata.max_spec_len:
+        if windows is not None:
             windows.catch_up(len(num_drafts))
             decided = windows.verify(logits, num_drafts, metadata.draft_token_ids)
         first_row = np.cumsum(num_drafts + 1) - (num_drafts + 1)

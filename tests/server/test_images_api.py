@@ -60,6 +60,26 @@ def test_streamed_generation_sends_previews_then_each_image(server, client, layo
     assert whole.data[0].b64_json == streamed
 
 
+def test_greedy_streamed_images_are_the_same_with_and_without_jacobi_windows(server):
+    """Speculative Jacobi decoding commits several codes a step, which the previews follow; a greedy image is
+    the one written a code a step (``jacobi_window`` 1), previews and all."""
+
+    def stream(**fields) -> tuple[list[str], str]:
+        with httpx.Client(base_url=server.url, headers=HEADERS, timeout=300) as http:
+            body = http.post("/v1/images/generations", json={
+                "model": MODEL, "prompt": "a green square", "stream": True, "partial_images": 3,
+                "image_temperature": 0, **fields}).text
+        events = [e for _, e in sse_events(body)]
+        assert events[-1]["type"] == "image_generation.completed"
+        return [e["b64_json"] for e in events[:-1]], events[-1]["b64_json"]
+
+    windowed_previews, windowed = stream()  # the family's window, within the server's budget
+    one_previews, one_a_step = stream(jacobi_window=1)
+    assert windowed == one_a_step
+    assert windowed_previews and one_previews and len(windowed_previews) <= 3
+    assert windowed_previews[-1] != windowed  # previews are partial images, not the final one
+
+
 def test_the_openai_client_streams_generations_and_edits(client):
     kinds = [e.type for e in client.images.generate(model=MODEL, prompt="a boat", stream=True, partial_images=2)]
     assert kinds[-1] == "image_generation.completed" and "image_generation.partial_image" in kinds
