@@ -1,5 +1,6 @@
-"""Device check for a lent GPU: the span grammar, the nucleus draw, the V2 adapter and the VQGAN on the device,
-each timed, probed for host syncs and compared with the CPU. (Guidance adds no attention of its own: a guided
+"""Device check for a lent GPU: the span grammar, the nucleus draw, speculative Jacobi decoding's step (verify,
+settle, propose), the V2 adapter and the VQGAN on the device, each timed, probed for host syncs and compared
+with the CPU. (Guidance adds no attention of its own: a guided
 row's unconditional companion is a row of vLLM's forward, ``engine/worker/guidance.py``.)
 
 Written for the machine issue 21 lends: torch and numpy, no vLLM, maybe no transformers or numba, nothing
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("grammar", "nucleus", "v2", "vqgan")
+PARTS = ("grammar", "nucleus", "sjd", "v2", "vqgan")
 SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch's words under set_sync_debug_mode
 NO_CPU_COMPARISON = "skip: the device is the CPU"
 DRAW_AGREEMENT = 0.9  # a draw may pick a neighbouring code where float sums round apart; a bug misses more
@@ -395,6 +396,67 @@ def check_nucleus(setup: Setup) -> Row:
     return row
 
 
+class JacobiStep:
+    """One SJD step of image rows mid-span, as the V1 path runs it (``engine/worker/jacobi_v1.py``): verify the
+    scheduled drafts against the step's logits, settle the sampled rows' outputs, propose the next drafts. The
+    rows never advance (no tokens are committed between steps), so every step verifies and redraws full
+    windows: the steady cost of a busy step. Rows are the batch's first slots, as the V1 runner keeps them."""
+
+    def __init__(self, rows: int, budget: int, layout: Any, device: torch.device) -> None:
+        from engine.shared.request_options import RequestOptions
+        from engine.worker.guidance import Guidance
+        from engine.worker.jacobi import JacobiWindows
+
+        slots = np.arange(rows, dtype=np.int64)
+        reqs = requests("image", rows, layout)  # seeds drawn from numpy, seeded alike on both devices
+        self.grammar = grammar_for(reqs, slots, layout, device)
+        self.windows = JacobiWindows(self.grammar, Guidance(rows), rows, 16, budget, 16, lambda n: None)
+        for slot, req in zip(slots, reqs, strict=True):
+            self.windows.add(int(slot), RequestOptions.from_sampling_params(req.params), drafts=True)
+        self.rows, self.device = rows, device
+        self.drafts = self.windows.propose(rows)
+        self.logits = random_logits(rows * 16, layout.vocab_size, seed=3).to(device)
+
+    def step(self) -> torch.Tensor:
+        """One step; returns the settled outputs (rows x (drafts + 1), -1 past each row's stop)."""
+        from engine.worker.transfers import to_device
+
+        num = np.array([len(d) for d in self.drafts], dtype=np.int64)
+        flat = to_device(np.array([t for d in self.drafts for t in d], dtype=np.int32), self.device)
+        decided = self.windows.verify(self.logits[: self.rows + int(num.sum())], num, flat)
+        output = torch.full((self.rows, int(num.max()) + 1), -1, dtype=torch.long, device=self.device)
+        if decided is not None:
+            decided.settle(output)
+        self.drafts = self.windows.propose(self.rows)
+        return output
+
+
+def check_jacobi(setup: Setup, rows: int, budget: int) -> Row:
+    """:class:`JacobiStep` on the device: the same decisions as the CPU's; time, syncs (the proposal reads the
+    drafts back once by design: vLLM's V1 scheduler takes them as host lists)."""
+    from engine.worker.jacobi import MIN_DRAFTS
+
+    dev, layout = setup.device, token_layout(setup.model_dir)
+    if budget // rows < MIN_DRAFTS:
+        raise Skip(f"a budget of {budget} over {rows} rows drafts nothing (under {MIN_DRAFTS} a row)")
+    run = JacobiStep(rows, budget, layout, dev)
+    out = run.step().cpu()
+    drafts = sum(map(len, run.drafts))
+    row = Row(unit="ms/step", vs_cpu=NO_CPU_COMPARISON,
+              detail=f"{rows} image rows, {drafts} drafts, budget {budget}, codebook {layout.codebook_size}")
+    row.flag([f"row {r}" for r in range(rows) if any(int(t) not in layout.code_of for t in out[r] if t >= 0)])
+    if dev.type == "cuda":
+        reference = JacobiStep(rows, budget, layout, torch.device("cpu")).step()
+        decided = reference >= 0
+        same = int(((out == reference) & decided).sum())
+        row.vs_cpu = f"{same}/{int(decided.sum())} window tokens decided the same"
+        if same < DRAW_AGREEMENT * int(decided.sum()):
+            row.status = "fail"
+    row.ms = ms_per_call(run.step, dev, setup.repeats)
+    row.sync, row.sync_sites = probe_sync(run.step, dev)
+    return row
+
+
 def v2_classes(vllm_src: Path | None) -> tuple[type, type, type]:
     """The V2 adapter and vLLM's state classes it reads: from an installed vllm, else from ``vllm_src``."""
     def load() -> tuple[type, type, type]:
@@ -561,6 +623,8 @@ def checks(setup: Setup) -> list[tuple[str, str, Callable[[], Row]]]:
     return [
         *(("grammar", f"grammar {w} x{n}", partial(check_grammar, setup, w)) for w in WORKLOADS),
         ("nucleus", f"nucleus x{n}", partial(check_nucleus, setup)),
+        ("sjd", "sjd step x1 window 16", partial(check_jacobi, setup, 1, 15)),
+        ("sjd", f"sjd step x{n} 3 drafts", partial(check_jacobi, setup, n, 3 * n)),
         ("v2", f"v2 adapter mixed x{n}", partial(check_v2, setup)),
         *(("vqgan", f"vqgan {d} x{b}", partial(check_vqgan, setup, d, b))
           for d in ("encode", "decode") for b in setup.image_batches),

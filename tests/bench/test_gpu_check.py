@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_check.py"
 QUICK = ["--rows", "4", "--repeats", "1", "--image-batches", "1", "2"]
 ROWS = ["grammar text x4", "grammar forced x4", "grammar mixed x4", "grammar image x4", "nucleus x4",
-        "v2 adapter mixed x4",
+        "sjd step x1 window 16", "sjd step x4 3 drafts", "v2 adapter mixed x4",
         "vqgan encode x1", "vqgan encode x2", "vqgan decode x1", "vqgan decode x2"]
 # Runs the script as the lent GPU machine would: numba and transformers missing, vllm only where
 # --vllm-src puts it (the installed copy is hidden).
@@ -68,7 +68,8 @@ def test_every_check_runs_on_the_cpu_and_cuda_probes_say_why_not(tmp_path):
         assert row["vs_cpu"].startswith("skip: the device is the CPU")
         assert name in done.stdout
     assert "vllm from" in rows["v2 adapter mixed x4"]["detail"]
-    assert rows["vqgan decode x2"]["unit"] == "ms/image"
+    assert rows["vqgan decode x2"]["unit"] == "ms/image" and rows["sjd step x4 3 drafts"]["unit"] == "ms/step"
+    assert "12 drafts" in rows["sjd step x4 3 drafts"]["detail"]  # 3 a row: every window drafts in full
     assert report["device"] == "cpu" and report["numba"] != "" and "elapsed" in report
     assert ["part", "status", "time", "sync", "detail"] in [line.split() for line in done.stdout.splitlines()]
 
