@@ -61,23 +61,27 @@ def test_streamed_generation_sends_previews_then_each_image(server, client, layo
 
 
 def test_greedy_streamed_images_are_the_same_with_and_without_jacobi_windows(server):
-    """Speculative Jacobi decoding commits several codes a step, which the previews follow; a greedy image is
-    the one written a code a step (``jacobi_window`` 1), previews and all."""
+    """Speculative Jacobi decoding commits several codes in some steps, and the previews follow what arrives; a
+    greedy image is still the one written a code a step (``jacobi_window`` 1), and both stream previews."""
 
-    def stream(**fields) -> tuple[list[str], str]:
+    def stream(**fields) -> tuple[list[str], str, float, float]:
+        """Previews, the final image, and the span steps and span tokens the request's engine steps gave."""
+        before = [server.metric(f"chameleon:image_codes_accepted_per_step_{k}") for k in ("count", "sum")]
         with httpx.Client(base_url=server.url, headers=HEADERS, timeout=300) as http:
             body = http.post("/v1/images/generations", json={
                 "model": MODEL, "prompt": "a green square", "stream": True, "partial_images": 3,
                 "image_temperature": 0, **fields}).text
+        steps, tokens = (server.metric(f"chameleon:image_codes_accepted_per_step_{k}") - b
+                         for k, b in zip(("count", "sum"), before, strict=True))
         events = [e for _, e in sse_events(body)]
         assert events[-1]["type"] == "image_generation.completed"
-        return [e["b64_json"] for e in events[:-1]], events[-1]["b64_json"]
+        return [e["b64_json"] for e in events[:-1]], events[-1]["b64_json"], steps, tokens
 
-    windowed_previews, windowed = stream()  # the family's window, within the server's budget
-    one_previews, one_a_step = stream(jacobi_window=1)
+    windowed_previews, windowed, steps, tokens = stream()  # the family's window, within the server's budget
+    one_previews, one_a_step, one_steps, one_tokens = stream(jacobi_window=1)
     assert windowed == one_a_step
+    assert steps < tokens == one_tokens == one_steps  # some steps of the windowed image kept several codes
     assert windowed_previews and one_previews and len(windowed_previews) <= 3
-    assert windowed_previews[-1] != windowed  # previews are partial images, not the final one
 
 
 def test_the_openai_client_streams_generations_and_edits(client):
