@@ -61,8 +61,10 @@ def test_streamed_generation_sends_previews_then_each_image(server, client, layo
 
 
 def test_greedy_streamed_images_are_the_same_with_and_without_jacobi_windows(server):
-    """Speculative Jacobi decoding commits several codes in some steps, and the previews follow what arrives; a
-    greedy image is still the one written a code a step (``jacobi_window`` 1), and both stream previews."""
+    """Windows verified every step (the decided token at the first draft not kept, the bonus row after all kept)
+    give a greedy image byte for byte the one written a code a step (``jacobi_window`` 1), and both stream
+    previews. Random weights keep next to no greedy draft (one in a 1,025-token span in one run, none in
+    another), so several codes a step are shown on a sampled image (test_image_output), not here."""
 
     def stream(**fields) -> tuple[list[str], str, float, float]:
         """Previews, the final image, and the span steps and span tokens the request's engine steps gave."""
@@ -80,7 +82,7 @@ def test_greedy_streamed_images_are_the_same_with_and_without_jacobi_windows(ser
     windowed_previews, windowed, steps, tokens = stream()  # the family's window, within the server's budget
     one_previews, one_a_step, one_steps, one_tokens = stream(jacobi_window=1)
     assert windowed == one_a_step
-    assert steps < tokens == one_tokens == one_steps  # some steps of the windowed image kept several codes
+    assert steps <= tokens == one_tokens == one_steps  # one a step without windows
     assert windowed_previews and one_previews and len(windowed_previews) <= 3
 
 
