@@ -66,6 +66,12 @@ def _uniforms(seeds: np.ndarray, index: np.ndarray, role: int) -> np.ndarray:
     return counter_uniforms(seeds, index, np.full(len(index), role, dtype=np.int64))
 
 
+def first_rows(num_drafts: np.ndarray) -> np.ndarray:
+    """Per batch row, its first row in a speculative step's logits, where each row has its drafts' rows then
+    its bonus row."""
+    return np.cumsum(num_drafts + 1) - (num_drafts + 1)
+
+
 def code_probs(x: torch.Tensor, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray) -> torch.Tensor:
     """Per row of code logits ``x`` (float32, rows x codebook), the distribution the code sampler draws from:
     temperature, top-k, then the nucleus (a code stays when the mass of strictly likelier codes is below top-p),
@@ -220,7 +226,7 @@ class JacobiWindows:
         if not drafting.any():
             return None
         self.ahead[slots[drafting]] = num_drafts[drafting]
-        first_row = np.cumsum(num_drafts + 1) - (num_drafts + 1)
+        first_row = first_rows(num_drafts)
         first_draft = np.cumsum(num_drafts) - num_drafts
         sizes = num_drafts[drafting] + 1
         row_slot = np.repeat(slots[drafting], sizes)

@@ -72,7 +72,7 @@ class JacobiRejectionSampler(RejectionSampler):
         if windows is not None:
             windows.catch_up(len(num_drafts))
             decided = windows.verify(logits, num_drafts, metadata.draft_token_ids)
-        first_row = np.cumsum(num_drafts + 1) - (num_drafts + 1)
+        first_row = jacobi.first_rows(num_drafts)
         ahead = np.zeros_like(num_drafts) if decided is None else decided.ahead
         sampled = self.sampler(logits=logits.index_select(0, to_device(first_row + ahead, logits.device)),
                                sampling_metadata=replace(sampling_metadata, max_num_logprobs=None))

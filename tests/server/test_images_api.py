@@ -79,10 +79,10 @@ def test_greedy_streamed_images_are_the_same_with_and_without_jacobi_windows(ser
         assert events[-1]["type"] == "image_generation.completed"
         return [e["b64_json"] for e in events[:-1]], events[-1]["b64_json"], steps, tokens
 
-    windowed_previews, windowed, steps, tokens = stream()  # the family's window, within the server's budget
+    windowed_previews, windowed, _, tokens = stream()  # the family's window, within the server's budget
     one_previews, one_a_step, one_steps, one_tokens = stream(jacobi_window=1)
     assert windowed == one_a_step
-    assert steps <= tokens == one_tokens == one_steps  # one a step without windows
+    assert tokens == one_tokens == one_steps  # the same span, written one token a step without windows
     assert windowed_previews and one_previews and len(windowed_previews) <= 3
 
 

@@ -17,6 +17,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from engine.shared.jacobi import BUDGET_KEY, MAX_WINDOW, PROPOSER
+from engine.worker.jacobi import first_rows
 from engine.worker.runner_v1 import ChameleonSpanLogitsProcessorV1
 
 PROMPT = [1]
@@ -98,9 +99,8 @@ class JacobiLoop:
         draft_ids = torch.tensor([t for d in drafts for t in d], dtype=torch.long)
         self.windows.catch_up(n)  # JacobiRejectionSampler.forward
         decided = self.windows.verify(logits, num_drafts, draft_ids)
-        first_rows = np.cumsum(num_drafts + 1) - (num_drafts + 1)
         ahead = np.zeros(n, dtype=np.int64) if decided is None else decided.ahead
-        sampled = self.processor.apply(logits[torch.from_numpy(first_rows + ahead)]).argmax(dim=1)
+        sampled = self.processor.apply(logits[torch.from_numpy(first_rows(num_drafts) + ahead)]).argmax(dim=1)
         output = torch.full((n, int(num_drafts.max()) + 1), -1, dtype=torch.long)
         output[:, 0] = sampled  # rows whose drafts nobody decided keep their first row's token
         if decided is not None:
